@@ -1,0 +1,113 @@
+"""``lmrc``: the project's command line (evaluation, data, broker, publishing, local run)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from lmrc import docred, evaluation
+
+
+def _eval(args: argparse.Namespace) -> int:
+    gold = docred.load_raw(args.gold)
+    predictions = evaluation.load_predictions(args.pred)
+    if predictions and all("r" not in p for p in predictions):
+        scores = evaluation.evaluate_candidates(gold, predictions)
+        print(json.dumps(asdict(scores), indent=2) if args.json else evaluation.format_candidates(scores))
+        return 0
+    train = docred.load_raw(args.train) if args.train else None
+    report = evaluation.evaluate_relations(gold, predictions, train)
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=2))
+        return 0
+    if not args.per_relation:
+        report = evaluation.Report(scores=report.scores)
+    names = docred.load_relation_names(args.rel_info) if args.per_relation else None
+    print(evaluation.format_report(report, names))
+    return 0
+
+
+def _split(args: argparse.Namespace) -> int:
+    for name, path in docred.write_split_files(args.out, args.source).items():
+        print(f"{name:<10} {path}")
+    return 0
+
+
+def _broker(args: argparse.Namespace) -> int:
+    import time
+
+    from lmrc.broker import LocalBroker
+
+    broker = LocalBroker(port=args.port).start()
+    print(f"Kafka-protocol broker (Tansu, in memory) on {broker.bootstrap_servers}; Ctrl-C stops it")
+    try:
+        while broker.running:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        broker.stop()
+    return 0
+
+
+def _publish(args: argparse.Namespace) -> int:
+    from lmrc.publish import iter_document_payloads, publish
+    from services.runtime import KafkaSettings
+
+    count = publish(KafkaSettings().client_config(), args.topic, iter_document_payloads(args.file))
+    print(f"published {count} documents to {args.topic}")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from lmrc.local_run import run_local
+
+    return run_local(args.input, args.limit)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lmrc", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    ev = commands.add_parser("eval", help="official DocRED scores (F1, Ign F1) or proposer recall")
+    ev.add_argument("--gold", required=True, type=Path, help="DocRED-format file with labels")
+    ev.add_argument("--pred", required=True, type=Path, help="predictions: JSON list or JSON lines")
+    ev.add_argument("--train", type=Path, help="training file, for Ign F1")
+    ev.add_argument("--per-relation", action="store_true", help="print per-relation P/R/F1")
+    ev.add_argument("--rel-info", type=Path, help="rel_info.json for relation names")
+    ev.add_argument("--json", action="store_true", help="print JSON")
+    ev.set_defaults(func=_eval)
+
+    split = commands.add_parser("split", help="write the fixed train/validation/holdout files")
+    split.add_argument("--out", type=Path, default=Path("var/data"))
+    split.add_argument("--source", type=Path, help="dev_revised.json (default: ../shared)")
+    split.set_defaults(func=_split)
+
+    broker = commands.add_parser("broker", help="run the local Kafka-protocol broker")
+    broker.add_argument("--port", type=int, default=9092)
+    broker.set_defaults(func=_broker)
+
+    pub = commands.add_parser("publish", help="publish documents (KAFKA_* settings)")
+    pub.add_argument("file", type=Path, help="DocRED JSON or JSON lines of DocumentEvents")
+    pub.add_argument("--topic", default="lmrc.documents")
+    pub.set_defaults(func=_publish)
+
+    run = commands.add_parser("run", help="run the pipeline locally on a document file")
+    run.add_argument("--input", type=Path, help="DocRED JSON or JSON lines (default: holdout split)")
+    run.add_argument("--limit", type=int, help="only the first N documents")
+    run.set_defaults(func=_run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The pipeline's microservices and the runtime they share."""

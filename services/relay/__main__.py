@@ -1,0 +1,3 @@
+from services.relay.service import main
+
+main()

@@ -1,0 +1,64 @@
+"""Typed settings from environment variables: Kafka connection (``KAFKA_*``) and per service."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class KafkaSettings(BaseSettings):
+    """How every service reaches Kafka; shared by all services (``KAFKA_*`` variables)."""
+
+    model_config = SettingsConfigDict(env_prefix="KAFKA_", extra="ignore")
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_ca_location: str | None = None
+    compression_type: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "zstd"
+
+    def client_config(self) -> dict[str, Any]:
+        """librdkafka properties common to consumers, producers and admin clients."""
+        config: dict[str, Any] = {
+            "bootstrap.servers": self.bootstrap_servers,
+            "security.protocol": self.security_protocol,
+        }
+        optional = {
+            "sasl.mechanism": self.sasl_mechanism,
+            "sasl.username": self.sasl_username,
+            "sasl.password": self.sasl_password.get_secret_value() if self.sasl_password else None,
+            "ssl.ca.location": self.ssl_ca_location,
+        }
+        config.update({key: value for key, value in optional.items() if value is not None})
+        return config
+
+
+class ServiceSettings(BaseSettings):
+    """What the shared runtime needs; each service subclasses it with its own ``env_prefix``."""
+
+    model_config = SettingsConfigDict(env_prefix="LMRC_", extra="ignore")
+
+    service_name: str = "service"
+    group_id: str = "lmrc-service"
+    input_topic: str = "lmrc.input"
+    output_topic: str = "lmrc.output"
+    dead_letter_topic: str = "lmrc.dead-letter"
+    max_batch_size: int = Field(default=64, ge=1, le=10_000)
+    max_batch_wait_seconds: float = Field(default=0.5, gt=0, le=60)
+    max_message_bytes: int = Field(default=4_000_000, ge=1024)
+    dead_letter_payload_max_bytes: int = Field(default=1_000_000, ge=0)
+    delivery_timeout_seconds: float = Field(default=30.0, gt=0)
+    retry_backoff_initial_seconds: float = Field(default=0.5, gt=0)
+    retry_backoff_max_seconds: float = Field(default=30.0, gt=0)
+    session_timeout_ms: int = Field(default=30_000, ge=1000)
+    max_poll_interval_ms: int = Field(default=300_000, ge=1000)
+    create_topics: bool = Field(default=False, description="Create missing topics at start.")
+    topic_partitions: int = Field(default=4, ge=1)
+    http_host: str = "0.0.0.0"
+    http_port: int = Field(default=9100, ge=0, le=65535, description="0 picks a free port.")
+    liveness_timeout_seconds: float = Field(default=120.0, gt=0)
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)

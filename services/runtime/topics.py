@@ -1,0 +1,28 @@
+"""Topic creation for local runs and tests (production creates topics with the Helm Job)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+
+
+def ensure_topics(
+    client_config: dict[str, Any], topics: Iterable[str], partitions: int, timeout: float = 15.0
+) -> None:
+    """Create the topics that do not exist yet; existing ones are left as they are."""
+    admin = AdminClient(client_config)
+    existing = set(admin.list_topics(timeout=timeout).topics)
+    wanted = [
+        NewTopic(topic, num_partitions=partitions) for topic in dict.fromkeys(topics) if topic not in existing
+    ]
+    if not wanted:
+        return
+    for topic, future in admin.create_topics(wanted, operation_timeout=timeout).items():
+        try:
+            future.result(timeout)
+        except KafkaException as error:
+            if error.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise RuntimeError(f"could not create topic {topic!r}: {error}") from error

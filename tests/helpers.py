@@ -1,0 +1,124 @@
+"""Helpers for tests on the real broker: produce, read topics back, committed offsets, metrics."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from lmrc.publish import beginning_of
+from services.runtime import ServiceRuntime
+
+
+@dataclass(frozen=True)
+class Record:
+    topic: str
+    partition: int
+    offset: int
+    key: str | None
+    value: bytes | None
+
+    def json(self) -> dict:
+        return json.loads(self.value or b"null")
+
+
+def produce(
+    bootstrap: str, topic: str, values: list[bytes | None], key: str = "k", partition: int = 0
+) -> None:
+    """Produce in order to one partition, and wait for every acknowledgement."""
+    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
+    for value in values:
+        producer.produce(topic, value=value, key=key, partition=partition)
+    assert producer.flush(15) == 0
+
+
+def read_topic(
+    bootstrap: str, topics: list[str], expect: int, timeout: float = 30.0, settle: float = 1.5
+) -> list[Record]:
+    """Everything on ``topics`` from the start: waits for ``expect`` records, then ``settle``
+    seconds more so that extra (duplicate) records would be seen too. No consumer group."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "unused", "enable.auto.commit": False})
+    records: list[Record] = []
+    deadline = time.monotonic() + timeout
+    settle_until: float | None = None
+    try:
+        consumer.assign(beginning_of(consumer, topics))
+        while time.monotonic() < (settle_until or deadline):
+            message = consumer.poll(0.1)
+            if message is not None and not message.error():
+                key = message.key()
+                records.append(
+                    Record(
+                        message.topic() or "",
+                        message.partition() or 0,
+                        message.offset() or 0,
+                        key.decode() if key else None,
+                        message.value(),
+                    )
+                )
+            if settle_until is None and len(records) >= expect:
+                settle_until = time.monotonic() + settle
+    finally:
+        consumer.close()
+    return records
+
+
+def committed_offsets(bootstrap: str, group: str, topic: str, partitions: int) -> dict[int, int]:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+    try:
+        offsets = consumer.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)
+    finally:
+        consumer.close()
+    return {tp.partition: tp.offset for tp in offsets if tp.offset >= 0}
+
+
+@contextmanager
+def running(runtime: ServiceRuntime) -> Iterator[ServiceRuntime]:
+    """Run a service runtime in a thread; stop it gracefully on exit and make sure it ended."""
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            runtime.run()
+        except BaseException as error:  # surfaced to the test below
+            errors.append(error)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    try:
+        yield runtime
+    finally:
+        runtime.stop()
+        thread.join(30)
+    assert not thread.is_alive(), "runtime did not stop within 30 s"
+    assert not errors, errors
+
+
+def http_get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def metric_value(port: int, name: str, **labels: str) -> float:
+    """A sample's value from the service's own /metrics endpoint (0 when absent)."""
+    _status, text = http_get(port, "/metrics")
+    want = ",".join(f'{key}="{value}"' for key, value in sorted(labels.items()))
+    for line in text.splitlines():
+        if line.startswith("#") or not line.startswith(name):
+            continue
+        sample, _, value = line.rpartition(" ")
+        sample_name, _, sample_labels = sample.partition("{")
+        got = ",".join(sorted(sample_labels.rstrip("}").split(","))) if sample_labels else ""
+        if sample_name == name and got == want:
+            return float(value)
+    return 0.0

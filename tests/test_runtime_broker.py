@@ -1,0 +1,283 @@
+"""The shared runtime on the real broker: flow, dead letters, retries, restart, shutdown, metrics."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+
+import pytest
+from pydantic import BaseModel
+
+from lmrc import docred
+from lmrc.broker import LocalBroker
+from schemas import DeadLetterEvent, DocumentEvent
+from services.relay.service import RelaySettings, build_runtime
+from services.runtime import (
+    BatchResult,
+    Consumed,
+    KafkaSettings,
+    Output,
+    RetryableError,
+    ServiceRuntime,
+)
+from tests.helpers import committed_offsets, http_get, metric_value, produce, read_topic, running
+
+pytestmark = pytest.mark.broker
+
+
+@pytest.fixture(scope="module")
+def documents() -> list[DocumentEvent]:
+    return [docred.to_document_event(raw, dataset="redocred") for raw in docred.load_split("holdout")]
+
+
+def relay_settings(broker: LocalBroker, stem: str, **overrides: object) -> RelaySettings:
+    fields: dict[str, object] = {
+        "service_name": f"relay-{stem}",
+        "group_id": f"group-{stem}",
+        "input_topic": f"{stem}.in",
+        "output_topic": f"{stem}.out",
+        "dead_letter_topic": f"{stem}.dlq",
+        "kafka": KafkaSettings(bootstrap_servers=broker.bootstrap_servers),
+        "http_port": 0,
+        "create_topics": True,
+        "topic_partitions": 2,
+        "max_batch_wait_seconds": 0.1,
+        "session_timeout_ms": 2000,
+        "retry_backoff_initial_seconds": 0.05,
+    }
+    fields.update(overrides)
+    return RelaySettings(**fields)
+
+
+def encoded(events: Sequence[BaseModel]) -> list[bytes | None]:
+    return [event.model_dump_json().encode() for event in events]
+
+
+def test_documents_flow_through_with_their_keys(
+    broker: LocalBroker, unique: str, documents: list[DocumentEvent]
+) -> None:
+    settings = relay_settings(broker, unique)
+    runtime = build_runtime(settings)
+    with running(runtime):
+        produce(broker.bootstrap_servers, settings.input_topic, encoded(documents[:30]))
+        out = read_topic(broker.bootstrap_servers, [settings.output_topic], expect=30)
+        port = runtime.http_port
+        assert (
+            metric_value(
+                port,
+                "lmrc_messages_consumed_total",
+                service=settings.service_name,
+                topic=settings.input_topic,
+            )
+            == 30
+        )
+        assert (
+            metric_value(
+                port,
+                "lmrc_messages_produced_total",
+                service=settings.service_name,
+                topic=settings.output_topic,
+            )
+            == 30
+        )
+        assert metric_value(port, "lmrc_batch_size_messages_sum", service=settings.service_name) == 30
+    by_key = {r.key: DocumentEvent.model_validate_json(r.value or b"") for r in out}
+    assert len(out) == 30 and by_key == {d.doc_id: d for d in documents[:30]}
+    assert committed_offsets(broker.bootstrap_servers, settings.group_id, settings.input_topic, 2) == {0: 30}
+
+
+def test_bad_messages_are_dead_lettered_with_reasons_and_the_partition_keeps_flowing(
+    broker: LocalBroker, unique: str, documents: list[DocumentEvent]
+) -> None:
+    settings = relay_settings(broker, unique, max_message_bytes=100_000, dead_letter_payload_max_bytes=50_000)
+    wrong = json.loads(documents[1].model_dump_json())
+    wrong["entities"][2]["mentions"][0]["sent_id"] = 99
+    inputs = [
+        documents[0].model_dump_json().encode(),
+        b'{"doc_id": "broken", ',
+        json.dumps(wrong).encode(),
+        None,
+        b"x" * 100_001,
+        documents[2].model_dump_json().encode(),
+    ]
+    runtime = build_runtime(settings)
+    with running(runtime):
+        produce(broker.bootstrap_servers, settings.input_topic, inputs)
+        out = read_topic(broker.bootstrap_servers, [settings.output_topic], expect=2)
+        dlq = read_topic(broker.bootstrap_servers, [settings.dead_letter_topic], expect=4)
+        port = runtime.http_port
+        counted = {
+            error_class: metric_value(
+                port,
+                "lmrc_messages_dead_lettered_total",
+                service=settings.service_name,
+                error_class=error_class,
+            )
+            for error_class in ("MalformedJSON", "SchemaValidationError", "EmptyMessage", "MessageTooLarge")
+        }
+    assert sorted(r.key or "" for r in out) == sorted([documents[0].doc_id, documents[2].doc_id])
+    letters = [DeadLetterEvent.model_validate_json(r.value or b"") for r in dlq]
+    assert [(letter.origin.offset, letter.error_class) for letter in letters] == [
+        (1, "MalformedJSON"),
+        (2, "SchemaValidationError"),
+        (3, "EmptyMessage"),
+        (4, "MessageTooLarge"),
+    ]
+    assert all(letter.service == settings.service_name for letter in letters)
+    assert all(letter.origin.topic == settings.input_topic for letter in letters)
+    assert letters[0].payload == '{"doc_id": "broken", '
+    assert "entities[2].mentions[0]: sent_id 99 out of range (document has" in letters[1].error_message
+    assert letters[1].payload == json.dumps(wrong)
+    assert not letters[1].payload_truncated
+    assert letters[3].payload_truncated and letters[3].payload == "x" * 50_000
+    assert "100001 bytes exceeds the limit of 100000" in letters[3].error_message
+    assert counted == {
+        "MalformedJSON": 1,
+        "SchemaValidationError": 1,
+        "EmptyMessage": 1,
+        "MessageTooLarge": 1,
+    }
+    assert committed_offsets(broker.bootstrap_servers, settings.group_id, settings.input_topic, 2) == {0: 6}
+
+
+class _FlakyHandler:
+    """Fails like an unreachable dependency for the first ``failures`` calls, then forwards."""
+
+    input_model = DocumentEvent
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.calls = 0
+
+    def handle(self, batch: Sequence[Consumed[DocumentEvent]]) -> BatchResult:
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise RetryableError("dependency unreachable")
+        return BatchResult(outputs=[Output(item.event, key=item.event.doc_id) for item in batch])
+
+
+def test_transient_failure_rewinds_and_retries_without_committing_or_losing(
+    broker: LocalBroker, unique: str, documents: list[DocumentEvent]
+) -> None:
+    settings = relay_settings(broker, unique)
+    handler = _FlakyHandler(failures=3)
+    runtime = ServiceRuntime(settings, handler)
+    with running(runtime):
+        produce(broker.bootstrap_servers, settings.input_topic, encoded(documents[:5]))
+        out = read_topic(broker.bootstrap_servers, [settings.output_topic], expect=5)
+        retries = metric_value(
+            runtime.http_port,
+            "lmrc_batch_retries_total",
+            service=settings.service_name,
+            error_class="RetryableError",
+        )
+    assert sorted(r.key or "" for r in out) == sorted(d.doc_id for d in documents[:5])
+    assert retries >= 3
+    assert committed_offsets(broker.bootstrap_servers, settings.group_id, settings.input_topic, 2) == {0: 5}
+
+
+class _PoisonSensitiveHandler:
+    """A handler with a bug that one particular document triggers."""
+
+    input_model = DocumentEvent
+
+    def handle(self, batch: Sequence[Consumed[DocumentEvent]]) -> BatchResult:
+        if any(item.event.doc_id == "poison" for item in batch):
+            raise ZeroDivisionError("division by zero while handling poison")
+        return BatchResult(outputs=[Output(item.event, key=item.event.doc_id) for item in batch])
+
+
+def test_a_message_that_crashes_the_handler_is_isolated_and_dead_lettered(
+    broker: LocalBroker, unique: str, documents: list[DocumentEvent]
+) -> None:
+    settings = relay_settings(broker, unique, max_batch_size=50)
+    poison = documents[1].model_copy(update={"doc_id": "poison"})
+    runtime = ServiceRuntime(settings, _PoisonSensitiveHandler())
+    with running(runtime):
+        produce(broker.bootstrap_servers, settings.input_topic, encoded([documents[0], poison, documents[2]]))
+        out = read_topic(broker.bootstrap_servers, [settings.output_topic], expect=2)
+        dlq = read_topic(broker.bootstrap_servers, [settings.dead_letter_topic], expect=1)
+    assert sorted(r.key or "" for r in out) == sorted([documents[0].doc_id, documents[2].doc_id])
+    letter = DeadLetterEvent.model_validate_json(dlq[0].value or b"")
+    assert (letter.error_class, letter.origin.offset) == ("ZeroDivisionError", 1)
+    assert "while handling poison" in letter.error_message
+
+
+def test_health_and_metrics_endpoints(
+    broker: LocalBroker, unique: str, documents: list[DocumentEvent]
+) -> None:
+    settings = relay_settings(broker, unique)
+    runtime = build_runtime(settings)
+    with running(runtime):
+        produce(broker.bootstrap_servers, settings.input_topic, encoded(documents[:3]))
+        read_topic(broker.bootstrap_servers, [settings.output_topic], expect=3)
+        port = runtime.http_port
+        assert http_get(port, "/healthz")[0] == 200
+        status, body = http_get(port, "/readyz")
+        assert status == 200 and json.loads(body)["service"] == settings.service_name
+        deadline = time.monotonic() + 10
+        lag_labels = {"service": settings.service_name, "topic": settings.input_topic, "partition": "0"}
+        while (
+            "lmrc_consumer_lag_messages{" not in http_get(port, "/metrics")[1] and time.monotonic() < deadline
+        ):
+            time.sleep(0.2)
+        assert metric_value(port, "lmrc_consumer_lag_messages", **lag_labels) == 0
+        text = http_get(port, "/metrics")[1]
+        assert f'lmrc_batch_processing_seconds_count{{service="{settings.service_name}"}}' in text
+        assert (
+            metric_value(
+                port, "lmrc_offset_commits_total", service=settings.service_name, outcome="committed"
+            )
+            >= 1
+        )
+        assert http_get(port, "/nope")[0] == 404
+
+
+def _start_relay_process(settings: RelaySettings) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "KAFKA_BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
+        "RELAY_SERVICE_NAME": settings.service_name,
+        "RELAY_GROUP_ID": settings.group_id,
+        "RELAY_INPUT_TOPIC": settings.input_topic,
+        "RELAY_OUTPUT_TOPIC": settings.output_topic,
+        "RELAY_DEAD_LETTER_TOPIC": settings.dead_letter_topic,
+        "RELAY_HTTP_PORT": "0",
+        "RELAY_CREATE_TOPICS": "true",
+        "RELAY_TOPIC_PARTITIONS": "2",
+        "RELAY_MAX_BATCH_WAIT_SECONDS": "0.1",
+        "RELAY_SESSION_TIMEOUT_MS": "6000",
+    }
+    return subprocess.Popen([sys.executable, "-m", "services.relay"], env=env)
+
+
+def test_sigterm_commits_and_a_restarted_service_resumes_where_it_stopped(
+    broker: LocalBroker, unique: str, documents: list[DocumentEvent]
+) -> None:
+    settings = relay_settings(broker, unique)
+    bootstrap = broker.bootstrap_servers
+    first = _start_relay_process(settings)
+    try:
+        produce(bootstrap, settings.input_topic, encoded(documents[:10]))
+        assert len(read_topic(bootstrap, [settings.output_topic], expect=10, settle=0)) == 10
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(30) == 0
+    finally:
+        first.kill()
+    assert committed_offsets(bootstrap, settings.group_id, settings.input_topic, 2) == {0: 10}
+
+    produce(bootstrap, settings.input_topic, encoded(documents[10:20]))
+    second = _start_relay_process(settings)
+    try:
+        out = read_topic(bootstrap, [settings.output_topic], expect=20, timeout=60)
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(30) == 0
+    finally:
+        second.kill()
+    assert sorted(r.key or "" for r in out) == sorted(d.doc_id for d in documents[:20]), "each exactly once"
+    assert committed_offsets(bootstrap, settings.group_id, settings.input_topic, 2) == {0: 20}
