@@ -96,6 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
     pub.add_argument("--topic", default="lmrc.documents")
     pub.set_defaults(func=_publish)
 
+    from services.sink.cli import add_commands as add_graph_commands
+
+    add_graph_commands(commands)
+
     run = commands.add_parser("run", help="run the pipeline locally on a document file")
     run.add_argument("--input", type=Path, help="DocRED JSON or JSON lines (default: holdout split)")
     run.add_argument("--limit", type=int, help="only the first N documents")

@@ -10,10 +10,12 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from lmrc.publish import beginning_of
+from schemas import EntityRef, ModelVersions, RelationEvent, event_id
 from services.runtime import ServiceRuntime
 
 
@@ -122,3 +124,30 @@ def metric_value(port: int, name: str, **labels: str) -> float:
         if sample_name == name and got == want:
             return float(value)
     return 0.0
+
+
+def gold_relation_events(
+    documents: list[dict], relation_names: dict[str, str], classified_at: datetime
+) -> list[RelationEvent]:
+    """RelationEvents for the gold labels of DocRED documents: real names, types and evidence."""
+    events = []
+    for doc in documents:
+        vertex_set = doc["vertexSet"]
+        for label in doc["labels"]:
+            head, tail = vertex_set[label["h"]][0], vertex_set[label["t"]][0]
+            events.append(
+                RelationEvent(
+                    event_id=event_id(doc["title"], label["h"], label["t"], label["r"]),
+                    doc_id=doc["title"],
+                    doc_title=doc["title"],
+                    head=EntityRef(index=label["h"], name=head["name"], type=head["type"]),
+                    tail=EntityRef(index=label["t"], name=tail["name"], type=tail["type"]),
+                    relation_id=label["r"],
+                    relation_name=relation_names[label["r"]],
+                    confidence=1.0,
+                    evidence=label["evidence"],
+                    models=ModelVersions(proposer="gold", classifier="gold"),
+                    classified_at=classified_at,
+                )
+            )
+    return events

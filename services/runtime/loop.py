@@ -144,11 +144,8 @@ class ServiceRuntime:
     def _start(self) -> None:
         kafka = self.settings.kafka
         if self.settings.create_topics:
-            ensure_topics(
-                kafka.client_config(),
-                [self.settings.input_topic, self.settings.output_topic, self.settings.dead_letter_topic],
-                self.settings.topic_partitions,
-            )
+            topics = [self.settings.input_topic, self.settings.output_topic, self.settings.dead_letter_topic]
+            ensure_topics(kafka.client_config(), [t for t in topics if t], self.settings.topic_partitions)
         self._producer = Producer(
             {
                 **kafka.client_config(),
@@ -283,7 +280,7 @@ class ServiceRuntime:
                 confirmed.append(message.topic() or "")
 
         records: list[tuple[str, str | None, bytes]] = [
-            (output.topic or self.settings.output_topic, output.key, output.value.model_dump_json().encode())
+            (self._topic_of(output), output.key, output.value.model_dump_json().encode())
             for output in result.outputs
         ]
         for item, rejection in result.rejected:
@@ -317,6 +314,12 @@ class ServiceRuntime:
             raise RetryableError(f"delivery failed: {reason}")
         for _item, rejection in result.rejected:
             metrics.MESSAGES_DEAD_LETTERED.labels(self.service, rejection.error_class).inc()
+
+    def _topic_of(self, output: Output) -> str:
+        topic = output.topic or self.settings.output_topic
+        if not topic:
+            raise RuntimeError(f"{self.service}: an output has no topic and no output topic is set")
+        return topic
 
     def _commit(self, records: list[Message]) -> None:
         next_offsets: dict[tuple[str, int], int] = {}

@@ -45,7 +45,7 @@ class ServiceSettings(BaseSettings):
     service_name: str = "service"
     group_id: str = "lmrc-service"
     input_topic: str = "lmrc.input"
-    output_topic: str = "lmrc.output"
+    output_topic: str | None = Field(default="lmrc.output", description="None: the service emits nothing.")
     dead_letter_topic: str = "lmrc.dead-letter"
     max_batch_size: int = Field(default=64, ge=1, le=10_000)
     max_batch_wait_seconds: float = Field(default=0.5, gt=0, le=60)

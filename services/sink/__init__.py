@@ -1,0 +1,1 @@
+"""The sink: RelationEvents into a graph store, idempotently and with provenance."""

@@ -1,0 +1,3 @@
+from services.sink.service import main
+
+main()

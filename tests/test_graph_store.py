@@ -1,0 +1,148 @@
+"""Both graph store backends, for real: LadybugDB embedded on disk, FalkorDB as a server."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from lmrc import docred
+from lmrc.graph_server import LocalFalkorDB
+from schemas import EntityRef, RelationEvent, event_id
+from services.sink.falkordb_store import FalkorDBGraphStore
+from services.sink.graph import GraphStore, StoreUnavailableError, batch_parameters, entity_id
+from services.sink.ladybug_store import LadybugGraphStore
+from tests.helpers import gold_relation_events
+
+T0 = datetime(2026, 11, 1, tzinfo=UTC)
+
+
+@pytest.fixture(scope="module")
+def gold_events() -> list[RelationEvent]:
+    documents = docred.load_split("holdout")[:10]
+    return gold_relation_events(documents, docred.load_relation_names(), T0)
+
+
+@pytest.fixture(params=["ladybug", "falkordb"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[GraphStore]:
+    if request.param == "ladybug":
+        opened: GraphStore = LadybugGraphStore(tmp_path / "graph.lbug")
+        yield opened
+        opened.close()
+        return
+    with LocalFalkorDB(data_dir=tmp_path / "falkordb") as server:
+        opened = FalkorDBGraphStore(port=server.port)
+        yield opened
+        opened.close()
+
+
+def relation(
+    head: str, tail: str, doc: str, seen: datetime, confidence: float = 0.5, evidence=None
+) -> RelationEvent:
+    return RelationEvent(
+        event_id=event_id(doc, head, tail, "P19", seen.isoformat()),
+        doc_id=doc,
+        head=EntityRef(index=0, name=head, type="PER"),
+        tail=EntityRef(index=1, name=tail, type="LOC"),
+        relation_id="P19",
+        relation_name="place of birth",
+        confidence=confidence,
+        evidence=evidence,
+        classified_at=seen,
+    )
+
+
+def test_replaying_events_leaves_the_same_graph(store: GraphStore, gold_events: list[RelationEvent]) -> None:
+    assert store.counts().relations == 0
+    for start in range(0, len(gold_events), 50):
+        store.upsert(gold_events[start : start + 50])
+    first = (store.counts(), store.relations(limit=None), store.entities())
+    store.upsert(gold_events)  # everything again, as one batch
+    store.upsert(list(reversed(gold_events)))  # and again, in another order
+    assert (store.counts(), store.relations(limit=None), store.entities()) == first
+    unique_edges = {
+        (entity_id(e.head.name, e.head.type), entity_id(e.tail.name, e.tail.type), e.relation_id, e.doc_id)
+        for e in gold_events
+    }
+    assert first[0].relations == len(unique_edges)
+    assert first[0].documents == 10
+
+
+def test_queries_by_entity_relation_and_document(store: GraphStore, gold_events: list[RelationEvent]) -> None:
+    store.upsert(gold_events)
+    some = gold_events[0]
+    by_entity = store.relations(entity=some.head.name.upper(), limit=None)
+    assert by_entity and all(
+        some.head.name.casefold() in (r.head_name.casefold(), r.tail_name.casefold()) for r in by_entity
+    )
+    by_id = store.relations(entity=entity_id(some.head.name, some.head.type), limit=None)
+    assert {r.event_id for r in by_id} <= {r.event_id for r in by_entity}
+    by_relation = store.relations(relation=some.relation_id, limit=None)
+    assert by_relation == store.relations(relation=some.relation_name, limit=None)
+    assert {r.relation_id for r in by_relation} == {some.relation_id}
+    by_doc = store.relations(doc_id=some.doc_id, limit=None)
+    assert {r.doc_id for r in by_doc} == {some.doc_id}
+    assert len(store.relations(limit=3)) == 3
+    stored = next(r for r in by_doc if r.event_id == some.event_id)
+    assert (stored.evidence, stored.confidence, stored.proposer_model) == (
+        tuple(some.evidence or ()),
+        1.0,
+        "gold",
+    )
+
+
+def test_provenance_keeps_first_seen_and_the_latest_event(store: GraphStore) -> None:
+    events = [
+        relation("Ada Lovelace", "London", "d1", T0, 0.6, [0]),
+        relation("ada  lovelace", "London", "d1", T0 + timedelta(days=1), 0.9, [1, 2]),
+        relation("Ada Lovelace", "London", "d1", T0 - timedelta(days=1), 0.3),
+        relation("Ada Lovelace", "London", "d2", T0, 0.7),
+    ]
+    store.upsert(events[:2])
+    store.upsert(events[2:])
+    edges = store.relations(limit=None)
+    assert [(r.doc_id, r.confidence, r.evidence) for r in edges] == [("d1", 0.9, (1, 2)), ("d2", 0.7, ())]
+    assert edges[0].first_seen == "2026-10-31T00:00:00.000000Z"
+    assert edges[0].last_seen == "2026-11-02T00:00:00.000000Z"
+    assert [e.name for e in store.entities()] == ["London", "Ada Lovelace"]  # one node per entity
+    assert store.counts().entities == 2
+
+
+def test_batches_fold_to_one_row_per_edge_whatever_their_order() -> None:
+    events = [relation("A", "B", "d", T0 + timedelta(hours=h), confidence=h / 10) for h in (3, 1, 2)]
+    forward, backward = batch_parameters(events), batch_parameters(events[::-1])
+    assert forward == backward
+    assert len(forward["rows"]) == 1 and forward["rows"][0]["confidence"] == 0.3
+
+
+def test_ladybug_graph_persists_across_reopen(tmp_path: Path, gold_events: list[RelationEvent]) -> None:
+    path = tmp_path / "graph.lbug"
+    writer = LadybugGraphStore(path)
+    writer.upsert(gold_events)
+    counts = writer.counts()
+    writer.close()
+    reader = LadybugGraphStore(path, read_only=True)
+    try:
+        assert reader.counts() == counts
+    finally:
+        reader.close()
+
+
+def test_falkordb_graph_survives_a_restart_and_reports_outages(
+    tmp_path: Path, gold_events: list[RelationEvent]
+) -> None:
+    server = LocalFalkorDB(data_dir=tmp_path / "falkordb").start()
+    store = FalkorDBGraphStore(port=server.port, timeout_seconds=2)
+    try:
+        store.upsert(gold_events)
+        counts = store.counts()
+        server.stop()
+        with pytest.raises(StoreUnavailableError):
+            store.upsert(gold_events[:1])
+        server.start()
+        assert store.counts() == counts
+    finally:
+        store.close()
+        server.stop()

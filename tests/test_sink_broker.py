@@ -1,0 +1,176 @@
+"""The sink service on the real broker with both real graph stores: re-delivery, outage, CLI."""
+
+from __future__ import annotations
+
+import json
+import time
+import xml.etree.ElementTree as ET
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from lmrc import docred
+from lmrc.broker import LocalBroker
+from lmrc.cli import main as lmrc_main
+from lmrc.graph_server import LocalFalkorDB
+from schemas import RelationEvent
+from services.runtime import KafkaSettings
+from services.sink.falkordb_store import FalkorDBGraphStore
+from services.sink.ladybug_store import LadybugGraphStore
+from services.sink.service import build_runtime
+from services.sink.settings import SinkSettings
+from tests.helpers import committed_offsets, gold_relation_events, metric_value, produce, running
+
+pytestmark = pytest.mark.broker
+
+
+@pytest.fixture(scope="module")
+def events() -> list[RelationEvent]:
+    documents = docred.load_split("holdout")[:8]
+    return gold_relation_events(documents, docred.load_relation_names(), datetime(2026, 11, 1, tzinfo=UTC))
+
+
+def sink_settings(broker: LocalBroker, stem: str, **overrides: object) -> SinkSettings:
+    fields: dict[str, object] = {
+        "service_name": f"sink-{stem}",
+        "group_id": f"group-{stem}",
+        "input_topic": f"{stem}.relations",
+        "dead_letter_topic": f"{stem}.dlq",
+        "kafka": KafkaSettings(bootstrap_servers=broker.bootstrap_servers),
+        "http_port": 0,
+        "create_topics": True,
+        "topic_partitions": 1,
+        "max_batch_size": 40,
+        "max_batch_wait_seconds": 0.1,
+        "session_timeout_ms": 2000,
+        "retry_backoff_initial_seconds": 0.1,
+        "retry_backoff_max_seconds": 0.5,
+    }
+    fields.update(overrides)
+    return SinkSettings(**fields)
+
+
+def wait_for(condition, timeout: float = 30.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def encoded(events: list[RelationEvent]) -> list[bytes | None]:
+    return [event.model_dump_json().encode() for event in events]
+
+
+def test_redelivered_relations_leave_the_embedded_graph_unchanged(
+    broker: LocalBroker, unique: str, events: list[RelationEvent], tmp_path: Path
+) -> None:
+    settings = sink_settings(broker, unique)
+    store = LadybugGraphStore(tmp_path / "graph.lbug")
+    runtime = build_runtime(settings, store)
+    written = lambda: metric_value(  # noqa: E731
+        runtime.http_port,
+        "lmrc_sink_relations_written_total",
+        service=settings.service_name,
+        backend="ladybug",
+    )
+    with running(runtime):
+        produce(broker.bootstrap_servers, settings.input_topic, encoded(events))
+        wait_for(lambda: written() == len(events), what="first pass")
+        first = (store.counts(), store.relations(limit=None), store.entities())
+        produce(broker.bootstrap_servers, settings.input_topic, encoded(events))  # the topic replayed
+        produce(broker.bootstrap_servers, settings.input_topic, [b"not json"])
+        wait_for(lambda: written() == 2 * len(events), what="replay")
+        wait_for(
+            lambda: (
+                committed_offsets(broker.bootstrap_servers, settings.group_id, settings.input_topic, 1)
+                == {0: 2 * len(events) + 1}
+            ),
+            what="commit of the replay and the dead letter",
+        )
+        second = (store.counts(), store.relations(limit=None), store.entities())
+    store.close()
+    assert second == first
+    assert first[0].relations == len(events) and first[0].documents == 8
+
+
+def test_store_outage_retries_without_commit_and_loses_nothing(
+    broker: LocalBroker, unique: str, events: list[RelationEvent], tmp_path: Path
+) -> None:
+    server = LocalFalkorDB(data_dir=tmp_path / "falkordb").start()
+    settings = sink_settings(broker, unique, store_backend="falkordb", falkordb_port=server.port)
+    store = FalkorDBGraphStore(port=server.port, timeout_seconds=1)
+    runtime = build_runtime(settings, store)
+    half = len(events) // 2
+    bootstrap = broker.bootstrap_servers
+    offsets = lambda: committed_offsets(bootstrap, settings.group_id, settings.input_topic, 1)  # noqa: E731
+    try:
+        with running(runtime):
+            port = runtime.http_port
+            produce(bootstrap, settings.input_topic, encoded(events[:half]))
+            wait_for(lambda: offsets() == {0: half}, what="first half committed")
+            server.stop()
+            produce(bootstrap, settings.input_topic, encoded(events[half:]))
+            wait_for(
+                lambda: (
+                    metric_value(
+                        port,
+                        "lmrc_batch_retries_total",
+                        service=settings.service_name,
+                        error_class="StoreUnavailableError",
+                    )
+                    >= 2
+                ),
+                what="retries while the store is down",
+            )
+            assert offsets() == {0: half}, "nothing is committed while the store is down"
+            assert (
+                metric_value(
+                    port,
+                    "lmrc_sink_store_errors_total",
+                    service=settings.service_name,
+                    backend="falkordb",
+                    error_class="StoreUnavailableError",
+                )
+                >= 2
+            )
+            server.start()
+            wait_for(lambda: offsets() == {0: len(events)}, what="everything committed after recovery")
+        assert store.counts().relations == len(events)
+    finally:
+        store.close()
+        server.stop()
+
+
+def test_graph_cli_queries_and_exports(
+    events: list[RelationEvent], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "graph.lbug"
+    store = LadybugGraphStore(path)
+    store.upsert(events)
+    counts = store.counts()
+    store.close()
+    graph = ["graph", "--backend", "ladybug", "--path", str(path)]
+
+    assert lmrc_main([*graph, "counts"]) == 0
+    assert capsys.readouterr().out.strip() == (
+        f"entities {counts.entities}  relations {counts.relations}  documents {counts.documents}"
+    )
+    some = events[0]
+    assert lmrc_main([*graph, "relations", "--entity", some.head.name.lower()]) == 0
+    table = capsys.readouterr().out
+    assert some.head.name in table and f" {some.relation_id} " in table and some.doc_id in table
+
+    assert lmrc_main([*graph, "export", "--format", "jsonl", "--out", str(tmp_path / "g.jsonl")]) == 0
+    lines = (tmp_path / "g.jsonl").read_text().splitlines()
+    assert (
+        len(lines) == counts.relations
+        and {"head_name", "relation_id", "doc_id"} <= json.loads(lines[0]).keys()
+    )
+
+    assert lmrc_main([*graph, "export", "--format", "graphml", "--out", str(tmp_path / "g.graphml")]) == 0
+    root = ET.parse(tmp_path / "g.graphml").getroot()
+    ns = {"g": "http://graphml.graphdrawing.org/xmlns"}
+    assert len(root.findall(".//g:node", ns)) == counts.entities
+    assert len(root.findall(".//g:edge", ns)) == counts.relations
