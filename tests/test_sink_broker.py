@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from lmrc.graph_server import LocalFalkorDB
 from schemas import RelationEvent
 from services.runtime import KafkaSettings
 from services.sink.falkordb_store import FalkorDBGraphStore
+from services.sink.graph import GraphStore
 from services.sink.ladybug_store import LadybugGraphStore
 from services.sink.service import build_runtime
 from services.sink.settings import SinkSettings
@@ -63,17 +65,29 @@ def encoded(events: list[RelationEvent]) -> list[bytes | None]:
     return [event.model_dump_json().encode() for event in events]
 
 
-def test_redelivered_relations_leave_the_embedded_graph_unchanged(
-    broker: LocalBroker, unique: str, events: list[RelationEvent], tmp_path: Path
+@pytest.fixture(params=["ladybug", "falkordb"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, GraphStore, dict]]:
+    """A real store of each kind, with the settings that point the sink at it."""
+    if request.param == "ladybug":
+        path = tmp_path / "graph.lbug"
+        store: GraphStore = LadybugGraphStore(path)
+        yield "ladybug", store, {"store_backend": "ladybug", "ladybug_path": path}
+        store.close()
+        return
+    with LocalFalkorDB(data_dir=tmp_path / "falkordb") as server:
+        store = FalkorDBGraphStore(port=server.port)
+        yield "falkordb", store, {"store_backend": "falkordb", "falkordb_port": server.port}
+        store.close()
+
+
+def test_replaying_the_topic_leaves_the_graph_unchanged(
+    broker: LocalBroker, unique: str, events: list[RelationEvent], backend: tuple[str, GraphStore, dict]
 ) -> None:
-    settings = sink_settings(broker, unique)
-    store = LadybugGraphStore(tmp_path / "graph.lbug")
+    name, store, store_settings = backend
+    settings = sink_settings(broker, unique, **store_settings)
     runtime = build_runtime(settings, store)
     written = lambda: metric_value(  # noqa: E731
-        runtime.http_port,
-        "lmrc_sink_relations_written_total",
-        service=settings.service_name,
-        backend="ladybug",
+        runtime.http_port, "lmrc_sink_relations_written_total", service=settings.service_name, backend=name
     )
     with running(runtime):
         produce(broker.bootstrap_servers, settings.input_topic, encoded(events))
@@ -90,7 +104,6 @@ def test_redelivered_relations_leave_the_embedded_graph_unchanged(
             what="commit of the replay and the dead letter",
         )
         second = (store.counts(), store.relations(limit=None), store.entities())
-    store.close()
     assert second == first
     assert first[0].relations == len(events) and first[0].documents == 8
 
