@@ -58,8 +58,9 @@ def _publish(args: argparse.Namespace) -> int:
     from lmrc.publish import iter_document_payloads, publish
     from services.runtime import KafkaSettings
 
-    count = publish(KafkaSettings().client_config(), args.topic, iter_document_payloads(args.file))
-    print(f"published {count} documents to {args.topic}")
+    payloads = list(iter_document_payloads(args.file))
+    publish(KafkaSettings().client_config(), args.topic, iter(payloads))
+    print(f"published {len(payloads)} documents to {args.topic}")
     return 0
 
 
@@ -99,6 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
     from services.sink.cli import add_commands as add_graph_commands
 
     add_graph_commands(commands)
+
+    from services.proposer.cli import add_commands as add_proposer_commands
+
+    add_proposer_commands(commands)
 
     run = commands.add_parser("run", help="run the pipeline locally on a document file")
     run.add_argument("--input", type=Path, help="DocRED JSON or JSON lines (default: holdout split)")

@@ -35,15 +35,24 @@ def iter_document_payloads(path: str | Path, dataset: str | None = None) -> Iter
         yield key, line.encode()
 
 
-def publish(client_config: dict[str, Any], topic: str, payloads: Iterator[tuple[str, bytes]]) -> int:
-    """Produce every payload keyed by document id; returns how many the broker confirmed."""
+def publish(
+    client_config: dict[str, Any], topic: str, payloads: Iterator[tuple[str, bytes]]
+) -> dict[int, int]:
+    """Produce every payload keyed by document id, and wait for every acknowledgement.
+
+    Returns, per partition, the offset after the last message written: what a consumer group has
+    committed once it has processed everything published here.
+    """
     producer = Producer({**client_config, "enable.idempotence": True, "compression.type": "zstd"})
     failures: list[str] = []
+    ends: dict[int, int] = {}
     sent = 0
 
-    def on_delivery(error: Any, _message: Any) -> None:
+    def on_delivery(error: Any, message: Any) -> None:
         if error is not None:
             failures.append(str(error))
+        else:
+            ends[message.partition()] = max(ends.get(message.partition(), 0), message.offset() + 1)
 
     for key, value in payloads:
         while True:
@@ -56,7 +65,19 @@ def publish(client_config: dict[str, Any], topic: str, payloads: Iterator[tuple[
     remaining = producer.flush(60)
     if failures or remaining:
         raise RuntimeError(f"{len(failures) + remaining} of {sent} messages not delivered: {failures[:3]}")
-    return sent
+    return ends
+
+
+def committed_offsets(
+    client_config: dict[str, Any], group: str, topic: str, partitions: int
+) -> dict[int, int]:
+    """The offsets a consumer group has committed on a topic's partitions (those it committed)."""
+    consumer = Consumer({**client_config, "group.id": group})
+    try:
+        offsets = consumer.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)
+    finally:
+        consumer.close()
+    return {tp.partition: tp.offset for tp in offsets if tp.offset >= 0}
 
 
 def beginning_of(consumer: Consumer, topics: list[str], timeout: float = 10.0) -> list[TopicPartition]:

@@ -12,8 +12,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, Producer
 
+from lmrc import publish as lmrc_publish
 from lmrc.publish import beginning_of
 from schemas import EntityRef, ModelVersions, RelationEvent, event_id
 from services.runtime import ServiceRuntime
@@ -73,12 +74,7 @@ def read_topic(
 
 
 def committed_offsets(bootstrap: str, group: str, topic: str, partitions: int) -> dict[int, int]:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
-    try:
-        offsets = consumer.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)
-    finally:
-        consumer.close()
-    return {tp.partition: tp.offset for tp in offsets if tp.offset >= 0}
+    return lmrc_publish.committed_offsets({"bootstrap.servers": bootstrap}, group, topic, partitions)
 
 
 @contextmanager

@@ -264,9 +264,9 @@ def test_sigterm_commits_and_a_restarted_service_resumes_where_it_stopped(
     first = _start_relay_process(settings)
     try:
         produce(bootstrap, settings.input_topic, encoded(documents[:10]))
-        assert len(read_topic(bootstrap, [settings.output_topic], expect=10, settle=0)) == 10
+        assert len(read_topic(bootstrap, [settings.output_topic], expect=10, timeout=90, settle=0)) == 10
         first.send_signal(signal.SIGTERM)
-        assert first.wait(30) == 0
+        assert first.wait(60) == 0
     finally:
         first.kill()
     assert committed_offsets(bootstrap, settings.group_id, settings.input_topic, 2) == {0: 10}
@@ -274,9 +274,9 @@ def test_sigterm_commits_and_a_restarted_service_resumes_where_it_stopped(
     produce(bootstrap, settings.input_topic, encoded(documents[10:20]))
     second = _start_relay_process(settings)
     try:
-        out = read_topic(bootstrap, [settings.output_topic], expect=20, timeout=60)
+        out = read_topic(bootstrap, [settings.output_topic], expect=20, timeout=90)
         second.send_signal(signal.SIGTERM)
-        assert second.wait(30) == 0
+        assert second.wait(60) == 0
     finally:
         second.kill()
     assert sorted(r.key or "" for r in out) == sorted(d.doc_id for d in documents[:20]), "each exactly once"

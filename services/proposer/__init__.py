@@ -1,0 +1,1 @@
+"""Relation candidate proposal (RCP): score every ordered entity pair, pass on the likely ones."""

@@ -1,0 +1,3 @@
+from services.proposer.service import main
+
+main()

@@ -1,0 +1,218 @@
+"""The proposer: features, threshold, the shipped model on the holdout split, ONNX parity, service."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lmrc import docred
+from lmrc.broker import LocalBroker
+from schemas import CandidatePairEvent, DeadLetterEvent, DocumentEvent
+from services.proposer.artifact import (
+    DEFAULT_ARTIFACT_DIR,
+    ProposerConfig,
+    load_config,
+    threshold_for,
+    tokenizer_file,
+)
+from services.proposer.features import MARKER, DocumentFeaturizer
+from services.proposer.inference import OnnxPairScorer
+from services.proposer.selection import (
+    candidate_scores,
+    pair_labels,
+    relation_labels,
+    score_documents,
+    threshold_for_recall,
+)
+from services.proposer.service import ProposerSettings, build_runtime
+from services.runtime import KafkaSettings
+from tests.helpers import produce, read_topic, running
+
+
+@pytest.fixture(scope="module")
+def featurizer() -> DocumentFeaturizer:
+    return DocumentFeaturizer(tokenizer_file())
+
+
+@pytest.fixture(scope="module")
+def config() -> ProposerConfig:
+    return load_config(DEFAULT_ARTIFACT_DIR)
+
+
+@pytest.fixture(scope="module")
+def onnx_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shipped artifact exported to ONNX, as `lmrc proposer export` does."""
+    from services.proposer.export import export_onnx
+
+    return export_onnx(DEFAULT_ARTIFACT_DIR, tmp_path_factory.mktemp("onnx") / "proposer.onnx")
+
+
+@pytest.fixture(scope="module")
+def scorer(onnx_file: Path) -> OnnxPairScorer:
+    return OnnxPairScorer(onnx_file, ["CPUExecutionProvider"])
+
+
+def longest(documents: list[dict]) -> dict:
+    return max(documents, key=lambda raw: sum(len(s) for s in raw["sents"]))
+
+
+def test_every_mention_is_represented_by_its_start_marker(featurizer: DocumentFeaturizer) -> None:
+    raw = docred.load_split("holdout")[0]
+    document = docred.to_document_event(raw)
+    pieces, positions = featurizer.word_pieces(document)
+    marker_id = featurizer.tokenizer.token_to_id(MARKER)
+    assert [len(p) for p in positions] == [len(entity.mentions) for entity in document.entities]
+    assert all(pieces[position] == marker_id for entity in positions for position in entity)
+    for entity, entity_positions in zip(document.entities, positions, strict=True):
+        earliest = min(entity.mentions, key=lambda m: (m.sent_id, m.start))  # positions are in text order
+        words = document.sentences[earliest.sent_id][earliest.start : earliest.end]
+        start = entity_positions[0] + 1
+        expected = featurizer.tokenizer.encode(words, is_pretokenized=True, add_special_tokens=False).ids
+        assert pieces[start : start + len(expected)] == expected
+        assert pieces[start + len(expected)] == marker_id  # the end marker closes the mention
+
+
+def test_long_documents_are_cut_into_overlapping_windows(featurizer: DocumentFeaturizer) -> None:
+    features = featurizer.featurize(docred.to_document_event(longest(docred.load_split("train"))))
+    assert features.token_count > 510
+    windows, length = features.window_input_ids.shape
+    assert windows == 2 and length == 512
+    assert features.window_offsets[0] == 0 and features.window_offsets[-1] == features.token_count - 510
+    assert (features.window_input_ids[:, 0] == featurizer.cls_id).all()
+    assert (features.window_input_ids[:, -1] == featurizer.sep_id).all()
+    n = features.mention_positions.shape[0]
+    assert len(features.pair_heads) == n * (n - 1) and not (features.pair_heads == features.pair_tails).any()
+
+
+def test_training_labels_follow_the_gold_annotations(featurizer: DocumentFeaturizer) -> None:
+    raw = docred.load_split("train")[0]
+    features = featurizer.featurize(docred.to_document_event(raw))
+    relation_index = {r: i for i, r in enumerate(sorted(docred.load_relation_names()))}
+    pairs, relations = pair_labels(raw, features), relation_labels(raw, features, relation_index)
+    gold_pairs = {(label["h"], label["t"]) for label in raw["labels"]}
+    assert pairs.sum() == len(gold_pairs) and relations.sum() == len(raw["labels"])
+    first = raw["labels"][0]
+    row = next(
+        i
+        for i, (h, t) in enumerate(zip(features.pair_heads, features.pair_tails, strict=True))
+        if (h, t) == (first["h"], first["t"])
+    )
+    assert pairs[row] == 1 and relations[row, relation_index[first["r"]]] == 1
+
+
+def test_threshold_keeps_the_recall_target() -> None:
+    scores = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2])
+    labels = np.array([1, 0, 1, 0, 1, 0, 1, 0])
+    assert threshold_for_recall(scores, labels, 0.75) == 0.5  # 3 of 4 positives kept
+    assert threshold_for_recall(scores, labels, 1.0) == 0.3
+
+
+def test_recall_target_picks_a_calibrated_threshold(config: ProposerConfig) -> None:
+    assert threshold_for(config, None) == config.threshold == config.thresholds["0.950"]["threshold"]
+    assert threshold_for(config, 0.90) >= config.threshold >= threshold_for(config, 0.99)
+    rows = [config.thresholds[key] for key in sorted(config.thresholds)]
+    assert [row["pair_recall"] for row in rows] == sorted(row["pair_recall"] for row in rows)
+    with pytest.raises(ValueError, match=r"no threshold for recall target 0\.800"):
+        threshold_for(config, 0.8)
+
+
+def test_shipped_model_keeps_gold_pairs_and_drops_most_others_on_holdout(
+    scorer: OnnxPairScorer, featurizer: DocumentFeaturizer, config: ProposerConfig
+) -> None:
+    scored = score_documents(docred.load_split("holdout"), featurizer, scorer.score)
+    figures = candidate_scores(scored, config.threshold)
+    print(f"holdout: pair recall {figures.pair_recall:.4f}, pass rate {figures.pass_rate:.4f}")
+    assert figures.pair_recall >= 0.90
+    assert figures.pass_rate <= 0.30
+
+
+def test_onnx_and_torch_give_the_same_pair_scores(
+    scorer: OnnxPairScorer, featurizer: DocumentFeaturizer
+) -> None:
+    from services.proposer.torch_model import load_artifact, torch_scores
+
+    model, _config = load_artifact(DEFAULT_ARTIFACT_DIR)
+    holdout = docred.load_split("holdout")
+    documents = [holdout[0], holdout[1], longest(docred.load_split("train"))]
+    differences = []
+    for raw in documents:
+        features = featurizer.featurize(docred.to_document_event(raw))
+        expected, got = torch_scores(model, features), scorer.score(features)
+        assert expected.shape == got.shape == (len(features.pair_heads),)
+        differences.append(float(np.abs(expected - got).max()))
+    assert max(differences) < 1e-3, differences
+
+
+@pytest.mark.broker
+def test_service_turns_documents_into_candidate_events(
+    broker: LocalBroker,
+    unique: str,
+    onnx_file: Path,
+    scorer: OnnxPairScorer,
+    featurizer: DocumentFeaturizer,
+    config: ProposerConfig,
+) -> None:
+    documents = [docred.to_document_event(raw) for raw in docred.load_split("holdout")[:4]]
+    big = docred.to_document_event(longest(docred.load_split("train")))
+    crowded = DocumentEvent(
+        doc_id="crowded", sentences=documents[0].sentences, entities=list(documents[0].entities) * 10
+    )
+    broken = json.loads(documents[1].model_dump_json())
+    broken["entities"][0]["mentions"][0]["end"] = 10_000
+    settings = ProposerSettings(
+        service_name=f"proposer-{unique}",
+        group_id=f"group-{unique}",
+        input_topic=f"{unique}.documents",
+        output_topic=f"{unique}.candidates",
+        dead_letter_topic=f"{unique}.dlq",
+        kafka=KafkaSettings(bootstrap_servers=broker.bootstrap_servers),
+        http_port=0,
+        create_topics=True,
+        topic_partitions=1,
+        max_batch_wait_seconds=0.1,
+        session_timeout_ms=2000,
+        onnx_path=onnx_file,
+        max_document_tokens=600,
+        max_entities=100,
+    )
+    values = [d.model_dump_json().encode() for d in [*documents, big, crowded]] + [
+        json.dumps(broken).encode()
+    ]
+    with running(build_runtime(settings)):
+        produce(broker.bootstrap_servers, settings.input_topic, values)
+        expected = {
+            d.doc_id: {
+                (int(h), int(t))
+                for h, t, s in zip(f.pair_heads, f.pair_tails, scorer.score(f), strict=True)
+                if s >= config.threshold
+            }
+            for d in documents
+            for f in [featurizer.featurize(d)]
+        }
+        out = read_topic(
+            broker.bootstrap_servers, [settings.output_topic], expect=sum(map(len, expected.values()))
+        )
+        dlq = read_topic(broker.bootstrap_servers, [settings.dead_letter_topic], expect=3)
+    candidates = [CandidatePairEvent.model_validate_json(record.value or b"") for record in out]
+    got: dict[str, set[tuple[int, int]]] = {}
+    for candidate in candidates:
+        got.setdefault(candidate.doc_id, set()).add((candidate.head, candidate.tail))
+        assert candidate.score >= config.threshold
+        assert candidate.proposer_model_version == config.version
+        assert candidate.document.doc_id == candidate.doc_id
+    assert got == {doc_id: pairs for doc_id, pairs in expected.items() if pairs}
+    assert all(c.candidates_in_document == len(got[c.doc_id]) for c in candidates)
+    assert all(0 < len(pairs) < len(d.entities) ** 2 for d in documents for pairs in [expected[d.doc_id]])
+    letters = sorted(
+        (DeadLetterEvent.model_validate_json(r.value or b"") for r in dlq), key=lambda x: x.origin.offset
+    )
+    assert [letter.error_class for letter in letters] == [
+        "DocumentTooLarge",
+        "TooManyEntities",
+        "SchemaValidationError",
+    ]
+    assert "word pieces (limit 600)" in letters[0].error_message
+    assert "has 120 entities (limit 100)" in letters[1].error_message
