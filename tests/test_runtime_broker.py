@@ -25,6 +25,7 @@ from services.runtime import (
     RetryableError,
     ServiceRuntime,
 )
+from services.runtime.topics import ensure_topics
 from tests.helpers import committed_offsets, http_get, metric_value, produce, read_topic, running
 
 pytestmark = pytest.mark.broker
@@ -261,6 +262,10 @@ def test_sigterm_commits_and_a_restarted_service_resumes_where_it_stopped(
 ) -> None:
     settings = relay_settings(broker, unique)
     bootstrap = broker.bootstrap_servers
+    # Topics first: the test must not race the process (a topic produced to first is auto-created
+    # with other partitions, and one read before it exists is skipped).
+    topics = [settings.input_topic, settings.output_topic or "", settings.dead_letter_topic]
+    ensure_topics(settings.kafka.client_config(), topics, partitions=2)
     first = _start_relay_process(settings)
     try:
         produce(bootstrap, settings.input_topic, encoded(documents[:10]))
