@@ -67,7 +67,7 @@ def _publish(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from lmrc.local_run import run_local
 
-    return run_local(args.input, args.limit)
+    return run_local(args.input, args.limit, args.graph)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,9 +105,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_proposer_commands(commands)
 
-    run = commands.add_parser("run", help="run the pipeline locally on a document file")
+    from services.classifier.cli import add_commands as add_classifier_commands
+
+    add_classifier_commands(commands)
+
+    from lmrc.llm.cli import add_commands as add_llm_commands
+
+    add_llm_commands(commands)
+
+    run = commands.add_parser("run", help="run the whole pipeline locally (broker, TGI, services, graph)")
     run.add_argument("--input", type=Path, help="DocRED JSON or JSON lines (default: holdout split)")
-    run.add_argument("--limit", type=int, help="only the first N documents")
+    run.add_argument("--limit", type=int, help="only the first N documents (holdout default: 3)")
+    run.add_argument("--graph", type=Path, help="embedded graph directory (default: var/graph.lbug)")
     run.set_defaults(func=_run)
     return parser
 

@@ -1,15 +1,17 @@
-"""The local run: a real broker, the pipeline's services built so far, documents in, results out.
+"""The local run: the whole pipeline on this machine, documents in, a graph of relations out.
 
-Today: documents are published to ``lmrc.documents``; the proposer (ONNX) scores every entity
-pair and emits candidate pairs to ``lmrc.candidates``; invalid or oversized documents are
-dead-lettered. The run ends when the proposer has committed every published document (a document
-with no candidate emits nothing, so committed offsets, not outputs, say when it is done), then
-prints what went through and, for DocRED-format input, the proposer's recall and pass rate. The
-classifier and the sink (with its embedded graph) join as the classifier lands (issue 4).
+A real broker (Tansu), the local TGI-compatible server with the shipped classifier adapter, the
+three services (proposer, classifier, sink into the embedded LadybugDB graph), each in a thread
+of this process. Documents are published to ``lmrc.documents``; each stage is done when its
+consumer group has committed everything its input topic holds (a stage commits only after its
+outputs are confirmed, so a committed input means its outputs exist). Then the relations are
+printed, the graph's location is given, and for DocRED-format input the proposer's recall and
+the pipeline's official DocRED scores.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections import Counter
@@ -20,16 +22,29 @@ from confluent_kafka import Consumer
 
 from lmrc import docred
 from lmrc.broker import LocalBroker
-from lmrc.evaluation import evaluate_candidates, format_candidates
+from lmrc.evaluation import evaluate_candidates, evaluate_relations, format_candidates
+from lmrc.llm.local_server import LocalTgiServer
+from lmrc.paths import REPO_ROOT
 from lmrc.publish import beginning_of, committed_offsets, iter_document_payloads, publish
+from services.classifier.artifact import DEFAULT_ADAPTER_DIR
+from services.classifier.artifact import load_config as load_classifier_config
+from services.classifier.service import ClassifierHandler, ClassifierSettings
+from services.classifier.service import build_runtime as build_classifier
 from services.proposer.service import ProposerSettings
 from services.proposer.service import build_runtime as build_proposer
-from services.runtime import KafkaSettings
+from services.runtime import KafkaSettings, ServiceRuntime, ServiceSettings
+from services.sink.cli import format_table
+from services.sink.service import SinkHandler
+from services.sink.service import build_runtime as build_sink
+from services.sink.settings import SinkSettings, open_store
+
+DEFAULT_DOCUMENTS = 3  # from the holdout split when no input is given: the LLM on CPU is the slow part
+STAGE_TIMEOUT_SECONDS = 3600
 
 
 def _inputs(input_path: Path | None, limit: int | None) -> tuple[list[tuple[str, bytes]], list[dict], str]:
     if input_path is None:
-        raw = docred.load_split("holdout")[:limit]
+        raw = docred.load_split("holdout")[: limit or DEFAULT_DOCUMENTS]
         payloads = [
             (event.doc_id, event.model_dump_json().encode())
             for event in (docred.to_document_event(doc, dataset="redocred-holdout") for doc in raw)
@@ -43,76 +58,187 @@ def _inputs(input_path: Path | None, limit: int | None) -> tuple[list[tuple[str,
 
 def _read_all(
     client_config: dict[str, Any], topics: list[str], idle_seconds: float = 1.5
-) -> list[tuple[str, Any]]:
-    """Everything on the topics now (the producer confirmed it before its input was committed)."""
-    import json
-
+) -> list[tuple[str, int, int, Any]]:
+    """Everything on the topics now: (topic, partition, offset, decoded value)."""
     consumer = Consumer({**client_config, "group.id": "lmrc-local-run-reader", "enable.auto.commit": False})
-    records: list[tuple[str, Any]] = []
+    records: list[tuple[str, int, int, Any]] = []
     try:
         consumer.assign(beginning_of(consumer, topics))
         last = time.monotonic()
         while time.monotonic() - last < idle_seconds:
             message = consumer.poll(0.1)
             if message is not None and not message.error():
-                records.append((message.topic() or "", json.loads(message.value() or b"null")))
+                value = json.loads(message.value() or b"null")
+                records.append(
+                    (message.topic() or "", message.partition() or 0, message.offset() or 0, value)
+                )
                 last = time.monotonic()
     finally:
         consumer.close()
     return records
 
 
-def run_local(input_path: Path | None, limit: int | None = None) -> int:
+def _ends(records: list[tuple[str, int, int, Any]], topic: str) -> dict[int, int]:
+    ends: dict[int, int] = {}
+    for record_topic, partition, offset, _value in records:
+        if record_topic == topic:
+            ends[partition] = max(ends.get(partition, 0), offset + 1)
+    return ends
+
+
+def _wait_committed(
+    client: dict[str, Any], settings: ServiceSettings, ends: dict[int, int], label: str, unit: str
+) -> None:
+    """Until the stage's group has committed ``ends`` on its input topic, printing progress."""
+    total = sum(ends.values())
+    started = time.monotonic()
+    done = -1
+    while done < total:
+        committed = committed_offsets(
+            client, settings.group_id, settings.input_topic, settings.topic_partitions
+        )
+        now = sum(min(committed.get(p, 0), end) for p, end in ends.items())
+        if now != done:
+            print(f"  {label}: {now}/{total} {unit}", flush=True)
+            done = now
+        if time.monotonic() - started > STAGE_TIMEOUT_SECONDS:
+            raise TimeoutError(f"{label} did not finish within {STAGE_TIMEOUT_SECONDS}s")
+        time.sleep(0.5)
+
+
+def _start(runtime: ServiceRuntime) -> threading.Thread:
+    thread = threading.Thread(target=runtime.run, name=runtime.service, daemon=True)
+    thread.start()
+    return thread
+
+
+def run_local(input_path: Path | None, limit: int | None = None, graph_path: Path | None = None) -> int:
     payloads, gold, source = _inputs(input_path, limit)
-    print(f"local run: {len(payloads)} documents from {source}")
-    with LocalBroker() as broker:
-        kafka = KafkaSettings(bootstrap_servers=broker.bootstrap_servers)
-        settings = ProposerSettings(
-            kafka=kafka, http_port=0, create_topics=True, max_batch_wait_seconds=0.2, session_timeout_ms=2000
-        )
-        proposer = build_proposer(settings)
-        worker = threading.Thread(target=proposer.run, name="proposer", daemon=True)
-        worker.start()
-        print(
-            f"broker (Tansu) on {broker.bootstrap_servers}; "
-            f"proposer metrics on http://127.0.0.1:{proposer.http_port}/metrics"
-        )
+    graph_path = graph_path or REPO_ROOT / "var" / "graph.lbug"
+    adapter = load_classifier_config(DEFAULT_ADAPTER_DIR)
+    print(f"local run: {len(payloads)} documents from {source}", flush=True)
+    log_dir = REPO_ROOT / "var" / "log"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    with (
+        LocalBroker(log_path=log_dir / "broker.log") as broker,
+        LocalTgiServer({adapter.version: DEFAULT_ADAPTER_DIR}, log_path=log_dir / "tgi.log") as tgi,
+    ):
+        common: dict[str, Any] = {
+            "kafka": KafkaSettings(bootstrap_servers=broker.bootstrap_servers),
+            "http_port": 0,
+            "create_topics": True,
+            "max_batch_wait_seconds": 0.2,
+            "session_timeout_ms": 2000,
+        }
+        proposer_settings = ProposerSettings(**common)
+        classifier_settings = ClassifierSettings(**common, tgi_url=tgi.url, tgi_adapter_id=adapter.version)
+        sink_settings = SinkSettings(**common, ladybug_path=graph_path)
+        runtimes = [
+            build_proposer(proposer_settings),
+            build_classifier(classifier_settings),
+            build_sink(sink_settings),
+        ]
+        threads = [_start(runtime) for runtime in runtimes]
+        print(f"broker (Tansu) on {broker.bootstrap_servers}; local TGI server on {tgi.url}")
+        for runtime in runtimes:
+            print(f"  {runtime.service} metrics on http://127.0.0.1:{runtime.http_port}/metrics")
+        client = common["kafka"].client_config()
         started = time.monotonic()
-        client = kafka.client_config()
-        ends = publish(client, settings.input_topic, iter(payloads))
-        total = sum(ends.values())
-        print(f"published {len(payloads)} documents to {settings.input_topic}")
         try:
-            done = -1
-            while done < total:
-                committed = committed_offsets(
-                    client, settings.group_id, settings.input_topic, settings.topic_partitions
-                )
-                now = sum(min(committed.get(p, 0), end) for p, end in ends.items())
-                if now != done:
-                    print(f"  {now}/{total} documents processed by the proposer")
-                    done = now
-                if time.monotonic() - started > 600:
-                    raise TimeoutError("the proposer did not finish within 10 minutes")
-                time.sleep(0.5)
+            ends = publish(client, proposer_settings.input_topic, iter(payloads))
+            print(f"published {len(payloads)} documents to {proposer_settings.input_topic}", flush=True)
+            _wait_committed(client, proposer_settings, ends, "proposer", "documents")
+            stage_records = _read_all(client, [classifier_settings.input_topic])
+            _wait_committed(
+                client,
+                classifier_settings,
+                _ends(stage_records, classifier_settings.input_topic),
+                "classifier",
+                "candidate pairs",
+            )
+            stage_records = _read_all(client, [sink_settings.input_topic])
+            _wait_committed(
+                client, sink_settings, _ends(stage_records, sink_settings.input_topic), "sink", "relations"
+            )
             elapsed = time.monotonic() - started
-            records = _read_all(client, [settings.output_topic or "", settings.dead_letter_topic])
+            topics = [
+                classifier_settings.input_topic,
+                sink_settings.input_topic,
+                proposer_settings.dead_letter_topic,
+                classifier_settings.dead_letter_topic,
+                sink_settings.dead_letter_topic,
+            ]
+            records = _read_all(client, topics)
         finally:
-            proposer.stop()
-            worker.join(30)
-    candidates = [event for topic, event in records if topic == settings.output_topic]
-    letters = Counter(event["error_class"] for topic, event in records if topic == settings.dead_letter_topic)
-    with_candidates = {event["doc_id"] for event in candidates}
-    print(
-        f"done in {elapsed:.1f}s: {len(candidates)} candidate pairs for {len(with_candidates)} documents "
-        f"on {settings.output_topic}; {sum(letters.values())} documents dead-lettered {dict(letters)}"
-    )
-    if gold:
-        scores = evaluate_candidates(
-            gold, [{"title": c["doc_id"], "h_idx": c["head"], "t_idx": c["tail"]} for c in candidates]
-        )
-        print(format_candidates(scores))
-        per_document = scores.candidates / len(gold), scores.all_pairs / len(gold)
-        print(f"LLM calls per document: {per_document[0]:.1f} instead of {per_document[1]:.1f} (every pair)")
-    print("next stages (classifier, then sink into the embedded graph) join this run with issue 4")
+            for runtime in runtimes:
+                runtime.stop()
+            for thread in threads:
+                thread.join(60)
+            for runtime in runtimes:
+                handler = runtime.handler
+                if isinstance(handler, ClassifierHandler):
+                    handler.close()
+                elif isinstance(handler, SinkHandler):
+                    handler.store.close()  # the embedded store has one writer: release it
+    _report(records, elapsed, gold, graph_path, proposer_settings, classifier_settings, sink_settings)
     return 0
+
+
+def _report(
+    records: list[tuple[str, int, int, Any]],
+    elapsed: float,
+    gold: list[dict],
+    graph_path: Path,
+    proposer: ProposerSettings,
+    classifier: ClassifierSettings,
+    sink: SinkSettings,
+) -> None:
+    def on(topic: str) -> list[Any]:
+        return [value for record_topic, _p, _o, value in records if record_topic == topic]
+
+    candidates, relations = on(classifier.input_topic), on(sink.input_topic)
+
+    def letters(topic: str) -> Counter[str]:
+        return Counter(event["error_class"] for event in on(topic))
+
+    print(
+        f"done in {elapsed:.1f}s: {len(candidates)} candidate pairs, {len(relations)} relations; "
+        f"dead letters: documents {dict(letters(proposer.dead_letter_topic))}, "
+        f"pairs {dict(letters(classifier.dead_letter_topic))}, "
+        f"relations {dict(letters(sink.dead_letter_topic))}"
+    )
+    store = open_store(SinkSettings(ladybug_path=graph_path), read_only=True)
+    try:
+        counts = store.counts()
+        print(format_table(store.relations(limit=40)))
+    finally:
+        store.close()
+    print(
+        f"graph: {graph_path} (LadybugDB, embedded): {counts.entities} entities, "
+        f"{counts.relations} relations from {counts.documents} documents; "
+        f"query it with `lmrc graph --path {graph_path} relations`"
+    )
+    if not gold:
+        return
+    scores = evaluate_candidates(
+        gold, [{"title": c["doc_id"], "h_idx": c["head"], "t_idx": c["tail"]} for c in candidates]
+    )
+    print(format_candidates(scores))
+    print(
+        f"LLM calls per document: {scores.candidates / len(gold):.1f} "
+        f"instead of {scores.all_pairs / len(gold):.1f} (every pair)"
+    )
+    predictions = [
+        {
+            "title": r["doc_id"],
+            "h_idx": r["head"]["index"],
+            "t_idx": r["tail"]["index"],
+            "r": r["relation_id"],
+        }
+        for r in relations
+    ]
+    result = evaluate_relations(gold, predictions, docred.load_split("train")).scores
+    print(
+        f"DocRED scores of the pipeline on these {len(gold)} documents: F1 {result.f1:.4f}, "
+        f"Ign F1 {result.ign_f1 or 0.0:.4f} (P {result.precision:.4f}, R {result.recall:.4f})"
+    )

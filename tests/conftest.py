@@ -1,4 +1,4 @@
-"""Fixtures: a real Kafka-protocol broker (Tansu) per test session, and unique names."""
+"""Fixtures: a real Kafka-protocol broker (Tansu), the local TGI-compatible server, unique names."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from lmrc.broker import LocalBroker
+from lmrc.llm.local_server import LocalTgiServer
 
 _names = itertools.count()
 
@@ -25,3 +26,14 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBroker]:
 def unique() -> str:
     """A fresh name stem, so each test has its own topics and consumer group."""
     return f"t{next(_names)}-{time.time_ns() % 10**8}"
+
+
+@pytest.fixture(scope="session")
+def tgi_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalTgiServer]:
+    """The local TGI-compatible server with the shipped classifier adapter loaded (multi-LoRA)."""
+    from services.classifier.artifact import DEFAULT_ADAPTER_DIR, load_config
+
+    adapter_id = load_config(DEFAULT_ADAPTER_DIR).version
+    log_path = Path(tmp_path_factory.mktemp("tgi")) / "server.log"
+    with LocalTgiServer({adapter_id: DEFAULT_ADAPTER_DIR}, log_path=log_path) as server:
+        yield server

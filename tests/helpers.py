@@ -7,7 +7,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -97,6 +97,14 @@ def running(runtime: ServiceRuntime) -> Iterator[ServiceRuntime]:
         thread.join(30)
     assert not thread.is_alive(), "runtime did not stop within 30 s"
     assert not errors, errors
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
 
 
 def http_get(port: int, path: str) -> tuple[int, str]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -22,7 +21,7 @@ from services.sink.graph import GraphStore
 from services.sink.ladybug_store import LadybugGraphStore
 from services.sink.service import build_runtime
 from services.sink.settings import SinkSettings
-from tests.helpers import committed_offsets, gold_relation_events, metric_value, produce, running
+from tests.helpers import committed_offsets, gold_relation_events, metric_value, produce, running, wait_for
 
 pytestmark = pytest.mark.broker
 
@@ -51,14 +50,6 @@ def sink_settings(broker: LocalBroker, stem: str, **overrides: object) -> SinkSe
     }
     fields.update(overrides)
     return SinkSettings(**fields)
-
-
-def wait_for(condition, timeout: float = 30.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 def encoded(events: list[RelationEvent]) -> list[bytes | None]:

@@ -190,6 +190,9 @@ class ServiceRuntime:
             self._consumer.close()
         if self._producer is not None:
             self._producer.flush(self.settings.delivery_timeout_seconds)
+        # Drop the clients: librdkafka keeps reconnecting (and logging) until they are destroyed.
+        self._consumer = None
+        self._producer = None
         self._health.stop()
         log.info("%s: stopped", self.service)
 

@@ -1,0 +1,1 @@
+"""The relation classifier (RC): prompt, TGI client, service, LoRA training, evaluation."""

@@ -1,0 +1,3 @@
+from services.classifier.service import main
+
+main()

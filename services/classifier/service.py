@@ -1,0 +1,261 @@
+"""The classifier service: CandidatePairEvents in, one RelationEvent per predicted relation out.
+
+A batch's pairs are grouped by document and sent to TGI concurrently, a document's pairs side
+by side so that TGI's prefix cache serves their shared document prefix. Per pair:
+- an answer with relations: one RelationEvent each (confidence from the answer's token
+  log-probabilities); ``none``: nothing (counted);
+- TGI refused the request, failed after all retries, or answered something unparseable: the pair
+  goes to the dead-letter topic with the reason (replayable), the rest of the batch goes on;
+- the circuit breaker is open (TGI down for a while): the whole batch is retried later by the
+  runtime, nothing committed, nothing dead-lettered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Coroutine, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import Field, SecretStr
+from pydantic_settings import SettingsConfigDict
+
+from schemas import CandidatePairEvent, EntityRef, ModelVersions, RelationEvent, event_id
+from services.classifier import metrics
+from services.classifier.artifact import DEFAULT_ADAPTER_DIR, ClassifierConfig, load_config
+from services.classifier.prompt import (
+    PROMPT_VERSION,
+    SEPARATOR,
+    TERMINATOR,
+    LabelSet,
+    UnparseableAnswerError,
+    answer_regex,
+    build_prompt,
+    docred_labels,
+    parse_answer,
+)
+from services.classifier.tgi_api import GenerateParameters, GenerateRequest, GenerateResponse, Grammar
+from services.classifier.tgi_client import CircuitBreaker, CircuitOpenError, RetryPolicy, TgiClient, TgiError
+from services.runtime import (
+    BatchResult,
+    Consumed,
+    Output,
+    RetryableError,
+    ServiceRuntime,
+    ServiceSettings,
+    UnprocessableMessageError,
+)
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class ClassifierSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="CLASSIFIER_", extra="ignore")
+
+    service_name: str = "classifier"
+    group_id: str = "lmrc-classifier"
+    input_topic: str = "lmrc.candidates"
+    output_topic: str | None = "lmrc.relations"
+    dead_letter_topic: str = "lmrc.candidates.dead-letter"
+    max_batch_size: int = Field(default=64, ge=1, le=10_000)
+    artifact_dir: Path = Field(default=DEFAULT_ADAPTER_DIR, description="Adapter dir with classifier.json.")
+    tgi_url: str = "http://127.0.0.1:8080"
+    tgi_api_token: SecretStr | None = None
+    tgi_adapter_id: str | None = Field(
+        default=None, description="LoRA adapter id TGI serves the classifier as (None: TGI's base model)."
+    )
+    tgi_timeout_seconds: float = Field(default=60.0, gt=0)
+    tgi_max_concurrency: int = Field(default=8, ge=1, le=1024)
+    tgi_max_attempts: int = Field(default=4, ge=1)
+    tgi_backoff_initial_seconds: float = Field(default=0.5, gt=0)
+    tgi_backoff_max_seconds: float = Field(default=8.0, gt=0)
+    circuit_failure_threshold: int = Field(default=20, ge=1, description="Consecutive failures.")
+    circuit_reset_seconds: float = Field(default=15.0, gt=0)
+    max_new_tokens: int = Field(default=64, ge=4)
+
+
+def label_confidences(response: GenerateResponse, names: list[str]) -> dict[str, float]:
+    """Per relation: exp(sum of the log-probabilities of the tokens that spell it).
+
+    Without token details (a server that omits them), every relation gets 1.0.
+    """
+    details = response.details
+    if (
+        details is None
+        or not details.tokens
+        or any(t.logprob is None for t in details.tokens if not t.special)
+    ):
+        return dict.fromkeys(names, 1.0)
+    spans: list[tuple[int, int, float]] = []
+    position = 0
+    for token in details.tokens:
+        if token.special:
+            continue
+        spans.append((position, position + len(token.text), token.logprob or 0.0))
+        position += len(token.text)
+    text = "".join(t.text for t in details.tokens if not t.special)
+    where: dict[str, tuple[int, int]] = {}  # each name's span in the answer, part by part
+    offset = 0
+    for part in text.rstrip(TERMINATOR).split(SEPARATOR):
+        where.setdefault(part, (offset, offset + len(part)))
+        offset += len(part) + len(SEPARATOR)
+    confidences: dict[str, float] = {}
+    for name in names:
+        if name not in where:
+            confidences[name] = 1.0
+            continue
+        start, end = where[name]
+        logprob = sum(lp for s, e, lp in spans if s < end and e > start)
+        confidences[name] = min(1.0, max(0.0, math.exp(logprob)))
+    return confidences
+
+
+class ClassifierHandler:
+    input_model = CandidatePairEvent
+
+    def __init__(
+        self, settings: ClassifierSettings, config: ClassifierConfig, labels: LabelSet | None = None
+    ) -> None:
+        if config.prompt_version != PROMPT_VERSION:
+            raise ValueError(
+                f"adapter {config.version} was trained on prompt {config.prompt_version}, "
+                f"this service builds {PROMPT_VERSION}"
+            )
+        self.settings = settings
+        self.config = config
+        self.labels = labels or docred_labels()
+        self.service = settings.service_name
+        self.grammar = Grammar(type="regex", value=answer_regex(self.labels))
+        self._loop = asyncio.new_event_loop()
+        self.client = TgiClient(
+            settings.tgi_url,
+            self.service,
+            timeout_seconds=settings.tgi_timeout_seconds,
+            max_concurrency=settings.tgi_max_concurrency,
+            retry=RetryPolicy(
+                settings.tgi_max_attempts,
+                settings.tgi_backoff_initial_seconds,
+                settings.tgi_backoff_max_seconds,
+            ),
+            breaker=CircuitBreaker(
+                settings.circuit_failure_threshold, settings.circuit_reset_seconds, self.service
+            ),
+            api_token=settings.tgi_api_token.get_secret_value() if settings.tgi_api_token else None,
+        )
+        self._loop.run_until_complete(self.client.__aenter__())
+
+    def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        """Run a coroutine on the handler's event loop (where its HTTP client lives)."""
+        return self._loop.run_until_complete(coroutine)
+
+    def close(self) -> None:
+        self._loop.run_until_complete(self.client.__aexit__())
+        self._loop.close()
+
+    def request_for(self, candidate: CandidatePairEvent) -> GenerateRequest:
+        return GenerateRequest(
+            inputs=build_prompt(candidate.document, candidate.head, candidate.tail, self.labels),
+            parameters=GenerateParameters(
+                adapter_id=self.settings.tgi_adapter_id,
+                details=True,
+                do_sample=False,
+                grammar=self.grammar,
+                max_new_tokens=self.settings.max_new_tokens,
+            ),
+        )
+
+    def handle(self, batch: Sequence[Consumed[CandidatePairEvent]]) -> BatchResult:
+        # A document's pairs next to each other: their requests reach TGI together.
+        ordered = sorted(batch, key=lambda item: item.event.doc_id)
+        outcomes = self.run(self._classify_all([item.event for item in ordered]))
+        result = BatchResult()
+        for item, outcome in zip(ordered, outcomes, strict=True):
+            if isinstance(outcome, CircuitOpenError):
+                raise RetryableError(str(outcome)) from outcome
+            if isinstance(outcome, UnprocessableMessageError):
+                metrics.PAIRS.labels(self.service, "dead_lettered").inc()
+                result.rejected.append((item, outcome))
+                continue
+            metrics.RELATIONS_PER_PAIR.labels(self.service).observe(len(outcome))
+            metrics.PAIRS.labels(self.service, "related" if outcome else "unrelated").inc()
+            metrics.RELATIONS.labels(self.service).inc(len(outcome))
+            result.outputs.extend(Output(relation, key=relation.doc_id) for relation in outcome)
+        return result
+
+    async def _classify_all(
+        self, candidates: list[CandidatePairEvent]
+    ) -> list[list[RelationEvent] | UnprocessableMessageError | CircuitOpenError]:
+        return list(await asyncio.gather(*(self.classify(candidate) for candidate in candidates)))
+
+    async def classify(
+        self, candidate: CandidatePairEvent
+    ) -> list[RelationEvent] | UnprocessableMessageError | CircuitOpenError:
+        """The pair's relations, or why there are none to give (never raises for TGI trouble)."""
+        try:
+            response = await self.client.generate(self.request_for(candidate))
+            names = parse_answer(response.generated_text, self.labels)
+        except CircuitOpenError as error:
+            return error
+        except TgiError as error:
+            return UnprocessableMessageError(error.error_class, str(error))
+        except UnparseableAnswerError as error:
+            return UnprocessableMessageError("UnparseableAnswer", str(error))
+        return self.relations(candidate, names, label_confidences(response, names))
+
+    def relations(
+        self, candidate: CandidatePairEvent, names: list[str], confidences: dict[str, float]
+    ) -> list[RelationEvent]:
+        document = candidate.document
+        ids = self.labels.ids_by_name
+
+        def ref(index: int) -> EntityRef:
+            entity = document.entities[index]
+            return EntityRef(index=index, name=entity.name, type=entity.type)
+
+        return [
+            RelationEvent(
+                event_id=event_id(candidate.doc_id, candidate.head, candidate.tail, ids[name]),
+                doc_id=candidate.doc_id,
+                doc_title=document.title,
+                head=ref(candidate.head),
+                tail=ref(candidate.tail),
+                relation_id=ids[name],
+                relation_name=name,
+                confidence=confidences[name],
+                models=ModelVersions(
+                    proposer=candidate.proposer_model_version, classifier=self.config.version
+                ),
+                source=document.source,
+                proposed_at=candidate.proposed_at,
+            )
+            for name in names
+        ]
+
+
+def build_runtime(settings: ClassifierSettings) -> ServiceRuntime:
+    config = load_config(settings.artifact_dir)
+    handler = ClassifierHandler(settings, config)
+    log.info(
+        "classifier %s (prompt %s) on %s, adapter %s",
+        config.version,
+        config.prompt_version,
+        settings.tgi_url,
+        settings.tgi_adapter_id,
+    )
+    return ServiceRuntime(settings, handler)
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    runtime = build_runtime(ClassifierSettings())
+    runtime.install_signal_handlers()
+    try:
+        runtime.run()
+    finally:
+        handler = runtime.handler
+        if isinstance(handler, ClassifierHandler):
+            handler.close()

@@ -1,0 +1,142 @@
+"""The local TGI-compatible server, checked against TGI's own OpenAPI description (real model)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+import jsonschema
+import pytest
+
+from lmrc import docred
+from lmrc.llm.local_server import LocalTgiServer
+from lmrc.paths import shared_dir
+from schemas import CandidatePairEvent
+from services.classifier.artifact import DEFAULT_ADAPTER_DIR, load_config
+from services.classifier.prompt import answer_regex, build_prompt, docred_labels, parse_answer
+from services.classifier.service import ClassifierHandler, ClassifierSettings
+
+LABELS = docred_labels()
+
+
+def _nullable_to_json_schema(node: Any) -> Any:
+    """OpenAPI 3.0's ``nullable: true`` as JSON Schema's ``null`` type, recursively."""
+    if isinstance(node, list):
+        return [_nullable_to_json_schema(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    converted = {key: _nullable_to_json_schema(value) for key, value in node.items() if key != "nullable"}
+    if node.get("nullable"):
+        return {"anyOf": [converted, {"type": "null"}]}
+    return converted
+
+
+@pytest.fixture(scope="module")
+def openapi() -> dict[str, Any]:
+    with open(shared_dir() / "tgi" / "openapi.json", encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def assert_valid(openapi: dict[str, Any], schema_name: str, instance: Any) -> None:
+    schema = {
+        "$ref": f"#/components/schemas/{schema_name}",
+        "components": _nullable_to_json_schema(openapi["components"]),
+    }
+    jsonschema.validate(instance, schema)
+
+
+@pytest.fixture(scope="module")
+def document():
+    return docred.to_document_event(docred.load_split("holdout")[0])
+
+
+def test_the_classifiers_request_is_a_valid_tgi_generate_request(openapi, document) -> None:
+    handler = ClassifierHandler(ClassifierSettings(tgi_adapter_id="rc"), load_config(DEFAULT_ADAPTER_DIR))
+    try:
+        candidate = CandidatePairEvent(
+            event_id="e",
+            doc_id=document.doc_id,
+            head=0,
+            tail=1,
+            score=0.5,
+            candidates_in_document=1,
+            proposer_model_version="p",
+            document=document,
+        )
+        body = handler.request_for(candidate).model_dump(mode="json", exclude_none=True, exclude={"stream"})
+    finally:
+        handler.close()
+    assert_valid(openapi, "GenerateRequest", body)
+    assert body["parameters"]["grammar"] == {"type": "regex", "value": answer_regex(LABELS)}
+    assert body["parameters"]["adapter_id"] == "rc" and body["parameters"]["do_sample"] is False
+    with pytest.raises(jsonschema.ValidationError):  # the check itself can fail
+        assert_valid(openapi, "GenerateRequest", {"parameters": {}})
+
+
+def test_info_health_and_metrics(tgi_server: LocalTgiServer, openapi) -> None:
+    info = httpx.get(f"{tgi_server.url}/info").json()
+    assert_valid(openapi, "Info", info)
+    assert info["max_input_tokens"] < info["max_total_tokens"]
+    assert httpx.get(f"{tgi_server.url}/health").status_code == 200
+    text = httpx.get(f"{tgi_server.url}/metrics").text
+    for name in ("tgi_queue_size", "tgi_request_duration_bucket", "tgi_request_input_length_bucket"):
+        assert name in text
+
+
+@pytest.mark.parametrize("with_adapter", [True, False], ids=["adapter", "base-model"])
+def test_grammar_makes_every_answer_a_valid_label_list(
+    tgi_server: LocalTgiServer, openapi, document, with_adapter: bool
+) -> None:
+    adapter_id = load_config(DEFAULT_ADAPTER_DIR).version if with_adapter else None
+    pairs = [(0, 1), (1, 0), (0, 2), (2, 0)]
+    for head, tail in pairs:
+        body = {
+            "inputs": build_prompt(document, head, tail, LABELS),
+            "parameters": {
+                "grammar": {"type": "regex", "value": answer_regex(LABELS)},
+                "max_new_tokens": 48,
+                "details": True,
+                **({"adapter_id": adapter_id} if adapter_id else {}),
+            },
+        }
+        answer = httpx.post(f"{tgi_server.url}/generate", json=body, timeout=120)
+        assert answer.status_code == 200, answer.text
+        payload = answer.json()
+        assert_valid(openapi, "GenerateResponse", payload)
+        assert payload["details"]["finish_reason"] == "eos_token"
+        parse_answer(payload["generated_text"], LABELS)  # raises unless a valid label list
+        assert all(token["logprob"] <= 1e-6 for token in payload["details"]["tokens"])
+        assert int(answer.headers["x-prompt-tokens"]) > 500
+
+
+def test_pairs_of_one_document_reuse_the_cached_prefix(tgi_server: LocalTgiServer, document) -> None:
+    def reused() -> float:
+        for line in httpx.get(f"{tgi_server.url}/metrics").text.splitlines():
+            if line.startswith("tgi_request_prefix_reused_tokens_sum"):
+                return float(line.split()[-1])
+        return 0.0
+
+    for head, tail in [(1, 2), (2, 1)]:
+        before = reused()
+        body = {"inputs": build_prompt(document, head, tail, LABELS), "parameters": {"max_new_tokens": 2}}
+        assert httpx.post(f"{tgi_server.url}/generate", json=body, timeout=120).status_code == 200
+    prefix_tokens = len(
+        httpx.post(f"{tgi_server.url}/tokenize", json={"inputs": build_prompt(document, 2, 1, LABELS)}).json()
+    )
+    assert reused() - before > 0.8 * prefix_tokens
+
+
+def test_bad_requests_get_tgi_validation_errors(tgi_server: LocalTgiServer, openapi) -> None:
+    bad = [
+        {"inputs": "x", "parameters": {"max_new_tokens": -1}},
+        {"inputs": "x", "parameters": {"grammar": {"type": "regex", "value": "(unclosed"}}},
+        {"inputs": "x", "parameters": {"adapter_id": "no-such-adapter"}},
+        {"inputs": "word " * 5000, "parameters": {"max_new_tokens": 4}},
+        {"parameters": {}},
+    ]
+    for body in bad:
+        answer = httpx.post(f"{tgi_server.url}/generate", json=body, timeout=60)
+        assert answer.status_code == 422, (body, answer.text)
+        assert_valid(openapi, "ErrorResponse", answer.json())
+        assert answer.json()["error_type"] == "validation"
