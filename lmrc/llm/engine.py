@@ -11,6 +11,7 @@ repetition and frequency penalties (accepted, ignored), watermarking.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -186,8 +187,6 @@ class GenerationEngine:
 
     def _adapter(self, adapter_id: str | None) -> Any:
         """The PEFT adapter for the request; the base model when none is asked for (as TGI)."""
-        import contextlib
-
         if not self.adapter_ids:
             return contextlib.nullcontext()
         if adapter_id is None:

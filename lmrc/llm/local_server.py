@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import IO
 
 import httpx
 
@@ -28,6 +29,7 @@ class LocalTgiServer:
         self.threads = threads
         self.log_path = log_path
         self._process: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
 
     @property
     def url(self) -> str:
@@ -49,7 +51,8 @@ class LocalTgiServer:
             command += ["--lora-adapters", ",".join(f"{k}={v}" for k, v in self.adapters.items())]
         if self.threads:
             command += ["--threads", str(self.threads)]
-        output = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+        self._log = open(self.log_path, "ab") if self.log_path else None  # noqa: SIM115 (closed in stop)
+        output = self._log or subprocess.DEVNULL
         self._process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -73,6 +76,9 @@ class LocalTgiServer:
                 self._process.kill()
                 self._process.wait()
         self._process = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
 
     def __enter__(self) -> LocalTgiServer:
         return self.start()
