@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -140,3 +141,21 @@ def test_bad_requests_get_tgi_validation_errors(tgi_server: LocalTgiServer, open
         assert answer.status_code == 422, (body, answer.text)
         assert_valid(openapi, "ErrorResponse", answer.json())
         assert answer.json()["error_type"] == "validation"
+
+
+def test_more_requests_than_allowed_get_tgis_overloaded_answer(openapi, tmp_path) -> None:
+    """TGI answers 429 beyond ``max_concurrent_requests``; the others are still served."""
+    body = {"inputs": "Write a long story about a cat.", "parameters": {"max_new_tokens": 40}}
+
+    async def burst(url: str) -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=url, timeout=120) as client:
+            return list(await asyncio.gather(*(client.post("/generate", json=body) for _ in range(4))))
+
+    with LocalTgiServer(max_concurrent_requests=1, log_path=tmp_path / "server.log") as server:
+        answers = asyncio.run(burst(server.url))
+    statuses = sorted(answer.status_code for answer in answers)
+    assert statuses[0] == 200 and statuses[-1] == 429, statuses
+    for answer in answers:
+        if answer.status_code == 429:
+            assert_valid(openapi, "ErrorResponse", answer.json())
+            assert answer.json()["error_type"] == "overloaded"

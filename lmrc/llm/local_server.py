@@ -21,10 +21,12 @@ class LocalTgiServer(LocalProcess):
         host: str = "127.0.0.1",
         threads: int | None = None,
         log_path: Path | None = None,
+        max_concurrent_requests: int | None = None,
     ) -> None:
         super().__init__(port, host, log_path)
         self.adapters = adapters or {}
         self.threads = threads
+        self.max_concurrent_requests = max_concurrent_requests
 
     @property
     def url(self) -> str:
@@ -46,6 +48,8 @@ class LocalTgiServer(LocalProcess):
             command += ["--lora-adapters", ",".join(f"{k}={v}" for k, v in self.adapters.items())]
         if self.threads:
             command += ["--threads", str(self.threads)]
+        if self.max_concurrent_requests:
+            command += ["--max-concurrent-requests", str(self.max_concurrent_requests)]
         return command
 
     def is_ready(self) -> bool:
