@@ -18,6 +18,7 @@ from typing import Any, Literal
 from lmrc import docred, evaluation
 from schemas import CandidatePairEvent, DocumentEvent, event_id
 from services.classifier.artifact import ClassifierConfig
+from services.classifier.prompt import LabelSet
 from services.classifier.service import ClassifierHandler, ClassifierSettings
 
 PairSource = Literal["gold", "proposer"]
@@ -111,9 +112,9 @@ def evaluate(
     progress: Any = None,
 ) -> tuple[RcReport, list[PairOutcome]]:
     raw_documents = docred.load_split(split)[:limit]  # type: ignore[arg-type]
-    names = docred.load_relation_names()
     pairs = candidate_pairs(raw_documents, source)
     handler = ClassifierHandler(settings, config)
+    names = handler.labels.names  # the label set the classifier answers in
     outcomes: list[PairOutcome] = []
     tokens_before = _token_counts(settings.service_name)
     started = time.perf_counter()
@@ -126,7 +127,7 @@ def evaluate(
         handler.close()
     wall = time.perf_counter() - started
     tokens_after = _token_counts(settings.service_name)
-    report = _report(source, raw_documents, outcomes, split)
+    report = _report(source, raw_documents, outcomes, split, handler.labels)
     latencies = sorted(o.seconds for o in outcomes) or [0.0]
     report.wall_seconds = round(wall, 1)
     report.requests_per_second = round(len(outcomes) / wall, 3) if wall else 0.0
@@ -151,7 +152,11 @@ def _token_counts(service: str) -> tuple[float, float]:
 
 
 def _report(
-    source: PairSource, raw_documents: list[dict[str, Any]], outcomes: list[PairOutcome], split: str
+    source: PairSource,
+    raw_documents: list[dict[str, Any]],
+    outcomes: list[PairOutcome],
+    split: str,
+    labels: LabelSet,
 ) -> RcReport:
     answered = [o for o in outcomes if o.predicted is not None]
     correct = sum(len(o.gold & o.predicted) for o in answered if o.predicted is not None)
@@ -172,7 +177,7 @@ def _report(
         f1=round(0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall), 4),
         none_answers=sum(1 for o in answered if not o.predicted),
     )
-    ids = {name: pid for pid, name in docred.load_relation_names().items()}
+    ids = labels.ids_by_name
     predictions = [
         {"title": o.title, "h_idx": o.head, "t_idx": o.tail, "r": ids[name], "evidence": []}
         for o in answered
