@@ -64,6 +64,30 @@ def _publish(args: argparse.Namespace) -> int:
     return 0
 
 
+PIPELINE_TOPICS = [
+    "lmrc.documents",
+    "lmrc.candidates",
+    "lmrc.relations",
+    "lmrc.documents.dead-letter",
+    "lmrc.candidates.dead-letter",
+    "lmrc.relations.dead-letter",
+]
+
+
+def _topics(args: argparse.Namespace) -> int:
+    """Create the pipeline's topics (the Helm chart's Job runs this); existing ones stay as they are."""
+    from services.runtime import KafkaSettings
+    from services.runtime.topics import ensure_topics
+
+    topics = args.topic or PIPELINE_TOPICS
+    created = ensure_topics(
+        KafkaSettings().client_config(), topics, args.partitions, replication_factor=args.replication_factor
+    )
+    for topic in topics:
+        print(f"{topic:<32} {'created' if topic in created else 'exists'}")
+    return 0
+
+
 def _run(args: argparse.Namespace) -> int:
     from lmrc.local_run import run_local
 
@@ -96,6 +120,12 @@ def build_parser() -> argparse.ArgumentParser:
     pub.add_argument("file", type=Path, help="DocRED JSON or JSON lines of DocumentEvents")
     pub.add_argument("--topic", default="lmrc.documents")
     pub.set_defaults(func=_publish)
+
+    topics = commands.add_parser("topics", help="create the pipeline's topics (KAFKA_* settings)")
+    topics.add_argument("topic", nargs="*", help="topics to create (default: the pipeline's six)")
+    topics.add_argument("--partitions", type=int, default=4)
+    topics.add_argument("--replication-factor", type=int, default=-1, help="-1: the broker's default")
+    topics.set_defaults(func=_topics)
 
     from services.sink.cli import add_commands as add_graph_commands
 

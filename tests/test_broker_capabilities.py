@@ -27,6 +27,24 @@ def test_topics_are_created_with_the_requested_partitions(broker: LocalBroker, u
     ]
 
 
+def test_topics_command_creates_missing_topics_and_leaves_existing_ones(
+    broker: LocalBroker, unique: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`lmrc topics`, what the Helm chart's Job runs."""
+    from lmrc.cli import main
+
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", broker.bootstrap_servers)
+    assert main(["topics", "--partitions", "2", f"{unique}.x"]) == 0
+    assert main(["topics", "--partitions", "2", f"{unique}.x", f"{unique}.y"]) == 0
+    lines = [line.split() for line in capsys.readouterr().out.splitlines()]
+    assert lines == [[f"{unique}.x", "created"], [f"{unique}.x", "exists"], [f"{unique}.y", "created"]]
+    consumer = Consumer({"bootstrap.servers": broker.bootstrap_servers, "group.id": "unused"})
+    try:
+        assert len(beginning_of(consumer, [f"{unique}.x", f"{unique}.y"])) == 4
+    finally:
+        consumer.close()
+
+
 def test_idempotent_producer_and_group_commits(broker: LocalBroker, unique: str) -> None:
     topic = f"{unique}.in"
     produce(broker.bootstrap_servers, topic, [b"1", b"2", b"3"])

@@ -42,3 +42,19 @@ RELATIONS_PER_PAIR = Histogram(
     ["service"],
     buckets=(0, 1, 2, 3, 5, 8),
 )
+
+
+def initialize(service: str, error_classes: tuple[str, ...], retry_reasons: tuple[str, ...]) -> None:
+    """Known series at 0 from the start (see services.runtime.metrics.initialize)."""
+    for outcome in ("ok", *error_classes):
+        TGI_REQUESTS.labels(service, outcome)
+    for reason in retry_reasons:
+        TGI_RETRIES.labels(service, reason)
+    for direction in ("input", "output"):
+        TGI_TOKENS.labels(service, direction)
+    for outcome in ("related", "unrelated", "dead_lettered"):
+        PAIRS.labels(service, outcome)
+    CIRCUIT_OPEN.labels(service).set(0)
+    RELATIONS.labels(service)
+    RELATIONS_PER_PAIR.labels(service)
+    TGI_REQUEST_SECONDS.labels(service)

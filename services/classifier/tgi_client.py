@@ -115,6 +115,12 @@ class TgiClient:
         self.headers = {"Authorization": f"Bearer {api_token}"} if api_token else {}
         self._http: httpx.AsyncClient | None = None
         self._semaphore: asyncio.Semaphore | None = None
+        errors = (TgiUnavailableError, TgiTimeoutError, TgiRejectedError)
+        metrics.initialize(
+            service,
+            error_classes=tuple(e.error_class for e in errors),
+            retry_reasons=tuple(e.error_class for e in errors if e.retryable),
+        )
 
     async def __aenter__(self) -> TgiClient:
         self._http = httpx.AsyncClient(

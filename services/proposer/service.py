@@ -74,6 +74,10 @@ class ProposerHandler:
         )
         self.featurizer = DocumentFeaturizer(tokenizer_file(), config.window_length, config.window_stride)
         self.service = settings.service_name
+        # At 0 from the start, so that rate() sees the first documents.
+        for series in (metrics.DOCUMENTS, metrics.PAIRS_SCORED, metrics.PAIRS_PASSED):
+            series.labels(self.service)
+        metrics.INFERENCE_SECONDS.labels(self.service)
 
     def handle(self, batch: Sequence[Consumed[DocumentEvent]]) -> BatchResult:
         result = BatchResult()

@@ -94,6 +94,7 @@ class ServiceRuntime:
         self.settings = settings
         self.handler = handler
         self.service = settings.service_name
+        metrics.initialize(self.service)
         self._stop = threading.Event()
         self._last_heartbeat = time.monotonic()
         self._running = False

@@ -48,3 +48,12 @@ LAST_COMMIT_TIMESTAMP = Gauge(
     "Unix time of the last successful offset commit.",
     ["service"],
 )
+
+
+def initialize(service: str) -> None:
+    """Create the series whose label values are known in advance at 0, so that the first event is
+    an increase that ``rate()`` sees, and ratios read 0 rather than nothing before it."""
+    for outcome in ("committed", "failed"):
+        OFFSET_COMMITS.labels(service, outcome)
+    BATCH_SIZE.labels(service)
+    BATCH_PROCESSING_SECONDS.labels(service)

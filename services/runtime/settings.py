@@ -19,6 +19,8 @@ class KafkaSettings(BaseSettings):
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
     ssl_ca_location: str | None = None
+    ssl_certificate_location: str | None = Field(default=None, description="Client certificate (mutual TLS).")
+    ssl_key_location: str | None = Field(default=None, description="Client key (mutual TLS).")
     compression_type: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "zstd"
 
     def client_config(self) -> dict[str, Any]:
@@ -32,6 +34,8 @@ class KafkaSettings(BaseSettings):
             "sasl.username": self.sasl_username,
             "sasl.password": self.sasl_password.get_secret_value() if self.sasl_password else None,
             "ssl.ca.location": self.ssl_ca_location,
+            "ssl.certificate.location": self.ssl_certificate_location,
+            "ssl.key.location": self.ssl_key_location,
         }
         config.update({key: value for key, value in optional.items() if value is not None})
         return config

@@ -10,19 +10,29 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 
 def ensure_topics(
-    client_config: dict[str, Any], topics: Iterable[str], partitions: int, timeout: float = 15.0
-) -> None:
-    """Create the topics that do not exist yet; existing ones are left as they are."""
+    client_config: dict[str, Any],
+    topics: Iterable[str],
+    partitions: int,
+    timeout: float = 15.0,
+    replication_factor: int = -1,
+) -> list[str]:
+    """Create the topics that do not exist yet; existing ones are left as they are.
+
+    Returns the topics created. ``replication_factor`` -1 takes the broker's default.
+    """
     admin = AdminClient(client_config)
     existing = set(admin.list_topics(timeout=timeout).topics)
     wanted = [
-        NewTopic(topic, num_partitions=partitions) for topic in dict.fromkeys(topics) if topic not in existing
+        NewTopic(topic, num_partitions=partitions, replication_factor=replication_factor)
+        for topic in dict.fromkeys(topics)
+        if topic not in existing
     ]
     if not wanted:
-        return
+        return []
     for topic, future in admin.create_topics(wanted, operation_timeout=timeout).items():
         try:
             future.result(timeout)
         except KafkaException as error:
             if error.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise RuntimeError(f"could not create topic {topic!r}: {error}") from error
+    return [topic.topic for topic in wanted]

@@ -24,6 +24,8 @@ class SinkHandler:
     def __init__(self, store: GraphStore, service: str) -> None:
         self.store = store
         self.service = service
+        metrics.RELATIONS_WRITTEN.labels(service, store.backend)  # at 0 from the start, for rate()
+        metrics.WRITE_SECONDS.labels(service, store.backend)
 
     def handle(self, batch: Sequence[Consumed[RelationEvent]]) -> BatchResult:
         backend = self.store.backend

@@ -1,0 +1,47 @@
+# syntax=docker/dockerfile:1
+# The proposer on a CUDA base with onnxruntime-gpu (falls back to the CPU provider without a GPU).
+# Build from the repository root:
+#   docker build -f deploy/containers/proposer.Dockerfile -t lmrc-proposer .
+# The model is baked from MODEL_DIR (default: the shipped artifact) or mounted at /models/proposer.
+# Without an ONNX file beside the artifact (`lmrc proposer export`), the export stage makes one.
+ARG CUDA_BASE=nvidia/cuda:12.6.3-cudnn-runtime-ubuntu24.04
+
+FROM ${CUDA_BASE} AS python-base
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3 python3-venv \
+    && rm -rf /var/lib/apt/lists/*
+
+FROM python-base AS build
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY lmrc ./lmrc
+COPY schemas ./schemas
+COPY services ./services
+RUN python3 -m venv /opt/venv \
+    && /opt/venv/bin/pip install --no-cache-dir . \
+    && /opt/venv/bin/pip uninstall -y onnxruntime \
+    && /opt/venv/bin/pip install --no-cache-dir "onnxruntime-gpu>=1.18"
+
+FROM python-base AS model
+ARG MODEL_DIR=models/proposer
+COPY ${MODEL_DIR} /models/proposer
+COPY --from=build /src /src
+# Export to ONNX only when the context has no export: torch lives in this stage alone.
+RUN if ! ls /models/proposer/*.onnx >/dev/null 2>&1; then \
+        python3 -m venv /opt/export \
+        && /opt/export/bin/pip install --no-cache-dir "/src[train]" \
+        && /opt/export/bin/lmrc proposer export --artifact /models/proposer; \
+    fi
+
+FROM python-base
+RUN useradd --uid 10001 --no-create-home --shell /usr/sbin/nologin lmrc
+COPY --from=build /opt/venv /opt/venv
+COPY --from=model /models/proposer /models/proposer
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PROPOSER_ARTIFACT_DIR=/models/proposer \
+    PROPOSER_EXECUTION_PROVIDER=auto
+USER 10001:10001
+EXPOSE 9100
+ENTRYPOINT ["lmrc-proposer"]
