@@ -44,17 +44,21 @@ RELATIONS_PER_PAIR = Histogram(
 )
 
 
-def initialize(service: str, error_classes: tuple[str, ...], retry_reasons: tuple[str, ...]) -> None:
-    """Known series at 0 from the start (see services.runtime.metrics.initialize)."""
+def initialize_client(service: str, error_classes: tuple[str, ...], retry_reasons: tuple[str, ...]) -> None:
+    """The TGI client's series at 0 from the start (see services.runtime.metrics.initialize)."""
     for outcome in ("ok", *error_classes):
         TGI_REQUESTS.labels(service, outcome)
     for reason in retry_reasons:
         TGI_RETRIES.labels(service, reason)
     for direction in ("input", "output"):
         TGI_TOKENS.labels(service, direction)
+    TGI_REQUEST_SECONDS.labels(service)
+    CIRCUIT_OPEN.labels(service).set(0)
+
+
+def initialize_pairs(service: str) -> None:
+    """The handler's series at 0 from the start."""
     for outcome in ("related", "unrelated", "dead_lettered"):
         PAIRS.labels(service, outcome)
-    CIRCUIT_OPEN.labels(service).set(0)
     RELATIONS.labels(service)
     RELATIONS_PER_PAIR.labels(service)
-    TGI_REQUEST_SECONDS.labels(service)

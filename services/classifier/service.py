@@ -129,6 +129,7 @@ class ClassifierHandler:
         self.config = config
         self.labels = labels or docred_labels()
         self.service = settings.service_name
+        metrics.initialize_pairs(self.service)
         self.grammar = Grammar(type="regex", value=answer_regex(self.labels))
         self._loop = asyncio.new_event_loop()
         self.client = TgiClient(

@@ -116,7 +116,7 @@ class TgiClient:
         self._http: httpx.AsyncClient | None = None
         self._semaphore: asyncio.Semaphore | None = None
         errors = (TgiUnavailableError, TgiTimeoutError, TgiRejectedError)
-        metrics.initialize(
+        metrics.initialize_client(
             service,
             error_classes=tuple(e.error_class for e in errors),
             retry_reasons=tuple(e.error_class for e in errors if e.retryable),
