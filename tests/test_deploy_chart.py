@@ -226,13 +226,8 @@ def test_credentials_come_from_the_secret_the_chart_writes() -> None:
         for entry in env_of(deployment).values()
         if "valueFrom" in entry
     ]
-    assert {r["key"] for r in references} == {
-        "kafka-sasl-username",
-        "kafka-sasl-password",
-        "tgi-api-token",
-        "falkordb-username",
-        "falkordb-password",
-    } - {"falkordb-username", "falkordb-password"}  # the embedded store has no credentials
+    # The embedded graph store (these values) takes no credentials: no falkordb-* references.
+    assert {r["key"] for r in references} == {"kafka-sasl-username", "kafka-sasl-password", "tgi-api-token"}
     for reference in references:
         assert reference["name"] == secret["metadata"]["name"]
         assert reference["key"] in secret["stringData"] or reference["optional"] is True
@@ -295,9 +290,10 @@ def test_scaled_objects_watch_each_service_group_and_input_topic() -> None:
         assert trigger["metadata"]["topic"] == env[f"{prefix}_INPUT_TOPIC"]["value"]
         assert trigger["metadata"]["sasl"] == "scram_sha512" and trigger["metadata"]["tls"] == "enable"
         assert trigger["authenticationRef"]["name"] in of_kind(documents, "TriggerAuthentication")
-        assert scaled_object["spec"]["maxReplicaCount"] <= EVERYTHING_VALUES.get("topics", {}).get(
-            "partitions", 12
-        )
+        (job,) = of_kind(documents, "Job").values()
+        job_command = container(job)["command"][1:] + container(job)["args"]
+        partitions = build_parser().parse_args(job_command).partitions
+        assert scaled_object["spec"]["maxReplicaCount"] <= partitions  # idle replicas beyond it
 
 
 def test_service_monitor_scrapes_every_service_and_keeps_their_service_label() -> None:
