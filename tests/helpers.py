@@ -107,6 +107,17 @@ def wait_for(condition: Callable[[], bool], timeout: float = 30.0, what: str = "
         time.sleep(0.1)
 
 
+def wait_committed(
+    bootstrap: str, group: str, topic: str, ends: dict[int, int], timeout: float = 30.0, what: str = "commit"
+) -> None:
+    """Until ``group`` has committed exactly ``ends`` (partition -> next offset) on ``topic``."""
+    wait_for(
+        lambda: committed_offsets(bootstrap, group, topic, max(ends, default=0) + 1) == ends,
+        timeout=timeout,
+        what=f"{what}: {group} to commit {ends} on {topic}",
+    )
+
+
 def http_get(port: int, path: str) -> tuple[int, str]:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:

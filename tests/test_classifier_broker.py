@@ -15,7 +15,15 @@ from services.classifier.prompt import docred_labels
 from services.classifier.service import ClassifierHandler, ClassifierSettings, build_runtime
 from services.runtime import KafkaSettings
 from tests.faults import FaultyProxy
-from tests.helpers import committed_offsets, metric_value, produce, read_topic, running, wait_for
+from tests.helpers import (
+    committed_offsets,
+    metric_value,
+    produce,
+    read_topic,
+    running,
+    wait_committed,
+    wait_for,
+)
 
 pytestmark = pytest.mark.broker
 
@@ -155,14 +163,7 @@ def test_a_pair_tgi_keeps_failing_is_retried_then_dead_lettered(
     with running(runtime):
         produce(broker.bootstrap_servers, settings.input_topic, encoded(candidates[:1]))
         letters = read_topic(broker.bootstrap_servers, [settings.dead_letter_topic], expect=1, timeout=60)
-        wait_for(
-            lambda: (
-                committed_offsets(broker.bootstrap_servers, settings.group_id, settings.input_topic, 1)
-                == {0: 1}
-            ),
-            timeout=180,
-            what="commit",
-        )
+        wait_committed(broker.bootstrap_servers, settings.group_id, settings.input_topic, {0: 1}, timeout=180)
     assert proxy.generate_requests == settings.tgi_max_attempts
     letter = DeadLetterEvent.model_validate_json(letters[0].value)
     assert letter.error_class == ("TgiUnavailable" if fault == "503" else "TgiTimeout")
@@ -217,14 +218,7 @@ def test_an_open_circuit_pauses_the_service_and_loses_nothing(
             timeout=180,
             what="pairs after recovery",
         )
-        wait_for(
-            lambda: (
-                committed_offsets(broker.bootstrap_servers, settings.group_id, settings.input_topic, 1)
-                == {0: 2}
-            ),
-            timeout=180,
-            what="commit",
-        )
+        wait_committed(broker.bootstrap_servers, settings.group_id, settings.input_topic, {0: 2}, timeout=180)
     assert read_topic(broker.bootstrap_servers, [settings.dead_letter_topic], expect=0, settle=0.5) == []
 
 

@@ -28,7 +28,7 @@ from lmrc.llm.local_server import LocalTgiServer
 from lmrc.publish import publish
 from services.runtime.topics import ensure_topics
 from tests.faults import FaultyProxy
-from tests.helpers import committed_offsets, produce, read_topic, wait_for
+from tests.helpers import produce, read_topic, wait_committed, wait_for
 from tests.observability import (
     DASHBOARDS,
     REPO,
@@ -164,18 +164,6 @@ def _topic_ends(bootstrap: str, topic: str) -> dict[int, int]:
     for record in read_topic(bootstrap, [topic], expect=0, timeout=2, settle=1.5):
         ends[record.partition] = max(ends.get(record.partition, 0), record.offset + 1)
     return ends
-
-
-def _wait_committed(
-    bootstrap: str, group: str, topic: str, ends: dict[int, int], timeout: float = 240
-) -> None:
-    wait_for(
-        lambda: all(
-            committed_offsets(bootstrap, group, topic, 1).get(p, 0) >= end for p, end in ends.items()
-        ),
-        timeout=timeout,
-        what=f"{group} to commit {ends} on {topic}",
-    )
 
 
 def _small_documents(count: int) -> list[bytes]:
@@ -322,13 +310,15 @@ def scraped(
                 documents,
                 iter([(f"d{i}", p) for i, p in enumerate([*_small_documents(2), b"{not json"])]),
             )
-            _wait_committed(bootstrap, f"{stem}-proposer", documents, ends)
+            wait_committed(bootstrap, f"{stem}-proposer", documents, ends, timeout=240)
             time.sleep(2.5)
             ends = publish({"bootstrap.servers": bootstrap}, documents, iter([("poison", b"[1, 2")]))
-            _wait_committed(bootstrap, f"{stem}-proposer", documents, ends)
+            wait_committed(bootstrap, f"{stem}-proposer", documents, ends, timeout=240)
             candidate_ends = _topic_ends(bootstrap, candidates)
-            _wait_committed(bootstrap, f"{stem}-classifier", candidates, candidate_ends)
-            _wait_committed(bootstrap, f"{stem}-sink", relations, _topic_ends(bootstrap, relations))
+            wait_committed(bootstrap, f"{stem}-classifier", candidates, candidate_ends, timeout=240)
+            wait_committed(
+                bootstrap, f"{stem}-sink", relations, _topic_ends(bootstrap, relations), timeout=240
+            )
             time.sleep(4)  # a few more scrapes and rule evaluations after the last commit
             yield Scraped(
                 prometheus=prometheus_url,

@@ -21,7 +21,15 @@ from services.sink.graph import GraphStore
 from services.sink.ladybug_store import LadybugGraphStore
 from services.sink.service import build_runtime
 from services.sink.settings import SinkSettings
-from tests.helpers import committed_offsets, gold_relation_events, metric_value, produce, running, wait_for
+from tests.helpers import (
+    committed_offsets,
+    gold_relation_events,
+    metric_value,
+    produce,
+    running,
+    wait_committed,
+    wait_for,
+)
 
 pytestmark = pytest.mark.broker
 
@@ -87,11 +95,11 @@ def test_replaying_the_topic_leaves_the_graph_unchanged(
         produce(broker.bootstrap_servers, settings.input_topic, encoded(events))  # the topic replayed
         produce(broker.bootstrap_servers, settings.input_topic, [b"not json"])
         wait_for(lambda: written() == 2 * len(events), what="replay")
-        wait_for(
-            lambda: (
-                committed_offsets(broker.bootstrap_servers, settings.group_id, settings.input_topic, 1)
-                == {0: 2 * len(events) + 1}
-            ),
+        wait_committed(
+            broker.bootstrap_servers,
+            settings.group_id,
+            settings.input_topic,
+            {0: 2 * len(events) + 1},
             what="commit of the replay and the dead letter",
         )
         second = (store.counts(), store.relations(limit=None), store.entities())
