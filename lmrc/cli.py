@@ -8,6 +8,7 @@ import logging
 import sys
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from lmrc import docred, evaluation
 
@@ -40,10 +41,12 @@ def _split(args: argparse.Namespace) -> int:
 def _broker(args: argparse.Namespace) -> int:
     import time
 
-    from lmrc.broker import LocalBroker
+    from lmrc.broker import LocalBroker, S3Storage
 
-    broker = LocalBroker(port=args.port).start()
-    print(f"Kafka-protocol broker (Tansu, in memory) on {broker.bootstrap_servers}; Ctrl-C stops it")
+    storage = S3Storage(args.s3_endpoint, args.s3_bucket) if args.s3_endpoint else None
+    broker = LocalBroker(port=args.port, storage=storage).start()
+    where = f"bucket {args.s3_bucket} on {args.s3_endpoint}" if storage else "in memory"
+    print(f"Kafka-protocol broker (Tansu, {where}) on {broker.bootstrap_servers}; Ctrl-C stops it")
     try:
         while broker.running:
             time.sleep(0.5)
@@ -61,6 +64,53 @@ def _publish(args: argparse.Namespace) -> int:
     payloads = list(iter_document_payloads(args.file))
     publish(KafkaSettings().client_config(), args.topic, iter(payloads))
     print(f"published {len(payloads)} documents to {args.topic}")
+    return 0
+
+
+def format_relation(value: Any) -> str:
+    """One line per relation event; anything else (a poison message) as it came."""
+    from pydantic import ValidationError
+
+    from schemas import RelationEvent
+
+    try:
+        event = RelationEvent.model_validate(value)
+    except ValidationError:
+        return value if isinstance(value, str) else json.dumps(value)
+    head, tail = event.head, event.tail
+    return (
+        f"{event.doc_id}: {head.name} ({head.type}) --{event.relation_id} {event.relation_name}--> "
+        f"{tail.name} ({tail.type})  {event.confidence:.2f}"
+    )
+
+
+def _tail(args: argparse.Namespace) -> int:
+    """Print events as they arrive; Ctrl-C (or --max-messages, --timeout) stops."""
+    from lmrc.publish import tail
+    from services.runtime import KafkaSettings
+
+    seen = 0
+
+    def show(_topic: str, value: Any) -> bool:
+        nonlocal seen
+        seen += 1
+        print(json.dumps(value) if args.json else format_relation(value), flush=True)
+        return args.max_messages is None or seen < args.max_messages
+
+    try:
+        tail(
+            KafkaSettings().client_config(),
+            [args.topic],
+            show,
+            timeout=args.timeout,
+            from_beginning=args.from_beginning,
+        )
+    except KeyboardInterrupt:
+        pass
+    except TimeoutError:
+        if args.max_messages is not None:
+            print(f"{seen} of {args.max_messages} messages before the timeout", file=sys.stderr)
+            return 1
     return 0
 
 
@@ -91,7 +141,15 @@ def _topics(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from lmrc.local_run import run_local
 
-    return run_local(args.input, args.limit, args.graph)
+    return run_local(args.input, args.limit, args.graph, args.report)
+
+
+def _benchmark(args: argparse.Namespace) -> int:
+    from lmrc.benchmark import format_report, run_benchmark
+
+    report = run_benchmark(args.documents, args.interval, args.split)
+    print(json.dumps(report.as_dict(), indent=2) if args.json else format_report(report))
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -114,12 +172,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     broker = commands.add_parser("broker", help="run the local Kafka-protocol broker")
     broker.add_argument("--port", type=int, default=9092)
+    broker.add_argument(
+        "--s3-endpoint", help="keep data in S3 (an S3-compatible URL; AWS_* credentials) instead of memory"
+    )
+    broker.add_argument("--s3-bucket", default="tansu", help="an existing bucket")
     broker.set_defaults(func=_broker)
 
     pub = commands.add_parser("publish", help="publish documents (KAFKA_* settings)")
     pub.add_argument("file", type=Path, help="DocRED JSON or JSON lines of DocumentEvents")
     pub.add_argument("--topic", default="lmrc.documents")
     pub.set_defaults(func=_publish)
+
+    tl = commands.add_parser("tail", help="print relation events as they arrive (KAFKA_* settings)")
+    tl.add_argument("--topic", default="lmrc.relations")
+    tl.add_argument("--from-beginning", action="store_true", help="start at the first offset, not the end")
+    tl.add_argument("--json", action="store_true", help="print each event as JSON")
+    tl.add_argument("--max-messages", type=int, help="stop after this many")
+    tl.add_argument("--timeout", type=float, help="stop after this many seconds")
+    tl.set_defaults(func=_tail)
 
     topics = commands.add_parser("topics", help="create the pipeline's topics (KAFKA_* settings)")
     topics.add_argument("topic", nargs="*", help="topics to create (default: the pipeline's six)")
@@ -147,7 +217,19 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--input", type=Path, help="DocRED JSON or JSON lines (default: holdout split)")
     run.add_argument("--limit", type=int, help="only the first N documents (holdout default: 3)")
     run.add_argument("--graph", type=Path, help="embedded graph directory (default: var/graph.lbug)")
+    run.add_argument("--report", type=Path, help="also write the figures to this JSON file")
     run.set_defaults(func=_run)
+
+    bench = commands.add_parser(
+        "benchmark", help="end-to-end and per-stage documents/s, publish-to-graph latency, bottleneck"
+    )
+    bench.add_argument("--documents", type=int, default=3, help="how many documents of the split")
+    bench.add_argument("--split", default="holdout", choices=["train", "validation", "holdout"])
+    bench.add_argument(
+        "--interval", type=float, default=0.0, help="seconds between publications (0: all at once)"
+    )
+    bench.add_argument("--json", action="store_true", help="print JSON")
+    bench.set_defaults(func=_benchmark)
     return parser
 
 

@@ -37,6 +37,10 @@ class LocalProcess:
         """One probe; an exception counts as "not yet"."""
         raise NotImplementedError
 
+    def environment(self) -> dict[str, str] | None:
+        """The child's environment; None: this process's."""
+        return None
+
     @property
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
@@ -47,7 +51,11 @@ class LocalProcess:
         if self.log_path is not None:
             self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self._process = subprocess.Popen(
-            command, stdout=self._log or subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True
+            command,
+            stdout=self._log or subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=self.environment(),
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -64,6 +72,12 @@ class LocalProcess:
             time.sleep(0.05)
         self.stop()
         raise TimeoutError(f"{self.name} on {self.host}:{self.port} not ready after {timeout}s")
+
+    def kill(self) -> None:
+        """SIGKILL, no chance to flush or close anything: a crash, for fault tests."""
+        if self._process is not None and self._process.poll() is None:
+            self._process.kill()
+        self.stop()
 
     def stop(self, timeout: float = 10.0) -> None:
         process, self._process = self._process, None

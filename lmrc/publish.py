@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, Producer, TopicPartition
 
 from lmrc.docred import to_document_event
 
@@ -80,37 +80,63 @@ def committed_offsets(
     return {tp.partition: tp.offset for tp in offsets if tp.offset >= 0}
 
 
-def beginning_of(consumer: Consumer, topics: list[str], timeout: float = 10.0) -> list[TopicPartition]:
-    """Every partition of ``topics``, at its first offset (topics that do not exist yet are skipped)."""
+def partitions_of(
+    consumer: Consumer, topics: list[str], offset: int = OFFSET_BEGINNING, timeout: float = 10.0
+) -> list[TopicPartition]:
+    """Every partition of ``topics`` at ``offset`` (topics that do not exist yet are skipped)."""
     metadata = consumer.list_topics(timeout=timeout)
     return [
-        TopicPartition(topic, partition, OFFSET_BEGINNING)
+        TopicPartition(topic, partition, offset)
         for topic in topics
-        if topic in metadata.topics
+        if topic in metadata.topics and not metadata.topics[topic].error
         for partition in metadata.topics[topic].partitions
     ]
+
+
+def beginning_of(consumer: Consumer, topics: list[str], timeout: float = 10.0) -> list[TopicPartition]:
+    """Every partition of ``topics``, at its first offset (topics that do not exist yet are skipped)."""
+    return partitions_of(consumer, topics, OFFSET_BEGINNING, timeout)
+
+
+def decode(value: bytes | None) -> Any:
+    """A message's JSON value; what is not JSON (a poison message) comes back as text."""
+    try:
+        return json.loads(value or b"null")
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return (value or b"").decode("utf-8", errors="replace")
 
 
 def tail(
     client_config: dict[str, Any],
     topics: list[str],
-    on_message: Callable[[str, dict[str, Any]], bool],
+    on_message: Callable[[str, Any], bool],
     timeout: float | None = None,
+    from_beginning: bool = True,
 ) -> None:
-    """Read JSON events from the start of ``topics`` until ``on_message`` returns False.
+    """Read events from ``topics`` until ``on_message`` returns False (or ``timeout`` passes).
 
-    Partitions are assigned directly, without a consumer group: a reader joins nothing, commits
-    nothing and starts at once.
+    From the first offset, or only what arrives from now on. Partitions are assigned directly,
+    without a consumer group: a reader joins nothing, commits nothing and starts at once. Topics
+    that do not exist yet are waited for.
     """
     consumer = Consumer({**client_config, "group.id": "lmrc-tail", "enable.auto.commit": False})
     deadline = time.monotonic() + timeout if timeout else None
+
+    def in_time() -> bool:
+        return deadline is None or time.monotonic() < deadline
+
     try:
-        consumer.assign(beginning_of(consumer, topics))
-        while deadline is None or time.monotonic() < deadline:
+        offset = OFFSET_BEGINNING if from_beginning else OFFSET_END
+        assignment = partitions_of(consumer, topics, offset)
+        while len({tp.topic for tp in assignment}) < len(set(topics)) and in_time():
+            time.sleep(0.5)
+            assignment = partitions_of(consumer, topics, offset)
+        consumer.assign(assignment)
+        while in_time():
             message = consumer.poll(0.2)
             if message is None or message.error():
                 continue
-            if not on_message(message.topic() or "", json.loads(message.value() or b"null")):
+            if not on_message(message.topic() or "", decode(message.value())):
                 return
         raise TimeoutError(f"tail of {topics} timed out after {timeout}s")
     finally:

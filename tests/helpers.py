@@ -14,9 +14,10 @@ from datetime import datetime
 
 from confluent_kafka import Consumer, Producer
 
+from lmrc import docred
 from lmrc import publish as lmrc_publish
 from lmrc.publish import beginning_of
-from schemas import EntityRef, ModelVersions, RelationEvent, event_id
+from schemas import DocumentEvent, EntityRef, ModelVersions, RelationEvent, event_id
 from services.runtime import ServiceRuntime
 
 
@@ -139,6 +140,41 @@ def metric_value(port: int, name: str, **labels: str) -> float:
         if sample_name == name and got == want:
             return float(value)
     return 0.0
+
+
+def metric_sum(port: int, name: str, **labels: str) -> float:
+    """The sum of a metric's samples whose labels include ``labels`` (0 when none)."""
+    _status, text = http_get(port, "/metrics")
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        sample, _, value = line.rpartition(" ")
+        sample_name, _, sample_labels = sample.partition("{")
+        pairs = set(sample_labels.rstrip("}").split(",")) if sample_labels else set()
+        if sample_name == name and {f'{k}="{v}"' for k, v in labels.items()} <= pairs:
+            total += float(value)
+    return total
+
+
+def topic_ends(bootstrap: str, topic: str) -> dict[int, int]:
+    """Partition -> offset after its last record, read from the records themselves (Tansu's
+    ListOffsets answers with batch counts, so watermarks cannot be asked for)."""
+    ends: dict[int, int] = {}
+    for record in read_topic(bootstrap, [topic], expect=0, timeout=2, settle=1.5):
+        ends[record.partition] = max(ends.get(record.partition, 0), record.offset + 1)
+    return ends
+
+
+def small_documents(count: int, start: int = 0, entities: int = 4) -> list[DocumentEvent]:
+    """Holdout documents cut to a few entities (gold pairs among them): few LLM calls on a CPU."""
+    events = []
+    for raw in docred.load_split("holdout")[start : start + count]:
+        keep = list(dict.fromkeys(i for label in raw["labels"][:2] for i in (label["h"], label["t"])))
+        keep += [i for i in range(len(raw["vertexSet"])) if i not in keep][: entities - len(keep)]
+        cut = {**raw, "vertexSet": [raw["vertexSet"][i] for i in keep[:entities]], "labels": []}
+        events.append(docred.to_document_event(cut))
+    return events
 
 
 def gold_relation_events(

@@ -22,13 +22,12 @@ import httpx
 import pytest
 import yaml
 
-from lmrc import docred
 from lmrc.broker import LocalBroker
 from lmrc.llm.local_server import LocalTgiServer
 from lmrc.publish import publish
 from services.runtime.topics import ensure_topics
 from tests.faults import FaultyProxy
-from tests.helpers import produce, read_topic, wait_committed, wait_for
+from tests.helpers import produce, small_documents, topic_ends, wait_committed, wait_for
 from tests.observability import (
     DASHBOARDS,
     REPO,
@@ -159,24 +158,6 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _topic_ends(bootstrap: str, topic: str) -> dict[int, int]:
-    ends: dict[int, int] = {}
-    for record in read_topic(bootstrap, [topic], expect=0, timeout=2, settle=1.5):
-        ends[record.partition] = max(ends.get(record.partition, 0), record.offset + 1)
-    return ends
-
-
-def _small_documents(count: int) -> list[bytes]:
-    """Holdout documents cut to 4 entities (two gold pairs among them): few LLM calls on a CPU."""
-    payloads = []
-    for raw in docred.load_split("holdout")[:count]:
-        keep = list(dict.fromkeys(i for label in raw["labels"][:2] for i in (label["h"], label["t"])))
-        keep += [i for i in range(len(raw["vertexSet"])) if i not in keep][: 4 - len(keep)]
-        cut = {**raw, "vertexSet": [raw["vertexSet"][i] for i in keep[:4]], "labels": []}
-        payloads.append(docred.to_document_event(cut).model_dump_json().encode())
-    return payloads
-
-
 def _service(module: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", module],
@@ -305,19 +286,20 @@ def scraped(
             # that the dead-letter counter is seen rising.
             produce(bootstrap, candidates, [b"{not json"])
             produce(bootstrap, relations, [b'{"event_type": "relation_event"}'])
+            payloads = [d.model_dump_json().encode() for d in small_documents(2)] + [b"{not json"]
             ends = publish(
                 {"bootstrap.servers": bootstrap},
                 documents,
-                iter([(f"d{i}", p) for i, p in enumerate([*_small_documents(2), b"{not json"])]),
+                iter([(f"d{i}", p) for i, p in enumerate(payloads)]),
             )
             wait_committed(bootstrap, f"{stem}-proposer", documents, ends, timeout=240)
             time.sleep(2.5)
             ends = publish({"bootstrap.servers": bootstrap}, documents, iter([("poison", b"[1, 2")]))
             wait_committed(bootstrap, f"{stem}-proposer", documents, ends, timeout=240)
-            candidate_ends = _topic_ends(bootstrap, candidates)
+            candidate_ends = topic_ends(bootstrap, candidates)
             wait_committed(bootstrap, f"{stem}-classifier", candidates, candidate_ends, timeout=240)
             wait_committed(
-                bootstrap, f"{stem}-sink", relations, _topic_ends(bootstrap, relations), timeout=240
+                bootstrap, f"{stem}-sink", relations, topic_ends(bootstrap, relations), timeout=240
             )
             time.sleep(4)  # a few more scrapes and rule evaluations after the last commit
             yield Scraped(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -15,14 +16,25 @@ pytestmark = pytest.mark.broker
 
 def test_local_run_turns_a_document_into_a_graph(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     graph = tmp_path / "graph.lbug"
-    assert run_local(None, limit=1, graph_path=graph) == 0
+    report = tmp_path / "report.json"
+    assert run_local(None, limit=1, graph_path=graph, report_path=report) == 0
     output = capsys.readouterr().out
     done = re.search(r"done in [\d.]+s: (\d+) candidate pairs, (\d+) relations", output)
     assert done, output
     candidates, relations = int(done.group(1)), int(done.group(2))
     assert candidates > 0 and relations > 0
     assert "proposer: 1/1 documents" in output and f"classifier: {candidates}/{candidates}" in output
-    assert "pair recall" in output and "DocRED scores of the pipeline" in output
+    assert "pair recall" in output
+    scores = dict(
+        re.findall(r"DocRED scores of the (relations topic|graph) on these 1 documents: (F1 [\d.]+)", output)
+    )
+    assert set(scores) == {"relations topic", "graph"}, output
+    # What the sink wrote scores as what the classifier published: nothing lost on the way.
+    assert scores["graph"] == scores["relations topic"]
+    figures = json.loads(report.read_text())
+    assert figures["candidate_pairs"] == candidates and figures["relation_events"] == relations
+    assert figures["scores_graph"]["f1"] == figures["scores_relations_topic"]["f1"]
+    assert figures["proposer"]["all_pairs"] > candidates
     store = open_store(SinkSettings(ladybug_path=graph), read_only=True)
     try:
         counts = store.counts()

@@ -112,6 +112,11 @@ class ServiceRuntime:
     def http_port(self) -> int:
         return self._health.port
 
+    @property
+    def assigned_partitions(self) -> int:
+        """How many input partitions the group gave this instance (0 before it joined)."""
+        return len(self._assignment)
+
     def stop(self) -> None:
         """Ask the loop to finish the batch in hand and shut down."""
         self._stop.set()
@@ -236,7 +241,7 @@ class ServiceRuntime:
 
     def _decode(self, message: Message) -> BaseModel:
         value = message.value()
-        if value is None:
+        if not value:  # a tombstone (null) or zero bytes
             raise UnprocessableMessageError("EmptyMessage", "message has no value")
         if len(value) > self.settings.max_message_bytes:
             raise UnprocessableMessageError(
