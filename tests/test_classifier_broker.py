@@ -222,6 +222,37 @@ def test_an_open_circuit_pauses_the_service_and_loses_nothing(
     assert read_topic(broker.bootstrap_servers, [settings.dead_letter_topic], expect=0, settle=0.5) == []
 
 
+def test_an_outage_before_the_circuit_opens_rewinds_instead_of_dead_lettering(
+    broker: LocalBroker, unique: str, proxy: FaultyProxy, candidates: list[CandidatePairEvent]
+) -> None:
+    """Two pairs in flight, TGI down: each runs out of attempts long before the circuit (20
+    failures) opens, but they fail together, so it is the server's fault: the batch is rewound."""
+    proxy.always = "503"
+    settings = classifier_settings(broker, unique, proxy.url, circuit_reset_seconds=0.5)
+    assert settings.circuit_failure_threshold > 2 * settings.tgi_max_attempts
+    runtime = build_runtime(settings)
+    with running(runtime):
+        produce(broker.bootstrap_servers, settings.input_topic, encoded(candidates[:2]))
+        wait_for(
+            lambda: (
+                metric_value(
+                    runtime.http_port,
+                    "lmrc_batch_retries_total",
+                    service=settings.service_name,
+                    error_class="CircuitOpenError",
+                )
+                >= 1
+            ),
+            timeout=120,
+            what="a rewound batch",
+        )
+        assert committed_offsets(broker.bootstrap_servers, settings.group_id, settings.input_topic, 1) == {}
+        proxy.always = None
+        wait_committed(broker.bootstrap_servers, settings.group_id, settings.input_topic, {0: 2}, timeout=180)
+        assert pairs_done(runtime.http_port, settings.service_name) == 2  # classified, once back
+    assert read_topic(broker.bootstrap_servers, [settings.dead_letter_topic], expect=0, settle=0.5) == []
+
+
 def test_the_service_refuses_an_adapter_trained_on_another_prompt() -> None:
     config = ADAPTER.model_copy(update={"prompt_version": "lmrc-rc-v0"})
     with pytest.raises(ValueError, match="prompt"):

@@ -4,10 +4,12 @@ A batch's pairs are grouped by document and sent to TGI concurrently, a document
 by side so that TGI's prefix cache serves their shared document prefix. Per pair:
 - an answer with relations: one RelationEvent each (confidence from the answer's token
   log-probabilities); ``none``: nothing (counted);
-- TGI refused the request, failed after all retries, or answered something unparseable: the pair
-  goes to the dead-letter topic with the reason (replayable), the rest of the batch goes on;
-- the circuit breaker is open (TGI down for a while): the whole batch is retried later by the
-  runtime, nothing committed, nothing dead-lettered.
+- TGI refused the request, failed after all retries on this pair alone, or answered something
+  unparseable: the pair goes to the dead-letter topic with the reason (replayable), the rest of
+  the batch goes on;
+- the circuit breaker is open, or other requests failed too while this pair was retried (TGI
+  down for a while): the whole batch is retried later by the runtime, nothing committed, nothing
+  dead-lettered.
 """
 
 from __future__ import annotations
@@ -202,6 +204,11 @@ class ClassifierHandler:
         except CircuitOpenError as error:
             return error
         except TgiError as error:
+            failures = self.client.breaker.consecutive_failures
+            if error.retryable and failures > self.settings.tgi_max_attempts:
+                # Other requests failed too while this pair was retried: the server is in trouble,
+                # not this pair. Rewind the batch (the circuit opens soon) rather than dead-letter.
+                return CircuitOpenError(f"model server failing ({failures} consecutive failures): {error}")
             return UnprocessableMessageError(error.error_class, str(error))
         except UnparseableAnswerError as error:
             return UnprocessableMessageError("UnparseableAnswer", str(error))
