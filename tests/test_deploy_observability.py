@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ import yaml
 
 from lmrc.broker import LocalBroker
 from lmrc.llm.local_server import LocalTgiServer
+from lmrc.processes import free_port
 from lmrc.publish import publish
 from services.runtime.topics import ensure_topics
 from tests.faults import FaultyProxy
@@ -152,12 +152,6 @@ class Scraped:
     candidates: int
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _service(module: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", module],
@@ -200,7 +194,7 @@ def scraped(
 
         onnx = export_onnx(DEFAULT_ARTIFACT_DIR, work / "proposer.onnx")
 
-    ports = {name: _free_port() for name in ("proposer", "classifier", "sink", "prometheus")}
+    ports = {name: free_port() for name in ("proposer", "classifier", "sink", "prometheus")}
     tgi_target = tgi_server.url.removeprefix("http://").rstrip("/")
     config = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
