@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from lmrc.broker import LocalBroker
-from lmrc.llm.local_server import LocalTgiServer
+from lmrc.local.broker import LocalBroker
+from lmrc.local.llm.local_server import LocalTgiServer
 
 _names = itertools.count()
 
@@ -31,7 +31,7 @@ def unique() -> str:
 @pytest.fixture(scope="session")
 def tgi_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalTgiServer]:
     """The local TGI-compatible server with the shipped classifier adapter loaded (multi-LoRA)."""
-    from services.classifier.artifact import DEFAULT_ADAPTER_DIR, load_config
+    from lmrc.classifier.artifact import DEFAULT_ADAPTER_DIR, load_config
 
     adapter_id = load_config(DEFAULT_ADAPTER_DIR).version
     log_path = Path(tmp_path_factory.mktemp("tgi")) / "server.log"

@@ -15,10 +15,10 @@ from datetime import datetime
 from confluent_kafka import Consumer, Producer
 
 from lmrc import docred
-from lmrc import publish as lmrc_publish
-from lmrc.publish import beginning_of
-from schemas import DocumentEvent, EntityRef, ModelVersions, RelationEvent, event_id
-from services.runtime import ServiceRuntime
+from lmrc.contracts import DocumentEvent, EntityRef, ModelVersions, Relation, RelationSetEvent, event_id
+from lmrc.local import publish as lmrc_publish
+from lmrc.local.publish import beginning_of
+from lmrc.runtime import ServiceRuntime
 
 
 @dataclass(frozen=True)
@@ -179,7 +179,7 @@ def small_documents(count: int, start: int = 0, entities: int = 4) -> list[Docum
 
 def gold_relation_events(
     documents: list[dict], relation_names: dict[str, str], classified_at: datetime
-) -> list[RelationEvent]:
+) -> list[Relation]:
     """RelationEvents for the gold labels of DocRED documents: real names, types and evidence."""
     events = []
     for doc in documents:
@@ -187,7 +187,7 @@ def gold_relation_events(
         for label in doc["labels"]:
             head, tail = vertex_set[label["h"]][0], vertex_set[label["t"]][0]
             events.append(
-                RelationEvent(
+                Relation(
                     event_id=event_id(doc["title"], label["h"], label["t"], label["r"]),
                     doc_id=doc["title"],
                     doc_title=doc["title"],
@@ -202,3 +202,22 @@ def gold_relation_events(
                 )
             )
     return events
+
+
+def relation_sets(relations: list[Relation]) -> list[RelationSetEvent]:
+    """One RelationSetEvent per document, as the classifier emits them, in first-seen order."""
+    by_document: dict[str, list[Relation]] = {}
+    for relation in relations:
+        by_document.setdefault(relation.doc_id, []).append(relation)
+    return [
+        RelationSetEvent(
+            event_id=event_id(doc_id, "gold"),
+            doc_id=doc_id,
+            doc_title=found[0].doc_title,
+            relations=found,
+            candidate_pairs=len({(r.head.index, r.tail.index) for r in found}),
+            models=found[0].models,
+            classified_at=found[0].classified_at,
+        )
+        for doc_id, found in by_document.items()
+    ]

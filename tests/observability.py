@@ -5,14 +5,15 @@ from __future__ import annotations
 import json
 import shutil
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import promql_parser
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-REPO = Path(__file__).resolve().parents[1]
+from lmrc.paths import REPO_ROOT
+
+REPO = REPO_ROOT
 CHART = REPO / "deploy" / "helm" / "lmrc"
 RULES_FILE = CHART / "files" / "prometheus-rules.yaml"
 RULES_TESTS = REPO / "deploy" / "prometheus" / "rules.test.yaml"

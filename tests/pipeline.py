@@ -19,19 +19,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lmrc.processes import free_port
-from schemas import CandidatePairEvent, DeadLetterEvent, DocumentEvent, RelationEvent
-from services.runtime.topics import ensure_topics
-from services.sink.graph import entity_id
-from services.sink.settings import SinkSettings, open_store
+from lmrc.contracts import CandidateSetEvent, DeadLetterEvent, DocumentEvent, Relation, RelationSetEvent
+from lmrc.local.processes import free_port
+from lmrc.paths import REPO_ROOT
+from lmrc.runtime.topics import ensure_topics
+from lmrc.sink.graph import entity_id
+from lmrc.sink.settings import SinkSettings, open_store
+from lmrc.topology import TopicNames, dead_letter_topic
 from tests.helpers import committed_offsets, http_get, read_topic, topic_ends, wait_committed, wait_for
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = REPO_ROOT
 SERVICES = ("proposer", "classifier", "sink")
 
 
 class ServiceProcess:
-    """``python -m services.<name>`` with its settings in the environment, as the container runs it."""
+    """``python -m lmrc.<stage>`` with its settings in the environment, as the container runs it."""
 
     def __init__(self, name: str, env: dict[str, str], log_dir: Path) -> None:
         self.name = name
@@ -50,7 +52,7 @@ class ServiceProcess:
         env = {**os.environ, **self.env, f"{self.name.upper()}_HTTP_PORT": str(self.port)}
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", f"services.{self.name}"],
+                [sys.executable, "-m", f"lmrc.{self.name}"],
                 cwd=REPO,
                 env=env,
                 stdout=log,
@@ -91,11 +93,20 @@ class ServiceProcess:
 class Accounting:
     """What the topics and the graph hold once the pipeline has drained."""
 
-    candidates: list[CandidatePairEvent]
-    relations: list[RelationEvent]
+    candidate_sets: list[CandidateSetEvent]
+    relation_sets: list[RelationSetEvent]
     dead_letters: dict[str, list[DeadLetterEvent]]  # by the service that wrote them
     graph_edges: Counter[tuple[str, str, str, str]]  # (doc_id, head id, tail id, relation id)
     documents_with_edges: set[str] = field(default_factory=set)
+
+    @property
+    def candidates(self) -> set[tuple[str, int, int]]:
+        """(doc_id, head, tail) of every candidate pair on the candidates topic."""
+        return {(s.doc_id, p.head, p.tail) for s in self.candidate_sets for p in s.pairs}
+
+    @property
+    def relations(self) -> list[Relation]:
+        return [relation for s in self.relation_sets for relation in s.relations]
 
 
 @dataclass
@@ -111,17 +122,13 @@ class Pipeline:
     services: dict[str, ServiceProcess] = field(init=False)
 
     def __post_init__(self) -> None:
-        self.documents_topic = f"{self.stem}.documents"
-        self.candidates_topic = f"{self.stem}.candidates"
-        self.relations_topic = f"{self.stem}.relations"
-        self.inputs = {
-            "proposer": self.documents_topic,
-            "classifier": self.candidates_topic,
-            "sink": self.relations_topic,
-        }
+        self.topics = TopicNames(self.stem)
+        self.documents_topic = self.topics.documents
+        self.candidates_topic = self.topics.candidates
+        self.relations_topic = self.topics.relations
+        self.inputs = {stage.name: stage.input for stage in self.topics.stages}
         self.graph_path = self.work / "graph.lbug"
-        topics = [*self.inputs.values(), *(f"{t}.dead-letter" for t in self.inputs.values())]
-        ensure_topics({"bootstrap.servers": self.bootstrap}, topics, partitions=self.partitions)
+        ensure_topics({"bootstrap.servers": self.bootstrap}, self.topics.all, partitions=self.partitions)
         common = {
             "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
             # Small batches: a kill lands between commits, with work in flight.
@@ -158,7 +165,7 @@ class Pipeline:
                 **common,
                 **own[name],
                 "INPUT_TOPIC": self.inputs[name],
-                "DEAD_LETTER_TOPIC": f"{self.inputs[name]}.dead-letter",
+                "DEAD_LETTER_TOPIC": dead_letter_topic(self.inputs[name]),
                 "GROUP_ID": f"{self.stem}-{name}",
             }
             env = {
@@ -214,7 +221,7 @@ class Pipeline:
             [
                 self.candidates_topic,
                 self.relations_topic,
-                *(f"{t}.dead-letter" for t in self.inputs.values()),
+                *(dead_letter_topic(t) for t in self.inputs.values()),
             ],
             expect=0,
             timeout=5,
@@ -226,14 +233,14 @@ class Pipeline:
         candidates, relations = [], []
         for record in by_topic.get(self.candidates_topic, []):
             with contextlib.suppress(ValueError):  # poison a test put there: its dead letter accounts
-                candidates.append(CandidatePairEvent.model_validate_json(record.value or b""))
+                candidates.append(CandidateSetEvent.model_validate_json(record.value or b""))
         for record in by_topic.get(self.relations_topic, []):
             with contextlib.suppress(ValueError):
-                relations.append(RelationEvent.model_validate_json(record.value or b""))
+                relations.append(RelationSetEvent.model_validate_json(record.value or b""))
         dead_letters = {
             service: [
                 DeadLetterEvent.model_validate_json(r.value or b"")
-                for r in by_topic.get(f"{topic}.dead-letter", [])
+                for r in by_topic.get(dead_letter_topic(topic), [])
             ]
             for service, topic in self.inputs.items()
         }
@@ -246,7 +253,7 @@ class Pipeline:
         return Accounting(candidates, relations, dead_letters, edges, {e.doc_id for e in stored})
 
 
-def edge_key(event: RelationEvent) -> tuple[str, str, str, str]:
+def edge_key(event: Relation) -> tuple[str, str, str, str]:
     """The graph's key of a relation event's edge."""
     return (
         event.doc_id,
@@ -270,8 +277,19 @@ def assert_every_document_accounted_for(
     """
     documents_letters = {letter.origin.key for letter in accounting.dead_letters["proposer"]}
     assert dead_lettered_documents <= documents_letters, "a bad document has no dead letter"
+    # Every document the proposer accepted has its candidate set and its relation set (the record
+    # that it is complete, possibly empty); a re-delivered one is the same record again.
+    published = {d.doc_id for d in documents}
+    accepted = published - documents_letters
+    for name, sets in (("candidate", accounting.candidate_sets), ("relation", accounting.relation_sets)):
+        found = {s.doc_id for s in sets}
+        assert found == accepted, f"{name} sets missing or extra: {sorted(found ^ accepted)}"
+        ids: dict[str, set[str]] = {}
+        for record in sets:
+            ids.setdefault(record.doc_id, set()).add(record.event_id)
+        assert all(len(v) == 1 for v in ids.values()), f"{name} sets differ for one document: {ids}"
     # Every candidate pair the model gives reached the candidates topic; no other pair did.
-    pairs = {(c.doc_id, c.head, c.tail) for c in accounting.candidates}
+    pairs = accounting.candidates
     assert pairs == expected_pairs, (
         f"missing {sorted(expected_pairs - pairs)[:5]}, unexpected {sorted(pairs - expected_pairs)[:5]}"
     )
@@ -284,6 +302,5 @@ def assert_every_document_accounted_for(
     assert max(accounting.graph_edges.values(), default=1) == 1, "duplicate edges"
     # Each relation event comes from a candidate pair, so from a published document.
     assert {(r.doc_id, r.head.index, r.tail.index) for r in accounting.relations} <= pairs
-    published = {d.doc_id for d in documents}
     assert accounting.documents_with_edges <= published
     assert not (accounting.documents_with_edges & dead_lettered_documents)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from lmrc.broker import LocalBroker
-from lmrc.publish import beginning_of
-from services.runtime.topics import ensure_topics
+from lmrc.local.broker import LocalBroker
+from lmrc.local.publish import beginning_of
+from lmrc.runtime.topics import ensure_topics
 from tests.helpers import committed_offsets, produce, read_topic
 
 pytestmark = pytest.mark.broker

@@ -7,13 +7,13 @@ from collections.abc import Iterator
 import pytest
 
 from lmrc import docred
-from lmrc.broker import LocalBroker
-from lmrc.llm.local_server import LocalTgiServer
-from schemas import CandidatePairEvent, DeadLetterEvent, RelationEvent, event_id
-from services.classifier.artifact import DEFAULT_ADAPTER_DIR, load_config
-from services.classifier.prompt import docred_labels
-from services.classifier.service import ClassifierHandler, ClassifierSettings, build_runtime
-from services.runtime import KafkaSettings
+from lmrc.classifier.artifact import DEFAULT_ADAPTER_DIR, load_config
+from lmrc.classifier.prompt import docred_labels
+from lmrc.classifier.service import ClassifierHandler, ClassifierSettings, build_runtime
+from lmrc.contracts import CandidatePair, CandidateSetEvent, RelationSetEvent, event_id
+from lmrc.local.broker import LocalBroker
+from lmrc.local.llm.local_server import LocalTgiServer
+from lmrc.runtime import KafkaSettings
 from tests.faults import FaultyProxy
 from tests.helpers import (
     committed_offsets,
@@ -31,24 +31,23 @@ ADAPTER = load_config(DEFAULT_ADAPTER_DIR)
 
 
 @pytest.fixture(scope="module")
-def candidates() -> list[CandidatePairEvent]:
+def candidates() -> CandidateSetEvent:
     """Gold ``country`` pairs of one holdout document: pairs the proposer exists to pass on."""
     raw = docred.load_split("holdout")[1]
     document = docred.to_document_event(raw)
     pairs = sorted({(label["h"], label["t"]) for label in raw["labels"] if label["r"] == "P17"})[:3]
-    return [
-        CandidatePairEvent(
-            event_id=event_id(document.doc_id, h, t, "test"),
-            doc_id=document.doc_id,
-            head=h,
-            tail=t,
-            score=0.9,
-            candidates_in_document=len(pairs),
-            proposer_model_version="rcp-test",
-            document=document,
-        )
-        for h, t in pairs
-    ]
+    return CandidateSetEvent(
+        event_id=event_id(document.doc_id, "test"),
+        doc_id=document.doc_id,
+        pairs=[CandidatePair(head=h, tail=t, score=0.9) for h, t in pairs],
+        pairs_scored=document.pair_count(),
+        proposer_model_version="rcp-test",
+        document=document,
+    )
+
+
+def first_pairs(candidates: CandidateSetEvent, count: int) -> CandidateSetEvent:
+    return candidates.model_copy(update={"pairs": candidates.pairs[:count]})
 
 
 @pytest.fixture
@@ -84,19 +83,24 @@ def classifier_settings(
     return ClassifierSettings(**fields)
 
 
-def encoded(events: list[CandidatePairEvent]) -> list[bytes | None]:
-    return [event.model_dump_json().encode() for event in events]
+def encoded(event: CandidateSetEvent) -> list[bytes | None]:
+    return [event.model_dump_json().encode()]
+
+
+def relation_set(broker: LocalBroker, settings: ClassifierSettings) -> RelationSetEvent:
+    (record,) = read_topic(broker.bootstrap_servers, [settings.output_topic], expect=1, settle=0.5)
+    return RelationSetEvent.model_validate_json(record.value or b"")
 
 
 def pairs_done(port: int, service: str) -> float:
     return sum(
         metric_value(port, "lmrc_classifier_pairs_total", service=service, outcome=outcome)
-        for outcome in ("related", "unrelated", "dead_lettered")
+        for outcome in ("related", "unrelated", "failed")
     )
 
 
-def test_candidate_pairs_become_relation_events(
-    broker: LocalBroker, unique: str, proxy: FaultyProxy, candidates: list[CandidatePairEvent]
+def test_a_candidate_set_becomes_one_relation_set(
+    broker: LocalBroker, unique: str, proxy: FaultyProxy, candidates: CandidateSetEvent
 ) -> None:
     proxy.faults.extend(["503", "503"])  # TGI busy at first: retried, not lost
     settings = classifier_settings(broker, unique, proxy.url)
@@ -104,7 +108,7 @@ def test_candidate_pairs_become_relation_events(
     with running(runtime):
         produce(broker.bootstrap_servers, settings.input_topic, encoded(candidates))
         wait_for(
-            lambda: pairs_done(runtime.http_port, settings.service_name) == len(candidates),
+            lambda: pairs_done(runtime.http_port, settings.service_name) == len(candidates.pairs),
             timeout=180,
             what="pairs",
         )
@@ -131,65 +135,68 @@ def test_candidate_pairs_become_relation_events(
             > 1000
         )
     assert related >= 1, "the fine-tuned classifier found no relation on gold `country` pairs"
-    records = read_topic(broker.bootstrap_servers, [settings.output_topic], expect=int(relations_counted))
-    relations = [RelationEvent.model_validate_json(record.value) for record in records]
+    record = relation_set(broker, settings)
+    relations = record.relations
+    assert record.doc_id == candidates.doc_id and record.candidate_pairs == len(candidates.pairs)
+    assert record.event_id == event_id(candidates.event_id, ADAPTER.version) and not record.failed_pairs
     assert len(relations) == relations_counted
-    by_pair = {(c.head, c.tail): c for c in candidates}
+    pairs = {(pair.head, pair.tail) for pair in candidates.pairs}
     labels = docred_labels()
     for relation in relations:
-        candidate = by_pair[(relation.head.index, relation.tail.index)]
+        assert (relation.head.index, relation.tail.index) in pairs
         assert (
-            relation.doc_id == candidate.doc_id
+            relation.doc_id == candidates.doc_id
             and relation.relation_name == labels.names[relation.relation_id]
         )
-        assert relation.head.name == candidate.document.entities[candidate.head].name
+        assert relation.head.name == candidates.document.entities[relation.head.index].name
         assert relation.event_id == event_id(
-            candidate.doc_id, candidate.head, candidate.tail, relation.relation_id
+            candidates.doc_id, relation.head.index, relation.tail.index, relation.relation_id
         )
         assert relation.models.classifier == ADAPTER.version and relation.models.proposer == "rcp-test"
         assert 0.0 < relation.confidence <= 1.0
     assert "country" in {relation.relation_name for relation in relations}
     assert read_topic(broker.bootstrap_servers, [settings.dead_letter_topic], expect=0, settle=0.5) == []
-    assert committed_offsets(broker.bootstrap_servers, settings.group_id, settings.input_topic, 1) == {0: 3}
+    assert committed_offsets(broker.bootstrap_servers, settings.group_id, settings.input_topic, 1) == {0: 1}
 
 
 @pytest.mark.parametrize("fault", ["503", "slow:3"], ids=["503", "timeout"])
-def test_a_pair_tgi_keeps_failing_is_retried_then_dead_lettered(
-    broker: LocalBroker, unique: str, proxy: FaultyProxy, candidates: list[CandidatePairEvent], fault: str
+def test_a_pair_tgi_keeps_failing_alone_is_retried_then_named_in_its_documents_set(
+    broker: LocalBroker, unique: str, proxy: FaultyProxy, candidates: CandidateSetEvent, fault: str
 ) -> None:
     proxy.always = fault
     settings = classifier_settings(broker, unique, proxy.url, tgi_timeout_seconds=1.0)
     runtime = build_runtime(settings)
     with running(runtime):
-        produce(broker.bootstrap_servers, settings.input_topic, encoded(candidates[:1]))
-        letters = read_topic(broker.bootstrap_servers, [settings.dead_letter_topic], expect=1, timeout=60)
+        produce(broker.bootstrap_servers, settings.input_topic, encoded(first_pairs(candidates, 1)))
         wait_committed(broker.bootstrap_servers, settings.group_id, settings.input_topic, {0: 1}, timeout=180)
     assert proxy.generate_requests == settings.tgi_max_attempts
-    letter = DeadLetterEvent.model_validate_json(letters[0].value)
-    assert letter.error_class == ("TgiUnavailable" if fault == "503" else "TgiTimeout")
-    assert CandidatePairEvent.model_validate_json(letter.payload) == candidates[0]  # nothing lost
-    assert letter.origin.topic == settings.input_topic and letter.origin.offset == 0
-    assert read_topic(broker.bootstrap_servers, [settings.output_topic], expect=0, settle=0.5) == []
+    record = relation_set(broker, settings)  # the document is complete, its failure in it
+    (failed,) = record.failed_pairs
+    assert failed.error_class == ("TgiUnavailable" if fault == "503" else "TgiTimeout")
+    assert (failed.head, failed.tail) == (candidates.pairs[0].head, candidates.pairs[0].tail)
+    assert record.relations == [] and record.candidate_pairs == 1
+    assert read_topic(broker.bootstrap_servers, [settings.dead_letter_topic], expect=0, settle=0.5) == []
 
 
-def test_an_answer_outside_the_label_set_is_dead_lettered(
-    broker: LocalBroker, unique: str, proxy: FaultyProxy, candidates: list[CandidatePairEvent]
+def test_an_answer_outside_the_label_set_fails_that_pair_only(
+    broker: LocalBroker, unique: str, proxy: FaultyProxy, candidates: CandidateSetEvent
 ) -> None:
     proxy.faults.append("garbage")  # a server that ignored the grammar
     settings = classifier_settings(broker, unique, proxy.url)
     runtime = build_runtime(settings)
     with running(runtime):
-        produce(broker.bootstrap_servers, settings.input_topic, encoded(candidates[:2]))
-        letters = read_topic(broker.bootstrap_servers, [settings.dead_letter_topic], expect=1, timeout=60)
+        produce(broker.bootstrap_servers, settings.input_topic, encoded(first_pairs(candidates, 2)))
         wait_for(lambda: pairs_done(runtime.http_port, settings.service_name) == 2, timeout=180, what="pairs")
-    letter = DeadLetterEvent.model_validate_json(letters[0].value)
-    assert letter.error_class == "UnparseableAnswer" and "I think" in letter.error_message
-    assert CandidatePairEvent.model_validate_json(letter.payload) in candidates[:2]
+        record = relation_set(broker, settings)
+    (failed,) = record.failed_pairs
+    assert failed.error_class == "UnparseableAnswer" and "I think" in failed.error_message
+    assert (failed.head, failed.tail) in {(p.head, p.tail) for p in candidates.pairs[:2]}
+    assert all((r.head.index, r.tail.index) != (failed.head, failed.tail) for r in record.relations)
     assert proxy.generate_requests == 2  # not retried: the answer, not the server, was at fault
 
 
 def test_an_open_circuit_pauses_the_service_and_loses_nothing(
-    broker: LocalBroker, unique: str, proxy: FaultyProxy, candidates: list[CandidatePairEvent]
+    broker: LocalBroker, unique: str, proxy: FaultyProxy, candidates: CandidateSetEvent
 ) -> None:
     proxy.always = "503"
     settings = classifier_settings(
@@ -197,7 +204,7 @@ def test_an_open_circuit_pauses_the_service_and_loses_nothing(
     )
     runtime = build_runtime(settings)
     with running(runtime):
-        produce(broker.bootstrap_servers, settings.input_topic, encoded(candidates[:2]))
+        produce(broker.bootstrap_servers, settings.input_topic, encoded(first_pairs(candidates, 2)))
         wait_for(
             lambda: (
                 metric_value(
@@ -218,12 +225,12 @@ def test_an_open_circuit_pauses_the_service_and_loses_nothing(
             timeout=180,
             what="pairs after recovery",
         )
-        wait_committed(broker.bootstrap_servers, settings.group_id, settings.input_topic, {0: 2}, timeout=180)
+        wait_committed(broker.bootstrap_servers, settings.group_id, settings.input_topic, {0: 1}, timeout=180)
     assert read_topic(broker.bootstrap_servers, [settings.dead_letter_topic], expect=0, settle=0.5) == []
 
 
-def test_an_outage_before_the_circuit_opens_rewinds_instead_of_dead_lettering(
-    broker: LocalBroker, unique: str, proxy: FaultyProxy, candidates: list[CandidatePairEvent]
+def test_an_outage_before_the_circuit_opens_rewinds_instead_of_failing_pairs(
+    broker: LocalBroker, unique: str, proxy: FaultyProxy, candidates: CandidateSetEvent
 ) -> None:
     """Two pairs in flight, TGI down: each runs out of attempts long before the circuit (20
     failures) opens, but they fail together, so it is the server's fault: the batch is rewound."""
@@ -232,7 +239,7 @@ def test_an_outage_before_the_circuit_opens_rewinds_instead_of_dead_lettering(
     assert settings.circuit_failure_threshold > 2 * settings.tgi_max_attempts
     runtime = build_runtime(settings)
     with running(runtime):
-        produce(broker.bootstrap_servers, settings.input_topic, encoded(candidates[:2]))
+        produce(broker.bootstrap_servers, settings.input_topic, encoded(first_pairs(candidates, 2)))
         wait_for(
             lambda: (
                 metric_value(
@@ -248,8 +255,18 @@ def test_an_outage_before_the_circuit_opens_rewinds_instead_of_dead_lettering(
         )
         assert committed_offsets(broker.bootstrap_servers, settings.group_id, settings.input_topic, 1) == {}
         proxy.always = None
-        wait_committed(broker.bootstrap_servers, settings.group_id, settings.input_topic, {0: 2}, timeout=180)
+        wait_committed(broker.bootstrap_servers, settings.group_id, settings.input_topic, {0: 1}, timeout=180)
         assert pairs_done(runtime.http_port, settings.service_name) == 2  # classified, once back
+        assert (
+            metric_value(
+                runtime.http_port,
+                "lmrc_classifier_pairs_total",
+                service=settings.service_name,
+                outcome="failed",
+            )
+            == 0
+        )
+    assert not relation_set(broker, settings).failed_pairs
     assert read_topic(broker.bootstrap_servers, [settings.dead_letter_topic], expect=0, settle=0.5) == []
 
 

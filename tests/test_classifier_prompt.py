@@ -7,7 +7,7 @@ import re
 import pytest
 
 from lmrc import docred
-from services.classifier.prompt import (
+from lmrc.classifier.prompt import (
     PROMPT_VERSION,
     UnparseableAnswerError,
     answer_regex,
@@ -19,8 +19,8 @@ from services.classifier.prompt import (
     pair_suffix,
     parse_answer,
 )
-from services.classifier.service import label_confidences
-from services.classifier.tgi_api import Details, GenerateResponse, Token
+from lmrc.classifier.service import label_confidences
+from lmrc.contracts.tgi import Details, GenerateResponse, Token
 
 LABELS = docred_labels()
 

@@ -3,6 +3,7 @@ separate processes configured by KAFKA_* variables, against the real broker."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -14,13 +15,15 @@ from pathlib import Path
 import pytest
 
 from lmrc import docred
-from lmrc.broker import LocalBroker
-from services.runtime.topics import ensure_topics
-from tests.helpers import gold_relation_events, produce, read_topic
+from lmrc.contracts import RelationSetEvent
+from lmrc.local.broker import LocalBroker
+from lmrc.paths import REPO_ROOT
+from lmrc.runtime.topics import ensure_topics
+from tests.helpers import gold_relation_events, produce, read_topic, relation_sets
 
 pytestmark = pytest.mark.broker
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = REPO_ROOT
 
 
 def _lmrc(broker: LocalBroker, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -71,26 +74,31 @@ def test_tail_prints_relations_from_the_beginning_and_poison_as_it_came(
     events = gold_relation_events(
         docred.load_split("holdout")[:1], docred.load_relation_names(), datetime(2026, 11, 1, tzinfo=UTC)
     )[:3]
-    produce(broker.bootstrap_servers, topic, [e.model_dump_json().encode() for e in events])
+    (relations,) = relation_sets(events)
+    nothing = RelationSetEvent(event_id="e", doc_id="quiet", relations=[], candidate_pairs=2)
+    produce(broker.bootstrap_servers, topic, [s.model_dump_json().encode() for s in (relations, nothing)])
     produce(broker.bootstrap_servers, topic, [b"{not json"])
-    done = _lmrc(broker, "tail", "--topic", topic, "--from-beginning", "--max-messages", "4")
+    done = _lmrc(broker, "tail", "--topic", topic, "--from-beginning", "--max-messages", "3")
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
-    assert len(lines) == 4, done.stdout
+    assert len(lines) == 5, done.stdout  # one line per relation, one for the document without any
     for line, event in zip(lines, events, strict=False):
         assert line.startswith(f"{event.doc_id}: {event.head.name} ({event.head.type}) --{event.relation_id}")
         assert f"--> {event.tail.name} ({event.tail.type})" in line
-    assert lines[3] == "{not json"
+    assert lines[3] == "quiet: no relations (2 candidate pairs)"
+    assert lines[4] == "{not json"
 
     as_json = _lmrc(broker, "tail", "--topic", topic, "--from-beginning", "--max-messages", "1", "--json")
-    assert json.loads(as_json.stdout) == json.loads(events[0].model_dump_json())
+    assert json.loads(as_json.stdout) == json.loads(relations.model_dump_json())
 
 
 def test_tail_without_from_beginning_shows_only_new_events(broker: LocalBroker, unique: str) -> None:
     topic = f"{unique}.relations"
     ensure_topics({"bootstrap.servers": broker.bootstrap_servers}, [topic], partitions=1)
-    old, *new = gold_relation_events(
-        docred.load_split("holdout")[1:3], docred.load_relation_names(), datetime(2026, 11, 1, tzinfo=UTC)
+    old, *new = relation_sets(
+        gold_relation_events(
+            docred.load_split("holdout")[1:4], docred.load_relation_names(), datetime(2026, 11, 1, tzinfo=UTC)
+        )
     )
     produce(broker.bootstrap_servers, topic, [old.model_dump_json().encode()])
     tail = subprocess.Popen(
@@ -103,7 +111,7 @@ def test_tail_without_from_beginning_shows_only_new_events(broker: LocalBroker, 
     stop = threading.Event()
 
     def keep_publishing() -> None:  # the reader may take a moment to find the end: publish until it reads
-        for event in new:
+        for event in itertools.cycle(new):
             if stop.wait(0.5):
                 return
             produce(broker.bootstrap_servers, topic, [event.model_dump_json().encode()])

@@ -16,13 +16,15 @@ import pytest
 import yaml
 from pydantic_settings import BaseSettings
 
+from lmrc.classifier.service import ClassifierSettings
 from lmrc.cli import build_parser
-from services.classifier.service import ClassifierSettings
-from services.proposer.service import ProposerSettings
-from services.runtime import KafkaSettings
-from services.sink.settings import SinkSettings
+from lmrc.paths import REPO_ROOT
+from lmrc.proposer.service import ProposerSettings
+from lmrc.runtime import KafkaSettings
+from lmrc.sink.settings import SinkSettings
+from lmrc.topology import TOPICS
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = REPO_ROOT
 CHART = REPO / "deploy" / "helm" / "lmrc"
 KUBE_VERSION = "1.30.0"  # the oldest Kubernetes the chart is validated against (schemas ship offline)
 CUSTOM_KINDS = {"ScaledObject", "TriggerAuthentication", "ServiceMonitor", "PrometheusRule"}
@@ -32,6 +34,7 @@ SETTINGS: dict[str, type[BaseSettings]] = {
     "CLASSIFIER_": ClassifierSettings,
     "SINK_": SinkSettings,
 }
+VALUES = yaml.safe_load((CHART / "values.yaml").read_text())
 GPU_VALUES = yaml.safe_load((CHART / "values-gpu.yaml").read_text())
 # Every optional part on: SASL over TLS with client certificates, credentials written by the chart,
 # models from volumes, the embedded graph on a claim, autoscaling, monitoring objects.
@@ -196,6 +199,16 @@ def test_probes_hit_the_health_endpoints_on_the_metrics_port(rendered: list[dict
         assert main["securityContext"]["readOnlyRootFilesystem"] is True
 
 
+def test_chart_topics_are_the_pipeline_topology() -> None:
+    """The chart's default topic names are the ones the services and the CLI default to."""
+    topics = VALUES["topics"]
+    assert (topics["documents"], topics["candidates"], topics["relations"]) == (
+        TOPICS.documents,
+        TOPICS.candidates,
+        TOPICS.relations,
+    )
+
+
 def test_topic_job_creates_every_topic_the_services_use(rendered: list[dict[str, Any]]) -> None:
     (job,) = of_kind(rendered, "Job").values()
     args = container(job)["args"]
@@ -206,7 +219,7 @@ def test_topic_job_creates_every_topic_the_services_use(rendered: list[dict[str,
         for name, entry in env_of(deployment).items()
         if name.endswith(("_INPUT_TOPIC", "_OUTPUT_TOPIC", "_DEAD_LETTER_TOPIC"))
     }
-    assert set(parsed.topic) == used and len(used) == 6
+    assert set(parsed.topic) == used == set(TOPICS.all)
     assert parsed.partitions >= max(
         d["spec"].get("replicas", 1) for d in service_deployments(rendered).values()
     )
@@ -389,7 +402,7 @@ def test_proposer_image_is_cuda_based_with_onnxruntime_gpu() -> None:
 
 def test_build_context_keeps_what_the_images_copy() -> None:
     ignored = {line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()}
-    assert not ignored & {"models", "services", "lmrc", "schemas", "pyproject.toml", "README.md"}
+    assert not ignored & {"models", "lmrc", "pyproject.toml", "README.md"}
 
 
 def _pyproject_scripts() -> dict[str, str]:

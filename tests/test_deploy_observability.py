@@ -21,11 +21,11 @@ import httpx
 import pytest
 import yaml
 
-from lmrc.broker import LocalBroker
-from lmrc.llm.local_server import LocalTgiServer
-from lmrc.processes import free_port
-from lmrc.publish import publish
-from services.runtime.topics import ensure_topics
+from lmrc.local.broker import LocalBroker
+from lmrc.local.llm.local_server import LocalTgiServer
+from lmrc.local.processes import free_port
+from lmrc.local.publish import publish
+from lmrc.runtime.topics import ensure_topics
 from tests.faults import FaultyProxy
 from tests.helpers import produce, small_documents, topic_ends, wait_committed, wait_for
 from tests.observability import (
@@ -172,9 +172,9 @@ def _prometheus_query(base: str, expr: str) -> dict[str, Any]:
 def scraped(
     broker: LocalBroker, tgi_server: LocalTgiServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Scraped]:
-    from services.classifier.artifact import DEFAULT_ADAPTER_DIR, load_config
-    from services.proposer.artifact import DEFAULT_ARTIFACT_DIR, onnx_path
-    from services.proposer.artifact import load_config as load_proposer_config
+    from lmrc.classifier.artifact import DEFAULT_ADAPTER_DIR, load_config
+    from lmrc.proposer.artifact import DEFAULT_ARTIFACT_DIR, onnx_path
+    from lmrc.proposer.artifact import load_config as load_proposer_config
 
     work = tmp_path_factory.mktemp("observability")
     bootstrap = broker.bootstrap_servers
@@ -190,7 +190,7 @@ def scraped(
 
     onnx = onnx_path(DEFAULT_ARTIFACT_DIR, load_proposer_config(DEFAULT_ARTIFACT_DIR))
     if not onnx.exists():
-        from services.proposer.export import export_onnx
+        from lmrc.proposer.training.export import export_onnx
 
         onnx = export_onnx(DEFAULT_ARTIFACT_DIR, work / "proposer.onnx")
 
@@ -232,7 +232,7 @@ def scraped(
         proxy.faults.extend(["503"] * 3)
         adapter_id = load_config(DEFAULT_ADAPTER_DIR).version
         settings = {
-            "services.proposer": {
+            "lmrc.proposer": {
                 "PROPOSER_INPUT_TOPIC": documents,
                 "PROPOSER_OUTPUT_TOPIC": candidates,
                 "PROPOSER_DEAD_LETTER_TOPIC": f"{documents}.dead-letter",
@@ -241,7 +241,7 @@ def scraped(
                 "PROPOSER_HTTP_PORT": str(ports["proposer"]),
                 "PROPOSER_MAX_BATCH_WAIT_SECONDS": "0.2",
             },
-            "services.classifier": {
+            "lmrc.classifier": {
                 "CLASSIFIER_INPUT_TOPIC": candidates,
                 "CLASSIFIER_OUTPUT_TOPIC": relations,
                 "CLASSIFIER_DEAD_LETTER_TOPIC": f"{candidates}.dead-letter",
@@ -255,7 +255,7 @@ def scraped(
                 "CLASSIFIER_RETRY_BACKOFF_INITIAL_SECONDS": "0.2",
                 "CLASSIFIER_MAX_BATCH_WAIT_SECONDS": "0.2",
             },
-            "services.sink": {
+            "lmrc.sink": {
                 "SINK_INPUT_TOPIC": relations,
                 "SINK_DEAD_LETTER_TOPIC": f"{relations}.dead-letter",
                 "SINK_GROUP_ID": f"{stem}-sink",

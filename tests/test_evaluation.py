@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from lmrc.cli import main
-from lmrc.evaluation import evaluate_candidates, evaluate_relations
+from lmrc.docred.evaluation import evaluate_candidates, evaluate_relations
 
 
 def mention(name: str) -> dict:

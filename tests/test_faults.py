@@ -18,11 +18,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from lmrc.broker import LocalBroker, S3Storage
-from lmrc.llm.local_server import LocalTgiServer
-from lmrc.processes import LocalProcess
-from lmrc.publish import publish
-from schemas import DocumentEvent
+from lmrc.contracts import DocumentEvent
+from lmrc.local.broker import LocalBroker, S3Storage
+from lmrc.local.llm.local_server import LocalTgiServer
+from lmrc.local.processes import LocalProcess
+from lmrc.local.publish import publish
 from tests.faults import FaultyProxy
 from tests.helpers import metric_sum, metric_value, produce, small_documents, wait_for
 from tests.pipeline import SERVICES, Pipeline, assert_every_document_accounted_for
@@ -56,12 +56,12 @@ class LocalObjectStore(LocalProcess):
 
 @pytest.fixture(scope="module")
 def onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from services.proposer.artifact import DEFAULT_ARTIFACT_DIR, load_config, onnx_path
+    from lmrc.proposer.artifact import DEFAULT_ARTIFACT_DIR, load_config, onnx_path
 
     path = onnx_path(DEFAULT_ARTIFACT_DIR, load_config(DEFAULT_ARTIFACT_DIR))
     if path.exists():
         return path
-    from services.proposer.export import export_onnx
+    from lmrc.proposer.training.export import export_onnx
 
     return export_onnx(DEFAULT_ARTIFACT_DIR, tmp_path_factory.mktemp("onnx") / "proposer.onnx")
 
@@ -74,16 +74,16 @@ def documents() -> list[DocumentEvent]:
 @pytest.fixture(scope="module")
 def expected_pairs(onnx: Path, documents: list[DocumentEvent]) -> set[tuple[str, int, int]]:
     """The pairs the proposer's model passes on, computed here, outside the pipeline."""
-    from services.proposer.artifact import DEFAULT_ARTIFACT_DIR, load_config
-    from services.proposer.inference import OnnxPairScorer
-    from services.proposer.service import ProposerHandler, ProposerSettings
+    from lmrc.proposer.artifact import DEFAULT_ARTIFACT_DIR, load_config
+    from lmrc.proposer.inference import OnnxPairScorer
+    from lmrc.proposer.service import ProposerHandler, ProposerSettings
 
     handler = ProposerHandler(
         ProposerSettings(onnx_path=onnx, threshold=THRESHOLD),
         load_config(DEFAULT_ARTIFACT_DIR),
         OnnxPairScorer(onnx),
     )
-    pairs = {(c.doc_id, c.head, c.tail) for d in documents for c in handler.propose(d)}
+    pairs = {(d.doc_id, p.head, p.tail) for d in documents for p in handler.propose(d).pairs}
     assert len({doc for doc, _h, _t in pairs}) == len(documents)  # every document has candidates
     return pairs
 
@@ -92,7 +92,7 @@ def expected_pairs(onnx: Path, documents: list[DocumentEvent]) -> set[tuple[str,
 def make_pipeline(
     broker: LocalBroker, tgi_server: LocalTgiServer, onnx: Path, unique: str, tmp_path: Path
 ) -> Iterator[Callable[..., Pipeline]]:
-    from services.classifier.artifact import DEFAULT_ADAPTER_DIR, load_config
+    from lmrc.classifier.artifact import DEFAULT_ADAPTER_DIR, load_config
 
     made: list[Pipeline] = []
 
@@ -235,8 +235,30 @@ def test_poison_in_every_topic_is_dead_lettered_and_the_rest_flows(
     publish({"bootstrap.servers": pipeline.bootstrap}, pipeline.documents_topic, iter(interleaved))
     pipeline.wait_progress("classifier")
     produce(pipeline.bootstrap, pipeline.candidates_topic, [b'{"doc_id": "x", "head": 0}'], key="poison-pair")
+    # A version-1 event (one candidate pair, one relation) from a producer not yet upgraded.
+    version_1_pair = {
+        "schema_version": 1,
+        "event_id": "v1",
+        "doc_id": documents[0].doc_id,
+        "head": 0,
+        "tail": 1,
+        "score": 0.9,
+        "candidates_in_document": 1,
+        "proposer_model_version": "rcp-v1",
+        "document": json.loads(documents[0].model_dump_json()),
+    }
+    produce(
+        pipeline.bootstrap, pipeline.candidates_topic, [json.dumps(version_1_pair).encode()], key="v1-pair"
+    )
     pipeline.wait_progress("sink")
     produce(pipeline.bootstrap, pipeline.relations_topic, [b"\xff\xfe not utf-8"], key="poison-relation")
+    version_1_relation = {"schema_version": 1, "event_id": "v1", "doc_id": "x", "relation_id": "P17"}
+    produce(
+        pipeline.bootstrap,
+        pipeline.relations_topic,
+        [json.dumps(version_1_relation).encode()],
+        key="v1-relation",
+    )
     pipeline.drain()
     pipeline.stop()
 
@@ -250,8 +272,11 @@ def test_poison_in_every_topic_is_dead_lettered_and_the_rest_flows(
     assert letters["proposer"]["poison-schema"].error_class == "SchemaValidationError"
     assert "sent_id 99 out of range" in letters["proposer"]["poison-offsets"].error_message
     assert letters["proposer"]["poison-empty"].error_class == "EmptyMessage"
-    assert set(letters["classifier"]) == {"poison-pair"}
+    assert set(letters["classifier"]) == {"poison-pair", "v1-pair"}
     assert letters["classifier"]["poison-pair"].error_class == "SchemaValidationError"
-    assert set(letters["sink"]) == {"poison-relation"}
+    assert set(letters["sink"]) == {"poison-relation", "v1-relation"}
+    for letter in (letters["classifier"]["v1-pair"], letters["sink"]["v1-relation"]):
+        assert letter.error_class == "UnsupportedSchemaVersion"
+        assert "unsupported schema_version 1; this service reads version 2" in letter.error_message
     assert letters["sink"]["poison-relation"].payload_encoding == "base64"
     assert accounting.graph_edges

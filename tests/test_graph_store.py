@@ -9,18 +9,18 @@ from pathlib import Path
 import pytest
 
 from lmrc import docred
-from lmrc.graph_server import LocalFalkorDB
-from schemas import EntityRef, RelationEvent, event_id
-from services.sink.falkordb_store import FalkorDBGraphStore
-from services.sink.graph import GraphStore, StoreUnavailableError, batch_parameters, entity_id
-from services.sink.ladybug_store import LadybugGraphStore
+from lmrc.contracts import EntityRef, Relation, event_id
+from lmrc.local.graph_server import LocalFalkorDB
+from lmrc.sink.falkordb_store import FalkorDBGraphStore
+from lmrc.sink.graph import GraphStore, StoreUnavailableError, batch_parameters, entity_id
+from lmrc.sink.ladybug_store import LadybugGraphStore
 from tests.helpers import gold_relation_events
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
 
 
 @pytest.fixture(scope="module")
-def gold_events() -> list[RelationEvent]:
+def gold_events() -> list[Relation]:
     documents = docred.load_split("holdout")[:10]
     return gold_relation_events(documents, docred.load_relation_names(), T0)
 
@@ -40,8 +40,8 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[GraphStore
 
 def relation(
     head: str, tail: str, doc: str, seen: datetime, confidence: float = 0.5, evidence=None
-) -> RelationEvent:
-    return RelationEvent(
+) -> Relation:
+    return Relation(
         event_id=event_id(doc, head, tail, "P19", seen.isoformat()),
         doc_id=doc,
         head=EntityRef(index=0, name=head, type="PER"),
@@ -54,7 +54,7 @@ def relation(
     )
 
 
-def test_replaying_events_leaves_the_same_graph(store: GraphStore, gold_events: list[RelationEvent]) -> None:
+def test_replaying_events_leaves_the_same_graph(store: GraphStore, gold_events: list[Relation]) -> None:
     assert store.counts().relations == 0
     for start in range(0, len(gold_events), 50):
         store.upsert(gold_events[start : start + 50])
@@ -70,7 +70,7 @@ def test_replaying_events_leaves_the_same_graph(store: GraphStore, gold_events: 
     assert first[0].documents == 10
 
 
-def test_queries_by_entity_relation_and_document(store: GraphStore, gold_events: list[RelationEvent]) -> None:
+def test_queries_by_entity_relation_and_document(store: GraphStore, gold_events: list[Relation]) -> None:
     store.upsert(gold_events)
     some = gold_events[0]
     by_entity = store.relations(entity=some.head.name.upper(), limit=None)
@@ -117,7 +117,7 @@ def test_batches_fold_to_one_row_per_edge_whatever_their_order() -> None:
     assert len(forward["rows"]) == 1 and forward["rows"][0]["confidence"] == 0.3
 
 
-def test_ladybug_graph_persists_across_reopen(tmp_path: Path, gold_events: list[RelationEvent]) -> None:
+def test_ladybug_graph_persists_across_reopen(tmp_path: Path, gold_events: list[Relation]) -> None:
     path = tmp_path / "graph.lbug"
     writer = LadybugGraphStore(path)
     writer.upsert(gold_events)
@@ -131,7 +131,7 @@ def test_ladybug_graph_persists_across_reopen(tmp_path: Path, gold_events: list[
 
 
 def test_falkordb_graph_survives_a_restart_and_reports_outages(
-    tmp_path: Path, gold_events: list[RelationEvent]
+    tmp_path: Path, gold_events: list[Relation]
 ) -> None:
     server = LocalFalkorDB(data_dir=tmp_path / "falkordb").start()
     store = FalkorDBGraphStore(port=server.port, timeout_seconds=2)

@@ -11,12 +11,12 @@ import jsonschema
 import pytest
 
 from lmrc import docred
-from lmrc.llm.local_server import LocalTgiServer
+from lmrc.classifier.artifact import DEFAULT_ADAPTER_DIR, load_config
+from lmrc.classifier.prompt import answer_regex, build_prompt, docred_labels, parse_answer
+from lmrc.classifier.service import ClassifierHandler, ClassifierSettings
+from lmrc.contracts import CandidatePair, CandidateSetEvent
+from lmrc.local.llm.local_server import LocalTgiServer
 from lmrc.paths import shared_dir
-from schemas import CandidatePairEvent
-from services.classifier.artifact import DEFAULT_ADAPTER_DIR, load_config
-from services.classifier.prompt import answer_regex, build_prompt, docred_labels, parse_answer
-from services.classifier.service import ClassifierHandler, ClassifierSettings
 
 LABELS = docred_labels()
 
@@ -53,21 +53,20 @@ def document():
 
 
 def test_the_classifiers_request_is_a_valid_tgi_generate_request(openapi, document) -> None:
-    handler = ClassifierHandler(ClassifierSettings(tgi_adapter_id="rc"), load_config(DEFAULT_ADAPTER_DIR))
-    try:
-        candidate = CandidatePairEvent(
+    with ClassifierHandler(
+        ClassifierSettings(tgi_adapter_id="rc"), load_config(DEFAULT_ADAPTER_DIR)
+    ) as handler:
+        pair = CandidatePair(head=0, tail=1, score=0.5)
+        candidates = CandidateSetEvent(
             event_id="e",
             doc_id=document.doc_id,
-            head=0,
-            tail=1,
-            score=0.5,
-            candidates_in_document=1,
+            pairs=[pair],
+            pairs_scored=document.pair_count(),
             proposer_model_version="p",
             document=document,
         )
-        body = handler.request_for(candidate).model_dump(mode="json", exclude_none=True, exclude={"stream"})
-    finally:
-        handler.close()
+        request = handler.request_for(candidates, pair)
+        body = request.model_dump(mode="json", exclude_none=True, exclude={"stream"})
     assert_valid(openapi, "GenerateRequest", body)
     assert body["parameters"]["grammar"] == {"type": "regex", "value": answer_regex(LABELS)}
     assert body["parameters"]["adapter_id"] == "rc" and body["parameters"]["do_sample"] is False

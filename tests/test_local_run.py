@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from lmrc.local_run import run_local
-from services.sink.settings import SinkSettings, open_store
+from lmrc.local.run import run_local
+from lmrc.sink.settings import SinkSettings, open_store
 
 pytestmark = pytest.mark.broker
 

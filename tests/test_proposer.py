@@ -9,26 +9,26 @@ import numpy as np
 import pytest
 
 from lmrc import docred
-from lmrc.broker import LocalBroker
-from schemas import CandidatePairEvent, DeadLetterEvent, DocumentEvent
-from services.proposer.artifact import (
+from lmrc.contracts import CandidateSetEvent, DeadLetterEvent, DocumentEvent
+from lmrc.local.broker import LocalBroker
+from lmrc.proposer.artifact import (
     DEFAULT_ARTIFACT_DIR,
     ProposerConfig,
     load_config,
     threshold_for,
     tokenizer_file,
 )
-from services.proposer.features import MARKER, DocumentFeaturizer
-from services.proposer.inference import OnnxPairScorer
-from services.proposer.selection import (
+from lmrc.proposer.features import MARKER, DocumentFeaturizer
+from lmrc.proposer.inference import OnnxPairScorer
+from lmrc.proposer.service import ProposerSettings, build_runtime
+from lmrc.proposer.training.selection import (
     candidate_scores,
     pair_labels,
     relation_labels,
     score_documents,
     threshold_for_recall,
 )
-from services.proposer.service import ProposerSettings, build_runtime
-from services.runtime import KafkaSettings
+from lmrc.runtime import KafkaSettings
 from tests.helpers import produce, read_topic, running
 
 
@@ -45,7 +45,7 @@ def config() -> ProposerConfig:
 @pytest.fixture(scope="module")
 def onnx_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The shipped artifact exported to ONNX, as `lmrc proposer export` does."""
-    from services.proposer.export import export_onnx
+    from lmrc.proposer.training.export import export_onnx
 
     return export_onnx(DEFAULT_ARTIFACT_DIR, tmp_path_factory.mktemp("onnx") / "proposer.onnx")
 
@@ -132,7 +132,7 @@ def test_shipped_model_keeps_gold_pairs_and_drops_most_others_on_holdout(
 def test_onnx_and_torch_give_the_same_pair_scores(
     scorer: OnnxPairScorer, featurizer: DocumentFeaturizer
 ) -> None:
-    from services.proposer.torch_model import load_artifact, torch_scores
+    from lmrc.proposer.training.torch_model import load_artifact, torch_scores
 
     model, _config = load_artifact(DEFAULT_ARTIFACT_DIR)
     holdout = docred.load_split("holdout")
@@ -192,19 +192,18 @@ def test_service_turns_documents_into_candidate_events(
             for d in documents
             for f in [featurizer.featurize(d)]
         }
-        out = read_topic(
-            broker.bootstrap_servers, [settings.output_topic], expect=sum(map(len, expected.values()))
-        )
+        out = read_topic(broker.bootstrap_servers, [settings.output_topic], expect=len(documents))
         dlq = read_topic(broker.bootstrap_servers, [settings.dead_letter_topic], expect=3)
-    candidates = [CandidatePairEvent.model_validate_json(record.value or b"") for record in out]
+    sets = [CandidateSetEvent.model_validate_json(record.value or b"") for record in out]
     got: dict[str, set[tuple[int, int]]] = {}
-    for candidate in candidates:
-        got.setdefault(candidate.doc_id, set()).add((candidate.head, candidate.tail))
-        assert candidate.score >= config.threshold
-        assert candidate.proposer_model_version == config.version
-        assert candidate.document.doc_id == candidate.doc_id
-    assert got == {doc_id: pairs for doc_id, pairs in expected.items() if pairs}
-    assert all(c.candidates_in_document == len(got[c.doc_id]) for c in candidates)
+    for candidates in sets:  # one per document, its pairs best first
+        got[candidates.doc_id] = {(pair.head, pair.tail) for pair in candidates.pairs}
+        scores = [pair.score for pair in candidates.pairs]
+        assert scores == sorted(scores, reverse=True) and all(s >= config.threshold for s in scores)
+        assert candidates.proposer_model_version == config.version
+        assert candidates.document.doc_id == candidates.doc_id
+        assert candidates.pairs_scored == candidates.document.pair_count()
+    assert got == expected
     assert all(0 < len(pairs) < len(d.entities) ** 2 for d in documents for pairs in [expected[d.doc_id]])
     letters = sorted(
         (DeadLetterEvent.model_validate_json(r.value or b"") for r in dlq), key=lambda x: x.origin.offset

@@ -14,18 +14,19 @@ import pytest
 from pydantic import BaseModel
 
 from lmrc import docred
-from lmrc.broker import LocalBroker
-from schemas import DeadLetterEvent, DocumentEvent
-from services.relay.service import RelaySettings, build_runtime
-from services.runtime import (
+from lmrc.contracts import DeadLetterEvent, DocumentEvent
+from lmrc.local.broker import LocalBroker
+from lmrc.local.relay import RelaySettings, build_runtime
+from lmrc.runtime import (
     BatchResult,
     Consumed,
+    Handler,
     KafkaSettings,
     Output,
     RetryableError,
     ServiceRuntime,
 )
-from services.runtime.topics import ensure_topics
+from lmrc.runtime.topics import ensure_topics
 from tests.helpers import committed_offsets, http_get, metric_value, produce, read_topic, running
 
 pytestmark = pytest.mark.broker
@@ -146,7 +147,7 @@ def test_bad_messages_are_dead_lettered_with_reasons_and_the_partition_keeps_flo
     assert committed_offsets(broker.bootstrap_servers, settings.group_id, settings.input_topic, 2) == {0: 6}
 
 
-class _FlakyHandler:
+class _FlakyHandler(Handler[DocumentEvent]):
     """Fails like an unreachable dependency for the first ``failures`` calls, then forwards."""
 
     input_model = DocumentEvent
@@ -182,7 +183,39 @@ def test_transient_failure_rewinds_and_retries_without_committing_or_losing(
     assert committed_offsets(broker.bootstrap_servers, settings.group_id, settings.input_topic, 2) == {0: 5}
 
 
-class _PoisonSensitiveHandler:
+class _LifecycleHandler(Handler[DocumentEvent]):
+    """Notes when the runtime starts and closes it, and whether a batch came outside that window."""
+
+    input_model = DocumentEvent
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def start(self) -> None:
+        self.calls.append("start")
+
+    def handle(self, batch: Sequence[Consumed[DocumentEvent]]) -> BatchResult:
+        self.calls.append("handle")
+        return BatchResult(outputs=[Output(item.event, key=item.event.doc_id) for item in batch])
+
+    def close(self) -> None:
+        self.calls.append("close")
+
+
+def test_the_runtime_starts_the_handler_before_its_first_batch_and_closes_it_once_after_the_last(
+    broker: LocalBroker, unique: str, documents: list[DocumentEvent]
+) -> None:
+    settings = relay_settings(broker, unique)
+    handler = _LifecycleHandler()
+    with running(ServiceRuntime(settings, handler)):
+        produce(broker.bootstrap_servers, settings.input_topic, encoded(documents[:3]))
+        read_topic(broker.bootstrap_servers, [settings.output_topic], expect=3)
+    assert handler.calls[0] == "start" and handler.calls[-1] == "close"
+    assert handler.calls.count("start") == handler.calls.count("close") == 1
+    assert set(handler.calls[1:-1]) == {"handle"}
+
+
+class _PoisonSensitiveHandler(Handler[DocumentEvent]):
     """A handler with a bug that one particular document triggers."""
 
     input_model = DocumentEvent
@@ -254,7 +287,7 @@ def _start_relay_process(settings: RelaySettings) -> subprocess.Popen[bytes]:
         "RELAY_MAX_BATCH_WAIT_SECONDS": "0.1",
         "RELAY_SESSION_TIMEOUT_MS": "6000",
     }
-    return subprocess.Popen([sys.executable, "-m", "services.relay"], env=env)
+    return subprocess.Popen([sys.executable, "-m", "lmrc.local.relay"], env=env)
 
 
 def test_sigterm_commits_and_a_restarted_service_resumes_where_it_stopped(

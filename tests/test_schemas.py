@@ -8,16 +8,19 @@ import jsonschema
 import pytest
 from pydantic import ValidationError
 
-from schemas import (
-    CandidatePairEvent,
+from lmrc.contracts import (
+    CandidatePair,
+    CandidateSetEvent,
     DeadLetterEvent,
     DocumentEvent,
     EntityRef,
     MessageOrigin,
-    RelationEvent,
+    Relation,
+    RelationSetEvent,
     event_id,
 )
-from schemas.generate import SCHEMA_DIR, rendered_schemas, stale_files
+from lmrc.contracts.generate import SCHEMA_DIR, rendered_schemas, stale_files
+from lmrc.runtime.deadletter import rejection_from_validation
 
 
 def document(**overrides: object) -> dict:
@@ -89,26 +92,49 @@ def test_empty_span_and_empty_sentence_are_rejected() -> None:
         DocumentEvent.model_validate(document(sentences=[["a"], []], entities=[]))
 
 
-def test_candidate_pair_must_point_at_entities_of_its_document() -> None:
+def test_candidate_set_pairs_must_point_at_distinct_entities_of_its_document() -> None:
     doc = DocumentEvent.model_validate(document())
-    fields = dict(event_id="e", doc_id="d1", score=0.9, candidates_in_document=1, proposer_model_version="v")
-    assert CandidatePairEvent(head=0, tail=1, document=doc, **fields).tail == 1
-    with pytest.raises(ValidationError, match=r"tail 2 out of range \(document has 2 entities\)"):
-        CandidatePairEvent(head=0, tail=2, document=doc, **fields)
+    fields = dict(event_id="e", doc_id="d1", pairs_scored=2, proposer_model_version="v", document=doc)
+
+    def pairs(*heads_tails: tuple[int, int]) -> list[CandidatePair]:
+        return [CandidatePair(head=h, tail=t, score=0.9) for h, t in heads_tails]
+
+    assert CandidateSetEvent(pairs=pairs((0, 1)), **fields).pairs[0].tail == 1
+    assert CandidateSetEvent(pairs=[], **fields).pairs == []  # a document without candidates
+    with pytest.raises(ValidationError, match=r"pairs\[1\]: tail 2 out of range \(document has 2 entities\)"):
+        CandidateSetEvent(pairs=pairs((0, 1), (0, 2)), **fields)
     with pytest.raises(ValidationError, match="same entity"):
-        CandidatePairEvent(head=1, tail=1, document=doc, **fields)
+        CandidateSetEvent(pairs=pairs((1, 1)), **fields)
+    with pytest.raises(ValidationError, match="listed twice"):
+        CandidateSetEvent(pairs=pairs((0, 1), (0, 1)), **fields)
+    with pytest.raises(ValidationError, match=r"differs from document\.doc_id"):
+        CandidateSetEvent(pairs=[], **{**fields, "doc_id": "d2"})
 
 
-def test_relation_event_requires_a_wikidata_property_and_a_probability() -> None:
+def test_relation_requires_a_wikidata_property_and_a_probability() -> None:
     head = EntityRef(index=0, name="Ada Lovelace", type="PER")
     tail = EntityRef(index=1, name="London", type="LOC")
     fields = dict(event_id=event_id("d1", 0, 1, "P19"), doc_id="d1", head=head, tail=tail)
-    event = RelationEvent(relation_id="P19", relation_name="place of birth", confidence=0.8, **fields)
-    assert RelationEvent.model_validate_json(event.model_dump_json()) == event
+    relation = Relation(relation_id="P19", relation_name="place of birth", confidence=0.8, **fields)
+    assert Relation.model_validate_json(relation.model_dump_json()) == relation
     with pytest.raises(ValidationError, match="relation_id"):
-        RelationEvent(relation_id="born in", relation_name="x", confidence=0.8, **fields)
+        Relation(relation_id="born in", relation_name="x", confidence=0.8, **fields)
     with pytest.raises(ValidationError, match="confidence"):
-        RelationEvent(relation_id="P19", relation_name="x", confidence=1.5, **fields)
+        Relation(relation_id="P19", relation_name="x", confidence=1.5, **fields)
+    complete = RelationSetEvent(event_id="s", doc_id="d1", relations=[relation], candidate_pairs=1)
+    assert RelationSetEvent.model_validate_json(complete.model_dump_json()) == complete
+    assert RelationSetEvent(event_id="s", doc_id="d1", relations=[], candidate_pairs=0).relations == []
+    with pytest.raises(ValidationError, match="is not 'd2'"):
+        RelationSetEvent(event_id="s", doc_id="d2", relations=[relation], candidate_pairs=1)
+
+
+def test_a_version_1_event_is_named_as_such_in_its_rejection() -> None:
+    version_1 = {"schema_version": 1, "event_id": "e", "doc_id": "d1", "head": 0, "tail": 1}
+    with pytest.raises(ValidationError) as caught:
+        CandidateSetEvent.model_validate(version_1)
+    rejection = rejection_from_validation(caught.value, expected_version=2)
+    assert rejection.error_class == "UnsupportedSchemaVersion"
+    assert str(rejection) == ("CandidateSetEvent: unsupported schema_version 1; this service reads version 2")
 
 
 def test_event_id_is_deterministic() -> None:

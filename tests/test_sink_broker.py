@@ -11,21 +11,22 @@ from pathlib import Path
 import pytest
 
 from lmrc import docred
-from lmrc.broker import LocalBroker
 from lmrc.cli import main as lmrc_main
-from lmrc.graph_server import LocalFalkorDB
-from schemas import RelationEvent
-from services.runtime import KafkaSettings
-from services.sink.falkordb_store import FalkorDBGraphStore
-from services.sink.graph import GraphStore
-from services.sink.ladybug_store import LadybugGraphStore
-from services.sink.service import build_runtime
-from services.sink.settings import SinkSettings
+from lmrc.contracts import Relation, RelationSetEvent
+from lmrc.local.broker import LocalBroker
+from lmrc.local.graph_server import LocalFalkorDB
+from lmrc.runtime import KafkaSettings
+from lmrc.sink.falkordb_store import FalkorDBGraphStore
+from lmrc.sink.graph import GraphStore
+from lmrc.sink.ladybug_store import LadybugGraphStore
+from lmrc.sink.service import build_runtime
+from lmrc.sink.settings import SinkSettings
 from tests.helpers import (
     committed_offsets,
     gold_relation_events,
     metric_value,
     produce,
+    relation_sets,
     running,
     wait_committed,
     wait_for,
@@ -35,9 +36,14 @@ pytestmark = pytest.mark.broker
 
 
 @pytest.fixture(scope="module")
-def events() -> list[RelationEvent]:
+def events() -> list[Relation]:
     documents = docred.load_split("holdout")[:8]
     return gold_relation_events(documents, docred.load_relation_names(), datetime(2026, 11, 1, tzinfo=UTC))
+
+
+@pytest.fixture(scope="module")
+def sets(events: list[Relation]) -> list[RelationSetEvent]:
+    return relation_sets(events)
 
 
 def sink_settings(broker: LocalBroker, stem: str, **overrides: object) -> SinkSettings:
@@ -60,7 +66,7 @@ def sink_settings(broker: LocalBroker, stem: str, **overrides: object) -> SinkSe
     return SinkSettings(**fields)
 
 
-def encoded(events: list[RelationEvent]) -> list[bytes | None]:
+def encoded(events: list[RelationSetEvent]) -> list[bytes | None]:
     return [event.model_dump_json().encode() for event in events]
 
 
@@ -80,7 +86,11 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[st
 
 
 def test_replaying_the_topic_leaves_the_graph_unchanged(
-    broker: LocalBroker, unique: str, events: list[RelationEvent], backend: tuple[str, GraphStore, dict]
+    broker: LocalBroker,
+    unique: str,
+    events: list[Relation],
+    sets: list[RelationSetEvent],
+    backend: tuple[str, GraphStore, dict],
 ) -> None:
     name, store, store_settings = backend
     settings = sink_settings(broker, unique, **store_settings)
@@ -89,17 +99,17 @@ def test_replaying_the_topic_leaves_the_graph_unchanged(
         runtime.http_port, "lmrc_sink_relations_written_total", service=settings.service_name, backend=name
     )
     with running(runtime):
-        produce(broker.bootstrap_servers, settings.input_topic, encoded(events))
+        produce(broker.bootstrap_servers, settings.input_topic, encoded(sets))
         wait_for(lambda: written() == len(events), what="first pass")
         first = (store.counts(), store.relations(limit=None), store.entities())
-        produce(broker.bootstrap_servers, settings.input_topic, encoded(events))  # the topic replayed
+        produce(broker.bootstrap_servers, settings.input_topic, encoded(sets))  # the topic replayed
         produce(broker.bootstrap_servers, settings.input_topic, [b"not json"])
         wait_for(lambda: written() == 2 * len(events), what="replay")
         wait_committed(
             broker.bootstrap_servers,
             settings.group_id,
             settings.input_topic,
-            {0: 2 * len(events) + 1},
+            {0: 2 * len(sets) + 1},
             what="commit of the replay and the dead letter",
         )
         second = (store.counts(), store.relations(limit=None), store.entities())
@@ -108,22 +118,22 @@ def test_replaying_the_topic_leaves_the_graph_unchanged(
 
 
 def test_store_outage_retries_without_commit_and_loses_nothing(
-    broker: LocalBroker, unique: str, events: list[RelationEvent], tmp_path: Path
+    broker: LocalBroker, unique: str, events: list[Relation], sets: list[RelationSetEvent], tmp_path: Path
 ) -> None:
     server = LocalFalkorDB(data_dir=tmp_path / "falkordb").start()
     settings = sink_settings(broker, unique, store_backend="falkordb", falkordb_port=server.port)
     store = FalkorDBGraphStore(port=server.port, timeout_seconds=1)
     runtime = build_runtime(settings, store)
-    half = len(events) // 2
+    half = len(sets) // 2
     bootstrap = broker.bootstrap_servers
     offsets = lambda: committed_offsets(bootstrap, settings.group_id, settings.input_topic, 1)  # noqa: E731
     try:
         with running(runtime):
             port = runtime.http_port
-            produce(bootstrap, settings.input_topic, encoded(events[:half]))
+            produce(bootstrap, settings.input_topic, encoded(sets[:half]))
             wait_for(lambda: offsets() == {0: half}, what="first half committed")
             server.stop()
-            produce(bootstrap, settings.input_topic, encoded(events[half:]))
+            produce(bootstrap, settings.input_topic, encoded(sets[half:]))
             wait_for(
                 lambda: (
                     metric_value(
@@ -148,7 +158,7 @@ def test_store_outage_retries_without_commit_and_loses_nothing(
                 >= 2
             )
             server.start()
-            wait_for(lambda: offsets() == {0: len(events)}, what="everything committed after recovery")
+            wait_for(lambda: offsets() == {0: len(sets)}, what="everything committed after recovery")
         assert store.counts().relations == len(events)
     finally:
         store.close()
@@ -156,7 +166,7 @@ def test_store_outage_retries_without_commit_and_loses_nothing(
 
 
 def test_graph_cli_queries_and_exports(
-    events: list[RelationEvent], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    events: list[Relation], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = tmp_path / "graph.lbug"
     store = LadybugGraphStore(path)

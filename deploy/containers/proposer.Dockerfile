@@ -15,10 +15,8 @@ FROM python-base AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY lmrc ./lmrc
-COPY schemas ./schemas
-COPY services ./services
 RUN python3 -m venv /opt/venv \
-    && /opt/venv/bin/pip install --no-cache-dir . \
+    && /opt/venv/bin/pip install --no-cache-dir ".[proposer]" \
     && /opt/venv/bin/pip uninstall -y onnxruntime \
     && /opt/venv/bin/pip install --no-cache-dir "onnxruntime-gpu>=1.18"
 

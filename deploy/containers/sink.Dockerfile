@@ -9,9 +9,7 @@ FROM ${PYTHON_BASE} AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY lmrc ./lmrc
-COPY schemas ./schemas
-COPY services ./services
-RUN python -m venv /opt/venv && /opt/venv/bin/pip install --no-cache-dir .
+RUN python -m venv /opt/venv && /opt/venv/bin/pip install --no-cache-dir ".[sink]"
 
 FROM ${PYTHON_BASE}
 RUN useradd --uid 10001 --no-create-home --shell /usr/sbin/nologin lmrc \

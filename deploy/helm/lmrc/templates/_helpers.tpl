@@ -62,7 +62,7 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- end }}
 
-{{/* KAFKA_* variables (services/runtime/settings.py, KafkaSettings). */}}
+{{/* KAFKA_* variables (lmrc/runtime/settings.py, KafkaSettings). */}}
 {{- define "lmrc.kafkaEnv" -}}
 {{- $kafka := .Values.kafka -}}
 - name: KAFKA_BOOTSTRAP_SERVERS

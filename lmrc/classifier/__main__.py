@@ -1,0 +1,3 @@
+from lmrc.classifier.service import main
+
+main()

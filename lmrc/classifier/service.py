@@ -1,0 +1,341 @@
+"""The classifier service: CandidateSetEvents in, one RelationSetEvent per document out.
+
+A document's candidate pairs are sent to TGI concurrently, side by side, so that TGI's prefix
+cache serves their shared document prefix. Per pair:
+- an answer with relations: one Relation each in the document's set (confidence from the
+  answer's token log-probabilities); ``none``: nothing (counted);
+- TGI refused the request, failed after all retries on this pair alone, or answered something
+  unparseable: the pair is listed in the set's ``failed_pairs`` with the reason (counted), the
+  rest of the document goes on;
+- the circuit breaker is open, or other requests failed too while this pair was retried (TGI
+  down for a while): the whole batch is retried later by the runtime, nothing committed.
+Every document gets its RelationSetEvent, also with no pairs or no relations: it is the record
+that the document went through.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Coroutine, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import Field, SecretStr
+from pydantic_settings import SettingsConfigDict
+
+from lmrc.classifier import metrics
+from lmrc.classifier.artifact import DEFAULT_ADAPTER_DIR, ClassifierConfig, load_config
+from lmrc.classifier.prompt import (
+    PROMPT_VERSION,
+    SEPARATOR,
+    TERMINATOR,
+    LabelSet,
+    UnparseableAnswerError,
+    answer_regex,
+    build_prompt,
+    docred_labels,
+    parse_answer,
+)
+from lmrc.classifier.tgi_client import CircuitBreaker, CircuitOpenError, RetryPolicy, TgiClient, TgiError
+from lmrc.contracts import (
+    CandidatePair,
+    CandidateSetEvent,
+    EntityRef,
+    FailedPair,
+    ModelVersions,
+    Relation,
+    RelationSetEvent,
+    event_id,
+)
+from lmrc.contracts.tgi import GenerateParameters, GenerateRequest, GenerateResponse, Grammar
+from lmrc.runtime import (
+    BatchResult,
+    Consumed,
+    Handler,
+    Output,
+    RetryableError,
+    ServiceRuntime,
+    ServiceSettings,
+    UnprocessableMessageError,
+)
+from lmrc.topology import TOPICS
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class ClassifierSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="CLASSIFIER_", extra="ignore")
+
+    service_name: str = "classifier"
+    group_id: str = TOPICS.stage("classifier").group_id
+    input_topic: str = TOPICS.stage("classifier").input
+    output_topic: str | None = TOPICS.stage("classifier").output
+    dead_letter_topic: str = TOPICS.stage("classifier").dead_letter
+    max_batch_size: int = Field(
+        default=1,
+        ge=1,
+        le=10_000,
+        description="Documents per batch: a document's pairs already fill the model server's batch.",
+    )
+    artifact_dir: Path = Field(default=DEFAULT_ADAPTER_DIR, description="Adapter dir with classifier.json.")
+    tgi_url: str = "http://127.0.0.1:8080"
+    tgi_api_token: SecretStr | None = None
+    tgi_adapter_id: str | None = Field(
+        default=None, description="LoRA adapter id TGI serves the classifier as (None: TGI's base model)."
+    )
+    tgi_timeout_seconds: float = Field(default=60.0, gt=0)
+    tgi_max_concurrency: int = Field(default=8, ge=1, le=1024)
+    tgi_max_attempts: int = Field(default=4, ge=1)
+    tgi_backoff_initial_seconds: float = Field(default=0.5, gt=0)
+    tgi_backoff_max_seconds: float = Field(default=8.0, gt=0)
+    circuit_failure_threshold: int = Field(default=20, ge=1, description="Consecutive failures.")
+    circuit_reset_seconds: float = Field(default=15.0, gt=0)
+    max_new_tokens: int = Field(default=64, ge=4)
+
+
+def label_confidences(response: GenerateResponse, names: list[str]) -> dict[str, float]:
+    """Per relation: exp(sum of the log-probabilities of the tokens that spell it).
+
+    Without token details (a server that omits them), every relation gets 1.0.
+    """
+    details = response.details
+    if (
+        details is None
+        or not details.tokens
+        or any(t.logprob is None for t in details.tokens if not t.special)
+    ):
+        return dict.fromkeys(names, 1.0)
+    spans: list[tuple[int, int, float]] = []
+    position = 0
+    for token in details.tokens:
+        if token.special:
+            continue
+        spans.append((position, position + len(token.text), token.logprob or 0.0))
+        position += len(token.text)
+    text = "".join(t.text for t in details.tokens if not t.special)
+    where: dict[str, tuple[int, int]] = {}  # each name's span in the answer, part by part
+    offset = 0
+    for part in text.rstrip(TERMINATOR).split(SEPARATOR):
+        where.setdefault(part, (offset, offset + len(part)))
+        offset += len(part) + len(SEPARATOR)
+    confidences: dict[str, float] = {}
+    for name in names:
+        if name not in where:
+            confidences[name] = 1.0
+            continue
+        start, end = where[name]
+        logprob = sum(lp for s, e, lp in spans if s < end and e > start)
+        confidences[name] = min(1.0, max(0.0, math.exp(logprob)))
+    return confidences
+
+
+class ClassifierHandler(Handler[CandidateSetEvent]):
+    input_model = CandidateSetEvent
+
+    def __init__(
+        self, settings: ClassifierSettings, config: ClassifierConfig, labels: LabelSet | None = None
+    ) -> None:
+        if config.prompt_version != PROMPT_VERSION:
+            raise ValueError(
+                f"adapter {config.version} was trained on prompt {config.prompt_version}, "
+                f"this service builds {PROMPT_VERSION}"
+            )
+        self.settings = settings
+        self.config = config
+        self.labels = labels or docred_labels()
+        self.service = settings.service_name
+        metrics.initialize_pairs(self.service)
+        self.grammar = Grammar(type="regex", value=answer_regex(self.labels))
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.client = TgiClient(
+            settings.tgi_url,
+            self.service,
+            timeout_seconds=settings.tgi_timeout_seconds,
+            max_concurrency=settings.tgi_max_concurrency,
+            retry=RetryPolicy(
+                settings.tgi_max_attempts,
+                settings.tgi_backoff_initial_seconds,
+                settings.tgi_backoff_max_seconds,
+            ),
+            breaker=CircuitBreaker(
+                settings.circuit_failure_threshold, settings.circuit_reset_seconds, self.service
+            ),
+            api_token=settings.tgi_api_token.get_secret_value() if settings.tgi_api_token else None,
+        )
+
+    def start(self) -> None:
+        """An event loop of the handler's own, with the HTTP client open on it."""
+        self._loop = asyncio.new_event_loop()
+        self._loop.run_until_complete(self.client.open())
+
+    def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        """Run a coroutine on the handler's event loop (where its HTTP client lives)."""
+        if self._loop is None:
+            raise RuntimeError("classifier handler not started")
+        return self._loop.run_until_complete(coroutine)
+
+    def close(self) -> None:
+        if self._loop is None:
+            return
+        self._loop.run_until_complete(self.client.close())
+        self._loop.close()
+        self._loop = None
+
+    def request_for(self, candidates: CandidateSetEvent, pair: CandidatePair) -> GenerateRequest:
+        return GenerateRequest(
+            inputs=build_prompt(candidates.document, pair.head, pair.tail, self.labels),
+            parameters=GenerateParameters(
+                adapter_id=self.settings.tgi_adapter_id,
+                details=True,
+                do_sample=False,
+                grammar=self.grammar,
+                max_new_tokens=self.settings.max_new_tokens,
+            ),
+        )
+
+    def handle(self, batch: Sequence[Consumed[CandidateSetEvent]]) -> BatchResult:
+        outcomes = self.run(self._classify_all([item.event for item in batch]))
+        result = BatchResult()
+        for item, pair_outcomes in zip(batch, outcomes, strict=True):
+            candidates = item.event
+            relations: list[Relation] = []
+            failed: list[FailedPair] = []
+            for pair, outcome in zip(candidates.pairs, pair_outcomes, strict=True):
+                if isinstance(outcome, CircuitOpenError):
+                    raise RetryableError(str(outcome)) from outcome
+                if isinstance(outcome, UnprocessableMessageError):
+                    metrics.PAIRS.labels(self.service, "failed").inc()
+                    log.warning(
+                        "%s: pair (%d, %d) of %r failed: %s: %s",
+                        self.service,
+                        pair.head,
+                        pair.tail,
+                        candidates.doc_id,
+                        outcome.error_class,
+                        outcome,
+                    )
+                    failed.append(
+                        FailedPair(
+                            head=pair.head,
+                            tail=pair.tail,
+                            error_class=outcome.error_class,
+                            error_message=str(outcome)[:4096],
+                        )
+                    )
+                    continue
+                metrics.RELATIONS_PER_PAIR.labels(self.service).observe(len(outcome))
+                metrics.PAIRS.labels(self.service, "related" if outcome else "unrelated").inc()
+                metrics.RELATIONS.labels(self.service).inc(len(outcome))
+                relations.extend(outcome)
+            result.outputs.append(
+                Output(self.relation_set(candidates, relations, failed), key=candidates.doc_id)
+            )
+        return result
+
+    async def _classify_all(
+        self, batch: list[CandidateSetEvent]
+    ) -> list[list[list[Relation] | UnprocessableMessageError | CircuitOpenError]]:
+        """Every pair of every document at once (the client bounds the concurrency)."""
+        flat = await asyncio.gather(
+            *(self.classify(candidates, pair) for candidates in batch for pair in candidates.pairs)
+        )
+        outcomes, position = [], 0
+        for candidates in batch:
+            outcomes.append(list(flat[position : position + len(candidates.pairs)]))
+            position += len(candidates.pairs)
+        return outcomes
+
+    async def classify(
+        self, candidates: CandidateSetEvent, pair: CandidatePair
+    ) -> list[Relation] | UnprocessableMessageError | CircuitOpenError:
+        """The pair's relations, or why there are none to give (never raises for TGI trouble)."""
+        try:
+            response = await self.client.generate(self.request_for(candidates, pair))
+            names = parse_answer(response.generated_text, self.labels)
+        except CircuitOpenError as error:
+            return error
+        except TgiError as error:
+            failures = self.client.breaker.consecutive_failures
+            if error.retryable and failures > self.settings.tgi_max_attempts:
+                # Other requests failed too while this pair was retried: the server is in trouble,
+                # not this pair. Rewind the batch (the circuit opens soon) rather than fail the pair.
+                return CircuitOpenError(f"model server failing ({failures} consecutive failures): {error}")
+            return UnprocessableMessageError(error.error_class, str(error))
+        except UnparseableAnswerError as error:
+            return UnprocessableMessageError("UnparseableAnswer", str(error))
+        return self.relations(candidates, pair, names, label_confidences(response, names))
+
+    def models(self, candidates: CandidateSetEvent) -> ModelVersions:
+        return ModelVersions(proposer=candidates.proposer_model_version, classifier=self.config.version)
+
+    def relations(
+        self,
+        candidates: CandidateSetEvent,
+        pair: CandidatePair,
+        names: list[str],
+        confidences: dict[str, float],
+    ) -> list[Relation]:
+        document = candidates.document
+        ids = self.labels.ids_by_name
+
+        def ref(index: int) -> EntityRef:
+            entity = document.entities[index]
+            return EntityRef(index=index, name=entity.name, type=entity.type)
+
+        return [
+            Relation(
+                event_id=event_id(candidates.doc_id, pair.head, pair.tail, ids[name]),
+                doc_id=candidates.doc_id,
+                doc_title=document.title,
+                head=ref(pair.head),
+                tail=ref(pair.tail),
+                relation_id=ids[name],
+                relation_name=name,
+                confidence=confidences[name],
+                models=self.models(candidates),
+                source=document.source,
+                proposed_at=candidates.proposed_at,
+            )
+            for name in names
+        ]
+
+    def relation_set(
+        self, candidates: CandidateSetEvent, relations: list[Relation], failed: list[FailedPair]
+    ) -> RelationSetEvent:
+        """The document's record: its relations, possibly none."""
+        metrics.DOCUMENTS.labels(self.service).inc()
+        return RelationSetEvent(
+            event_id=event_id(candidates.event_id, self.config.version),
+            doc_id=candidates.doc_id,
+            doc_title=candidates.document.title,
+            relations=relations,
+            candidate_pairs=len(candidates.pairs),
+            failed_pairs=failed,
+            models=self.models(candidates),
+            source=candidates.document.source,
+            proposed_at=candidates.proposed_at,
+        )
+
+
+def build_runtime(settings: ClassifierSettings) -> ServiceRuntime:
+    config = load_config(settings.artifact_dir)
+    handler = ClassifierHandler(settings, config)
+    log.info(
+        "classifier %s (prompt %s) on %s, adapter %s",
+        config.version,
+        config.prompt_version,
+        settings.tgi_url,
+        settings.tgi_adapter_id,
+    )
+    return ServiceRuntime(settings, handler)
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    runtime = build_runtime(ClassifierSettings())
+    runtime.install_signal_handlers()
+    runtime.run()

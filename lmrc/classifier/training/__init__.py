@@ -1,0 +1,1 @@
+"""lmrc/classifier/training"""

@@ -1,0 +1,238 @@
+"""``lmrc``: the project's command line (evaluation, data, broker, publishing, local run)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from lmrc import docred
+from lmrc.docred import evaluation
+from lmrc.topology import TOPICS
+
+
+def _eval(args: argparse.Namespace) -> int:
+    gold = docred.load_raw(args.gold)
+    predictions = evaluation.load_predictions(args.pred)
+    if predictions and all("r" not in p for p in predictions):
+        scores = evaluation.evaluate_candidates(gold, predictions)
+        print(json.dumps(asdict(scores), indent=2) if args.json else evaluation.format_candidates(scores))
+        return 0
+    train = docred.load_raw(args.train) if args.train else None
+    report = evaluation.evaluate_relations(gold, predictions, train)
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=2))
+        return 0
+    if not args.per_relation:
+        report = evaluation.Report(scores=report.scores)
+    names = docred.load_relation_names(args.rel_info) if args.per_relation else None
+    print(evaluation.format_report(report, names))
+    return 0
+
+
+def _split(args: argparse.Namespace) -> int:
+    for name, path in docred.write_split_files(args.out, args.source).items():
+        print(f"{name:<10} {path}")
+    return 0
+
+
+def _broker(args: argparse.Namespace) -> int:
+    import time
+
+    from lmrc.local.broker import LocalBroker, S3Storage
+
+    storage = S3Storage(args.s3_endpoint, args.s3_bucket) if args.s3_endpoint else None
+    broker = LocalBroker(port=args.port, storage=storage).start()
+    where = f"bucket {args.s3_bucket} on {args.s3_endpoint}" if storage else "in memory"
+    print(f"Kafka-protocol broker (Tansu, {where}) on {broker.bootstrap_servers}; Ctrl-C stops it")
+    try:
+        while broker.running:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        broker.stop()
+    return 0
+
+
+def _publish(args: argparse.Namespace) -> int:
+    from lmrc.local.publish import iter_document_payloads, publish
+    from lmrc.runtime import KafkaSettings
+
+    payloads = list(iter_document_payloads(args.file))
+    publish(KafkaSettings().client_config(), args.topic, iter(payloads))
+    print(f"published {len(payloads)} documents to {args.topic}")
+    return 0
+
+
+def format_relations(value: Any) -> str:
+    """A relation set as one line per relation (a document without any says so); anything else
+    (a poison message) as it came."""
+    from pydantic import ValidationError
+
+    from lmrc.contracts import RelationSetEvent
+
+    try:
+        event = RelationSetEvent.model_validate(value)
+    except ValidationError:
+        return value if isinstance(value, str) else json.dumps(value)
+    if not event.relations:
+        return f"{event.doc_id}: no relations ({event.candidate_pairs} candidate pairs)"
+    return "\n".join(
+        f"{event.doc_id}: {r.head.name} ({r.head.type}) --{r.relation_id} {r.relation_name}--> "
+        f"{r.tail.name} ({r.tail.type})  {r.confidence:.2f}"
+        for r in event.relations
+    )
+
+
+def _tail(args: argparse.Namespace) -> int:
+    """Print events as they arrive; Ctrl-C (or --max-messages, --timeout) stops."""
+    from lmrc.local.publish import tail
+    from lmrc.runtime import KafkaSettings
+
+    seen = 0
+
+    def show(_topic: str, value: Any) -> bool:
+        nonlocal seen
+        seen += 1
+        print(json.dumps(value) if args.json else format_relations(value), flush=True)
+        return args.max_messages is None or seen < args.max_messages
+
+    try:
+        tail(
+            KafkaSettings().client_config(),
+            [args.topic],
+            show,
+            timeout=args.timeout,
+            from_beginning=args.from_beginning,
+        )
+    except KeyboardInterrupt:
+        pass
+    except TimeoutError:
+        if args.max_messages is not None:
+            print(f"{seen} of {args.max_messages} messages before the timeout", file=sys.stderr)
+            return 1
+    return 0
+
+
+def _topics(args: argparse.Namespace) -> int:
+    """Create the pipeline's topics (the Helm chart's Job runs this); existing ones stay as they are."""
+    from lmrc.runtime import KafkaSettings
+    from lmrc.runtime.topics import ensure_topics
+
+    topics = args.topic or TOPICS.all
+    created = ensure_topics(
+        KafkaSettings().client_config(), topics, args.partitions, replication_factor=args.replication_factor
+    )
+    for topic in topics:
+        print(f"{topic:<32} {'created' if topic in created else 'exists'}")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from lmrc.local.run import run_local
+
+    return run_local(args.input, args.limit, args.graph, args.report)
+
+
+def _benchmark(args: argparse.Namespace) -> int:
+    from lmrc.local.benchmark import format_report, run_benchmark
+
+    report = run_benchmark(args.documents, args.interval, args.split)
+    print(json.dumps(report.as_dict(), indent=2) if args.json else format_report(report))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lmrc", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    ev = commands.add_parser("eval", help="official DocRED scores (F1, Ign F1) or proposer recall")
+    ev.add_argument("--gold", required=True, type=Path, help="DocRED-format file with labels")
+    ev.add_argument("--pred", required=True, type=Path, help="predictions: JSON list or JSON lines")
+    ev.add_argument("--train", type=Path, help="training file, for Ign F1")
+    ev.add_argument("--per-relation", action="store_true", help="print per-relation P/R/F1")
+    ev.add_argument("--rel-info", type=Path, help="rel_info.json for relation names")
+    ev.add_argument("--json", action="store_true", help="print JSON")
+    ev.set_defaults(func=_eval)
+
+    split = commands.add_parser("split", help="write the fixed train/validation/holdout files")
+    split.add_argument("--out", type=Path, default=Path("var/data"))
+    split.add_argument("--source", type=Path, help="dev_revised.json (default: ../shared)")
+    split.set_defaults(func=_split)
+
+    broker = commands.add_parser("broker", help="run the local Kafka-protocol broker")
+    broker.add_argument("--port", type=int, default=9092)
+    broker.add_argument(
+        "--s3-endpoint", help="keep data in S3 (an S3-compatible URL; AWS_* credentials) instead of memory"
+    )
+    broker.add_argument("--s3-bucket", default="tansu", help="an existing bucket")
+    broker.set_defaults(func=_broker)
+
+    pub = commands.add_parser("publish", help="publish documents (KAFKA_* settings)")
+    pub.add_argument("file", type=Path, help="DocRED JSON or JSON lines of DocumentEvents")
+    pub.add_argument("--topic", default=TOPICS.documents, help="default: %(default)s")
+    pub.set_defaults(func=_publish)
+
+    tl = commands.add_parser("tail", help="print relation sets as they arrive (KAFKA_* settings)")
+    tl.add_argument("--topic", default=TOPICS.relations, help="default: %(default)s")
+    tl.add_argument("--from-beginning", action="store_true", help="start at the first offset, not the end")
+    tl.add_argument("--json", action="store_true", help="print each event as JSON")
+    tl.add_argument("--max-messages", type=int, help="stop after this many")
+    tl.add_argument("--timeout", type=float, help="stop after this many seconds")
+    tl.set_defaults(func=_tail)
+
+    topics = commands.add_parser("topics", help="create the pipeline's topics (KAFKA_* settings)")
+    topics.add_argument("topic", nargs="*", help="topics to create (default: the pipeline's six)")
+    topics.add_argument("--partitions", type=int, default=4)
+    topics.add_argument("--replication-factor", type=int, default=-1, help="-1: the broker's default")
+    topics.set_defaults(func=_topics)
+
+    from lmrc.cli.graph import add_commands as add_graph_commands
+
+    add_graph_commands(commands)
+
+    from lmrc.cli.proposer import add_commands as add_proposer_commands
+
+    add_proposer_commands(commands)
+
+    from lmrc.cli.classifier import add_commands as add_classifier_commands
+
+    add_classifier_commands(commands)
+
+    from lmrc.cli.llm import add_commands as add_llm_commands
+
+    add_llm_commands(commands)
+
+    run = commands.add_parser("run", help="run the whole pipeline locally (broker, TGI, services, graph)")
+    run.add_argument("--input", type=Path, help="DocRED JSON or JSON lines (default: holdout split)")
+    run.add_argument("--limit", type=int, help="only the first N documents (holdout default: 3)")
+    run.add_argument("--graph", type=Path, help="embedded graph directory (default: var/graph.lbug)")
+    run.add_argument("--report", type=Path, help="also write the figures to this JSON file")
+    run.set_defaults(func=_run)
+
+    bench = commands.add_parser(
+        "benchmark", help="end-to-end and per-stage documents/s, publish-to-graph latency, bottleneck"
+    )
+    bench.add_argument("--documents", type=int, default=3, help="how many documents of the split")
+    bench.add_argument("--split", default="holdout", choices=["train", "validation", "holdout"])
+    bench.add_argument(
+        "--interval", type=float, default=0.0, help="seconds between publications (0: all at once)"
+    )
+    bench.add_argument("--json", action="store_true", help="print JSON")
+    bench.set_defaults(func=_benchmark)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

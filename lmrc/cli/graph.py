@@ -1,0 +1,122 @@
+"""``lmrc graph``: query the graph (relations of an entity, a relation, a document; counts) and
+export it as JSON lines or GraphML."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import xml.etree.ElementTree as ET
+from dataclasses import asdict
+from pathlib import Path
+from typing import TextIO
+
+from lmrc.sink.graph import GraphStore, StoredEntity, StoredRelation, format_table
+from lmrc.sink.settings import SinkSettings, open_store
+
+GRAPHML = "http://graphml.graphdrawing.org/xmlns"
+EDGE_KEYS = (
+    ("relation_id", "string"),
+    ("relation_name", "string"),
+    ("doc_id", "string"),
+    ("doc_title", "string"),
+    ("confidence", "double"),
+    ("evidence", "string"),
+    ("proposer_model", "string"),
+    ("classifier_model", "string"),
+    ("source_uri", "string"),
+    ("event_id", "string"),
+    ("first_seen", "string"),
+    ("last_seen", "string"),
+)
+
+
+def write_jsonl(relations: list[StoredRelation], out: TextIO) -> None:
+    for relation in relations:
+        out.write(json.dumps(asdict(relation), ensure_ascii=False) + "\n")
+
+
+def write_graphml(entities: list[StoredEntity], relations: list[StoredRelation], out: TextIO) -> None:
+    ET.register_namespace("", GRAPHML)
+    root = ET.Element(f"{{{GRAPHML}}}graphml")
+    for name in ("name", "type"):
+        ET.SubElement(
+            root,
+            f"{{{GRAPHML}}}key",
+            id=name,
+            attrib={"for": "node", "attr.name": name, "attr.type": "string"},
+        )
+    for name, kind in EDGE_KEYS:
+        ET.SubElement(
+            root, f"{{{GRAPHML}}}key", id=name, attrib={"for": "edge", "attr.name": name, "attr.type": kind}
+        )
+    graph = ET.SubElement(root, f"{{{GRAPHML}}}graph", id="lmrc", edgedefault="directed")
+    for entity in entities:
+        node = ET.SubElement(graph, f"{{{GRAPHML}}}node", id=entity.id)
+        ET.SubElement(node, f"{{{GRAPHML}}}data", key="name").text = entity.name
+        ET.SubElement(node, f"{{{GRAPHML}}}data", key="type").text = entity.type
+    for number, relation in enumerate(relations):
+        edge = ET.SubElement(
+            graph, f"{{{GRAPHML}}}edge", id=f"e{number}", source=relation.head_id, target=relation.tail_id
+        )
+        values = asdict(relation)
+        values["evidence"] = ",".join(str(sentence) for sentence in relation.evidence)
+        for name, _kind in EDGE_KEYS:
+            ET.SubElement(edge, f"{{{GRAPHML}}}data", key=name).text = str(values[name])
+    ET.ElementTree(root).write(out, encoding="unicode", xml_declaration=True)
+
+
+def add_commands(commands: argparse._SubParsersAction) -> None:
+    graph = commands.add_parser("graph", help="query or export the relation graph (SINK_* settings)")
+    graph.add_argument("--backend", choices=["ladybug", "falkordb"], help="default: SINK_STORE_BACKEND")
+    graph.add_argument("--path", type=Path, help="embedded database (default: SINK_LADYBUG_PATH)")
+    graph.add_argument("--falkordb-port", type=int, help="default: SINK_FALKORDB_PORT")
+    verbs = graph.add_subparsers(dest="verb", required=True)
+    relations = verbs.add_parser("relations", help="relations as a table (filters combine)")
+    relations.add_argument("--entity", help="entity name (any case) or id, as head or tail")
+    relations.add_argument("--relation", help="P-id or relation name")
+    relations.add_argument("--doc", help="document id")
+    relations.add_argument("--limit", type=int, default=50)
+    relations.add_argument("--json", action="store_true", help="JSON lines instead of a table")
+    verbs.add_parser("counts", help="entities, relations, documents")
+    export = verbs.add_parser("export", help="the whole graph")
+    export.add_argument("--format", choices=["jsonl", "graphml"], default="jsonl")
+    export.add_argument("--out", type=Path, required=True)
+    graph.set_defaults(func=run)
+
+
+def _store(args: argparse.Namespace) -> GraphStore:
+    overrides = {
+        "store_backend": args.backend,
+        "ladybug_path": args.path,
+        "falkordb_port": args.falkordb_port,
+    }
+    settings = SinkSettings(**{key: value for key, value in overrides.items() if value is not None})
+    return open_store(settings, read_only=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    store = _store(args)
+    try:
+        if args.verb == "counts":
+            counts = store.counts()
+            print(f"entities {counts.entities}  relations {counts.relations}  documents {counts.documents}")
+        elif args.verb == "relations":
+            found = store.relations(
+                entity=args.entity, relation=args.relation, doc_id=args.doc, limit=args.limit
+            )
+            if args.json:
+                write_jsonl(found, sys.stdout)
+            else:
+                print(format_table(found))
+        else:
+            relations = store.relations(limit=None)
+            with open(args.out, "w", encoding="utf-8") as out:
+                if args.format == "jsonl":
+                    write_jsonl(relations, out)
+                else:
+                    write_graphml(store.entities(), relations, out)
+            print(f"wrote {len(relations)} relations to {args.out}")
+    finally:
+        store.close()
+    return 0

@@ -1,0 +1,56 @@
+"""``lmrc llm``: prepare the local base model, serve it behind TGI's HTTP API."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+
+def add_commands(commands: argparse._SubParsersAction) -> None:
+    llm = commands.add_parser("llm", help="the local LLM and its TGI-compatible server")
+    verbs = llm.add_subparsers(dest="verb", required=True)
+
+    prepare = verbs.add_parser("prepare", help="de-quantize SmolLM2-135M-Instruct to safetensors once")
+    prepare.add_argument("--out", type=Path, help="default: $LMRC_BASE_MODEL_DIR or var/models/...")
+    prepare.set_defaults(func=_prepare)
+
+    serve = verbs.add_parser("serve", help="serve TGI's /generate, /info, /health, /metrics locally")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--model", type=Path, help="checkpoint dir (default: the prepared SmolLM2)")
+    serve.add_argument("--model-id", help="name reported by /info (default: the directory name)")
+    serve.add_argument("--lora-adapters", help="id=path[,id=path...] as TGI's LORA_ADAPTERS")
+    serve.add_argument("--max-input-tokens", type=int, default=4096)
+    serve.add_argument("--max-total-tokens", type=int, default=4608)
+    serve.add_argument("--max-concurrent-requests", type=int, default=128)
+    serve.add_argument("--threads", type=int, help="torch CPU threads")
+    serve.set_defaults(func=_serve)
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    from lmrc.classifier.training.base_model import materialize
+
+    print(f"base model ready in {materialize(args.out)}")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from lmrc.classifier.training.base_model import materialize
+    from lmrc.local.llm.engine import GenerationEngine
+    from lmrc.local.llm.server import create_app, parse_adapters
+
+    logging.getLogger().setLevel(logging.INFO)
+    model_dir = args.model or materialize()
+    engine = GenerationEngine(
+        model_dir,
+        parse_adapters(args.lora_adapters),
+        max_input_tokens=args.max_input_tokens,
+        max_total_tokens=args.max_total_tokens,
+        threads=args.threads,
+    )
+    app = create_app(engine, args.model_id or model_dir.name, args.max_concurrent_requests)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0

@@ -1,0 +1,48 @@
+"""Event contracts of the LMRC pipeline (pydantic v2 models and their JSON Schemas), and the TGI
+wire types (``lmrc.contracts.tgi``)."""
+
+from lmrc.contracts.events import (
+    DOCUMENT_SCHEMA_VERSION,
+    EVENT_MODELS,
+    SCHEMA_VERSION,
+    CandidatePair,
+    CandidateSetEvent,
+    DeadLetterEvent,
+    DocumentEvent,
+    Entity,
+    EntityRef,
+    ErrorDetail,
+    FailedPair,
+    Mention,
+    MessageOrigin,
+    ModelVersions,
+    Relation,
+    RelationSetEvent,
+    SourceMetadata,
+    event_id,
+    json_schema,
+    schema_version_of,
+)
+
+__all__ = [
+    "DOCUMENT_SCHEMA_VERSION",
+    "EVENT_MODELS",
+    "SCHEMA_VERSION",
+    "CandidatePair",
+    "CandidateSetEvent",
+    "DeadLetterEvent",
+    "DocumentEvent",
+    "Entity",
+    "EntityRef",
+    "ErrorDetail",
+    "FailedPair",
+    "MessageOrigin",
+    "Mention",
+    "ModelVersions",
+    "Relation",
+    "RelationSetEvent",
+    "SourceMetadata",
+    "event_id",
+    "json_schema",
+    "schema_version_of",
+]

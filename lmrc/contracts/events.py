@@ -1,0 +1,299 @@
+"""Event contracts exchanged on the Kafka topics.
+
+Every event carries ``schema_version`` so consumers can reject (dead-letter) what they do not
+understand instead of mis-reading it. Bump the version, never change a field's meaning in place.
+
+Version 2 makes the document the unit of work downstream of the users' DocumentEvents (which
+keep version 1, unchanged): the proposer emits one CandidateSetEvent per document (the document
+once, all its candidate pairs, possibly none) and the classifier one RelationSetEvent per
+document (all its relations, possibly none). The relation set is the record that a document is
+complete: a subscriber needs no correlation, no counting and no timeout to know it has
+everything about a document, and the sink writes a document's relations in one transaction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+DOCUMENT_SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+
+DocId = Annotated[str, Field(min_length=1, max_length=512, description="Stable document id.")]
+EntityIndex = Annotated[int, Field(ge=0, description="Index into the document's entities.")]
+RelationId = Annotated[str, Field(pattern=r"^P[0-9]+$", description="Wikidata property id.")]
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def event_id(*parts: object) -> str:
+    """Deterministic id: the same logical event re-delivered or re-computed gets the same id."""
+    digest = hashlib.sha256("\x1f".join(str(part) for part in parts).encode("utf-8"))
+    return digest.hexdigest()[:32]
+
+
+class _Event(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Mention(_Event):
+    """One mention of an entity: a token span ``[start, end)`` within sentence ``sent_id``."""
+
+    sent_id: int = Field(ge=0)
+    start: int = Field(ge=0, description="First token of the span within the sentence.")
+    end: int = Field(ge=1, description="One past the last token of the span.")
+    name: str = Field(min_length=1, max_length=1024)
+    type: str = Field(min_length=1, max_length=64, description="Entity type, e.g. PER, ORG, LOC.")
+
+    @model_validator(mode="after")
+    def _span_not_empty(self) -> Mention:
+        if self.end <= self.start:
+            raise ValueError(f"empty token span [{self.start}, {self.end})")
+        return self
+
+
+class Entity(_Event):
+    """An entity is the set of its mentions (DocRED's ``vertexSet`` item)."""
+
+    mentions: list[Mention] = Field(min_length=1)
+
+    @property
+    def name(self) -> str:
+        return self.mentions[0].name
+
+    @property
+    def type(self) -> str:
+        return self.mentions[0].type
+
+
+class SourceMetadata(_Event):
+    """Where a document came from; carried through to the graph as provenance."""
+
+    uri: str | None = None
+    dataset: str | None = None
+    published_at: datetime | None = None
+    attributes: dict[str, str] = Field(default_factory=dict)
+
+
+class DocumentEvent(_Event):
+    """A tokenised document with its entities, published by users to the documents topic."""
+
+    schema_version: Literal[1] = DOCUMENT_SCHEMA_VERSION
+    doc_id: DocId
+    title: str = Field(default="", max_length=4096)
+    sentences: list[list[str]] = Field(min_length=1, description="Sentences as token lists.")
+    entities: list[Entity] = Field(default_factory=list)
+    source: SourceMetadata | None = None
+
+    @model_validator(mode="after")
+    def _mentions_inside_document(self) -> DocumentEvent:
+        for sent_id, sentence in enumerate(self.sentences):
+            if not sentence:
+                raise ValueError(f"sentences[{sent_id}] is empty")
+        for entity_index, entity in enumerate(self.entities):
+            for mention_index, mention in enumerate(entity.mentions):
+                where = f"entities[{entity_index}].mentions[{mention_index}]"
+                if mention.sent_id >= len(self.sentences):
+                    raise ValueError(
+                        f"{where}: sent_id {mention.sent_id} out of range "
+                        f"(document has {len(self.sentences)} sentences)"
+                    )
+                length = len(self.sentences[mention.sent_id])
+                if mention.end > length:
+                    raise ValueError(
+                        f"{where}: token span [{mention.start}, {mention.end}) out of range "
+                        f"(sentence {mention.sent_id} has {length} tokens)"
+                    )
+        return self
+
+    @property
+    def token_count(self) -> int:
+        return sum(len(sentence) for sentence in self.sentences)
+
+    def pair_count(self) -> int:
+        """Ordered entity pairs (h != t): the candidate space the proposer scores."""
+        n = len(self.entities)
+        return n * (n - 1)
+
+
+class EntityRef(_Event):
+    """An entity of a document as seen downstream: its index plus a readable name and type."""
+
+    index: EntityIndex
+    name: str = Field(min_length=1, max_length=1024)
+    type: str = Field(min_length=1, max_length=64)
+
+
+class CandidatePair(_Event):
+    """An ordered entity pair the proposer judged likely to hold a relation."""
+
+    head: EntityIndex
+    tail: EntityIndex
+    score: Probability = Field(description="Proposer probability that some relation holds.")
+
+
+class CandidateSetEvent(_Event):
+    """Every candidate pair of one document, with the document itself, once.
+
+    Emitted for every document the proposer accepts, also when no pair passed its threshold, so
+    that the document reaches the end of the pipeline. Keyed by ``doc_id``.
+    """
+
+    schema_version: Literal[2] = SCHEMA_VERSION
+    event_id: str = Field(min_length=1, max_length=64, description="Deterministic: document, model.")
+    doc_id: DocId
+    pairs: list[CandidatePair] = Field(description="Best first; empty when no pair passed.")
+    pairs_scored: int = Field(ge=0, description="Ordered entity pairs the proposer scored.")
+    proposer_model_version: str = Field(min_length=1, max_length=256)
+    proposed_at: datetime = Field(default_factory=utc_now)
+    document: DocumentEvent
+
+    @model_validator(mode="after")
+    def _pairs_inside_document(self) -> CandidateSetEvent:
+        if self.document.doc_id != self.doc_id:
+            raise ValueError(f"doc_id {self.doc_id!r} differs from document.doc_id")
+        count = len(self.document.entities)
+        seen: set[tuple[int, int]] = set()
+        for position, pair in enumerate(self.pairs):
+            where = f"pairs[{position}]"
+            if pair.head == pair.tail:
+                raise ValueError(f"{where}: head and tail are the same entity ({pair.head})")
+            for role, index in (("head", pair.head), ("tail", pair.tail)):
+                if index >= count:
+                    raise ValueError(f"{where}: {role} {index} out of range (document has {count} entities)")
+            if (pair.head, pair.tail) in seen:
+                raise ValueError(f"{where}: pair ({pair.head}, {pair.tail}) listed twice")
+            seen.add((pair.head, pair.tail))
+        return self
+
+
+class ModelVersions(_Event):
+    proposer: str | None = Field(default=None, max_length=256)
+    classifier: str | None = Field(default=None, max_length=256)
+
+
+class Relation(_Event):
+    """A relation the classifier found between two entities of a document, with its provenance."""
+
+    event_id: str = Field(
+        min_length=1, max_length=64, description="Deterministic: doc, head, tail, relation."
+    )
+    doc_id: DocId
+    doc_title: str = Field(default="", max_length=4096)
+    head: EntityRef
+    tail: EntityRef
+    relation_id: RelationId
+    relation_name: str = Field(min_length=1, max_length=256)
+    confidence: Probability
+    evidence: list[int] | None = Field(default=None, description="Supporting sentence ids.")
+    models: ModelVersions = Field(default_factory=ModelVersions)
+    source: SourceMetadata | None = None
+    proposed_at: datetime | None = None
+    classified_at: datetime = Field(default_factory=utc_now)
+
+    @model_validator(mode="after")
+    def _distinct_entities(self) -> Relation:
+        if self.head.index == self.tail.index:
+            raise ValueError(f"head and tail are the same entity ({self.head.index})")
+        return self
+
+
+class FailedPair(_Event):
+    """A candidate pair the classifier could not classify on its own (the model's answer, not the
+    server, was at fault), kept in the document's record instead of being silently dropped."""
+
+    head: EntityIndex
+    tail: EntityIndex
+    error_class: str = Field(min_length=1, max_length=256)
+    error_message: str = Field(max_length=4096)
+
+
+class RelationSetEvent(_Event):
+    """Every relation found in one document: the record that the document went through the pipeline.
+
+    Exactly one per document the proposer accepted (re-deliveries carry the same ``event_id``),
+    also when the document had no candidate pair or no relation. Keyed by ``doc_id``.
+    """
+
+    schema_version: Literal[2] = SCHEMA_VERSION
+    event_id: str = Field(min_length=1, max_length=64, description="Deterministic: candidate set, model.")
+    doc_id: DocId
+    doc_title: str = Field(default="", max_length=4096)
+    relations: list[Relation]
+    candidate_pairs: int = Field(ge=0, description="Pairs the classifier was given.")
+    failed_pairs: list[FailedPair] = Field(default_factory=list)
+    models: ModelVersions = Field(default_factory=ModelVersions)
+    source: SourceMetadata | None = None
+    proposed_at: datetime | None = None
+    classified_at: datetime = Field(default_factory=utc_now)
+
+    @model_validator(mode="after")
+    def _relations_of_this_document(self) -> RelationSetEvent:
+        for position, relation in enumerate(self.relations):
+            if relation.doc_id != self.doc_id:
+                raise ValueError(f"relations[{position}]: doc_id {relation.doc_id!r} is not {self.doc_id!r}")
+        return self
+
+
+class MessageOrigin(_Event):
+    """Kafka coordinates of a consumed message, so a dead letter can be traced and replayed."""
+
+    topic: str
+    partition: int = Field(ge=0)
+    offset: int = Field(ge=0)
+    key: str | None = None
+    timestamp_ms: int | None = None
+
+
+class ErrorDetail(_Event):
+    """One validation problem: where (a JSON path) and what."""
+
+    location: str
+    message: str
+
+
+class DeadLetterEvent(_Event):
+    """A message a service could not process, with the reason, kept for inspection and replay."""
+
+    schema_version: Literal[1] = 1
+    service: str = Field(min_length=1, max_length=128)
+    origin: MessageOrigin
+    error_class: str = Field(min_length=1, max_length=256)
+    error_message: str = Field(max_length=65536)
+    error_details: list[ErrorDetail] = Field(default_factory=list)
+    payload: str = Field(description="The raw message value, decoded per payload_encoding.")
+    payload_encoding: Literal["utf-8", "base64"] = "utf-8"
+    payload_truncated: bool = Field(
+        default=False, description="True when only a prefix of an oversized payload is kept."
+    )
+    dead_lettered_at: datetime = Field(default_factory=utc_now)
+
+
+EVENT_MODELS: dict[str, type[BaseModel]] = {
+    "document_event": DocumentEvent,
+    "candidate_set_event": CandidateSetEvent,
+    "relation_set_event": RelationSetEvent,
+    "dead_letter_event": DeadLetterEvent,
+}
+
+
+def schema_version_of(model: type[BaseModel]) -> int:
+    """The version an event model reads and writes (its ``schema_version`` default)."""
+    return int(model.model_fields["schema_version"].default)
+
+
+def json_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """The JSON Schema of an event model, with a stable ``$id`` carrying the schema version."""
+    schema = model.model_json_schema(mode="validation")
+    name = next(key for key, value in EVENT_MODELS.items() if value is model)
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": f"lmrc/{name}.v{schema_version_of(model)}.json",
+        **schema,
+    }

@@ -1,0 +1,131 @@
+"""DocRED-format data: documents to DocumentEvents, labels to gold triples, and the fixed split.
+
+DocRED JSON is a list of documents with ``title``, ``sents`` (token lists), ``vertexSet`` (entities
+as lists of mentions with ``name``, ``pos`` [start, end), ``sent_id``, ``type``) and, for annotated
+splits, ``labels`` (``h``, ``t``, ``r``, ``evidence``). Any file in that format loads here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from lmrc.contracts import DocumentEvent, Entity, Mention, SourceMetadata
+from lmrc.paths import redocred_dir
+
+SplitName = Literal["train", "validation", "holdout"]
+SPLIT_SIZES: dict[SplitName, int] = {"train": 400, "validation": 50, "holdout": 50}
+SPLIT_MANIFEST = Path(__file__).parent / "splits" / "redocred_dev_revised.json"
+
+
+@dataclass(frozen=True, order=True)
+class Triple:
+    """A gold or predicted fact: relation ``r`` from entity ``h`` to entity ``t`` of document ``title``."""
+
+    title: str
+    h: int
+    t: int
+    r: str
+
+
+def load_raw(path: str | Path) -> list[dict[str, Any]]:
+    with open(path, encoding="utf-8") as handle:
+        documents = json.load(handle)
+    if not isinstance(documents, list):
+        raise ValueError(f"{path}: expected a JSON list of DocRED documents")
+    return documents
+
+
+def load_relation_names(path: str | Path | None = None) -> dict[str, str]:
+    """P-id -> relation name, from DocRED's ``rel_info.json``."""
+    path = Path(path) if path else redocred_dir() / "rel_info.json"
+    with open(path, encoding="utf-8") as handle:
+        return dict(json.load(handle))
+
+
+def to_document_event(raw: dict[str, Any], dataset: str | None = None) -> DocumentEvent:
+    """One DocRED document as a DocumentEvent; ``doc_id`` is the title, DocRED's own key."""
+    entities = [
+        Entity(
+            mentions=[
+                Mention(
+                    sent_id=mention["sent_id"],
+                    start=mention["pos"][0],
+                    end=mention["pos"][1],
+                    name=mention["name"],
+                    type=mention["type"],
+                )
+                for mention in vertex
+            ]
+        )
+        for vertex in raw["vertexSet"]
+    ]
+    return DocumentEvent(
+        doc_id=raw["title"],
+        title=raw["title"],
+        sentences=raw["sents"],
+        entities=entities,
+        source=SourceMetadata(dataset=dataset) if dataset else None,
+    )
+
+
+def gold_triples(documents: Iterable[dict[str, Any]]) -> set[Triple]:
+    return {
+        Triple(doc["title"], label["h"], label["t"], label["r"])
+        for doc in documents
+        for label in doc.get("labels", [])
+    }
+
+
+def split_key(title: str) -> str:
+    """Order documents by a hash of their title: a split that does not depend on file order."""
+    return hashlib.sha256(title.encode("utf-8")).hexdigest()
+
+
+def compute_split(documents: Sequence[dict[str, Any]]) -> dict[SplitName, list[str]]:
+    """The project's fixed 400/50/50 split of Re-DocRED dev by document title."""
+    expected = sum(SPLIT_SIZES.values())
+    if len(documents) != expected:
+        raise ValueError(f"the fixed split needs {expected} documents, got {len(documents)}")
+    titles = sorted((doc["title"] for doc in documents), key=split_key)
+    if len(set(titles)) != len(titles):
+        raise ValueError("document titles are not unique")
+    split: dict[SplitName, list[str]] = {}
+    start = 0
+    for name, size in SPLIT_SIZES.items():
+        split[name] = sorted(titles[start : start + size])
+        start += size
+    return split
+
+
+def load_split_manifest() -> dict[SplitName, list[str]]:
+    with open(SPLIT_MANIFEST, encoding="utf-8") as handle:
+        return json.load(handle)["splits"]
+
+
+def load_split(name: SplitName, path: str | Path | None = None) -> list[dict[str, Any]]:
+    """The raw DocRED documents of one split of Re-DocRED dev, in manifest order."""
+    path = Path(path) if path else redocred_dir() / "dev_revised.json"
+    by_title = {doc["title"]: doc for doc in load_raw(path)}
+    titles = load_split_manifest()[name]
+    missing = [title for title in titles if title not in by_title]
+    if missing:
+        raise ValueError(f"{path}: {len(missing)} documents of split {name!r} are missing")
+    return [by_title[title] for title in titles]
+
+
+def write_split_files(out_dir: str | Path, path: str | Path | None = None) -> dict[str, Path]:
+    """Write ``train.json``, ``validation.json`` and ``holdout.json`` in DocRED format."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written: dict[str, Path] = {}
+    for name in SPLIT_SIZES:
+        target = out / f"{name}.json"
+        with open(target, "w", encoding="utf-8") as handle:
+            json.dump(load_split(name, path), handle, ensure_ascii=False)
+        written[name] = target
+    return written

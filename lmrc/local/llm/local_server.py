@@ -1,0 +1,56 @@
+"""Start and stop the local TGI-compatible server as a child process (tests, ``lmrc run``)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import httpx
+
+from lmrc.local.processes import LocalProcess
+
+
+class LocalTgiServer(LocalProcess):
+    name = "the local TGI server"
+    start_timeout_seconds = 180.0  # the first start de-quantizes the model
+
+    def __init__(
+        self,
+        adapters: dict[str, Path] | None = None,
+        port: int | None = None,
+        host: str = "127.0.0.1",
+        threads: int | None = None,
+        log_path: Path | None = None,
+        max_concurrent_requests: int | None = None,
+    ) -> None:
+        super().__init__(port, host, log_path)
+        self.adapters = adapters or {}
+        self.threads = threads
+        self.max_concurrent_requests = max_concurrent_requests
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def command(self) -> list[str]:
+        command = [
+            sys.executable,
+            "-m",
+            "lmrc",
+            "llm",
+            "serve",
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+        ]
+        if self.adapters:
+            command += ["--lora-adapters", ",".join(f"{k}={v}" for k, v in self.adapters.items())]
+        if self.threads:
+            command += ["--threads", str(self.threads)]
+        if self.max_concurrent_requests:
+            command += ["--max-concurrent-requests", str(self.max_concurrent_requests)]
+        return command
+
+    def is_ready(self) -> bool:
+        return httpx.get(f"{self.url}/health", timeout=1.0).status_code == 200

@@ -1,0 +1,209 @@
+"""The one assembly of the pipeline on this machine, shared by ``lmrc run``, ``lmrc benchmark`` and
+the tests: the three stages' settings on one set of topics, their runtimes, and following each
+document to the end through the pipeline's own per-document records.
+
+A document is through a stage when that stage's record of it exists: a CandidateSetEvent (or a
+proposer dead letter keyed by its ``doc_id``) for the proposer, a RelationSetEvent (or a classifier
+dead letter) for the classifier. The sink writes to the graph and produces nothing, so it is
+through when its group has committed the relation records (it commits only after the store
+confirmed the write).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import Consumer
+
+from lmrc.classifier.service import ClassifierSettings
+from lmrc.classifier.service import build_runtime as build_classifier
+from lmrc.local.publish import beginning_of, committed_offsets
+from lmrc.proposer.service import ProposerSettings
+from lmrc.proposer.service import build_runtime as build_proposer
+from lmrc.proposer.training.export import ensure_onnx
+from lmrc.runtime import KafkaSettings, ServiceRuntime, ServiceSettings
+from lmrc.sink.graph import GraphStore
+from lmrc.sink.service import build_runtime as build_sink
+from lmrc.sink.settings import SinkSettings
+from lmrc.topology import TOPICS, TopicNames, dead_letter_topic
+
+STAGES = ("proposer", "classifier", "sink")
+
+
+@dataclass
+class LocalPipeline:
+    """The stages' settings and runtimes on one broker, one model server and one set of topics."""
+
+    kafka: KafkaSettings
+    tgi_url: str
+    adapter_id: str
+    graph_path: Path
+    topics: TopicNames = TOPICS
+    batch_wait_seconds: float = 0.2
+    partitions: int = 4
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # per stage
+
+    def settings(self, stage: str) -> ServiceSettings:
+        placed = self.topics.stage(stage)
+        common: dict[str, Any] = {
+            "kafka": self.kafka,
+            "service_name": stage if self.topics == TOPICS else f"{stage}-{self.topics.prefix}",
+            "group_id": placed.group_id if self.topics == TOPICS else f"{self.topics.prefix}-{stage}",
+            "input_topic": placed.input,
+            "output_topic": placed.output,
+            "dead_letter_topic": placed.dead_letter,
+            "http_port": 0,
+            "create_topics": True,
+            "topic_partitions": self.partitions,
+            "max_batch_wait_seconds": self.batch_wait_seconds,
+            "session_timeout_ms": 2000,
+            **self.overrides.get(stage, {}),
+        }
+        if stage == "proposer":
+            return ProposerSettings(**common)
+        if stage == "classifier":
+            return ClassifierSettings(**common, tgi_url=self.tgi_url, tgi_adapter_id=self.adapter_id)
+        if stage == "sink":
+            return SinkSettings(**common, ladybug_path=self.graph_path)
+        raise KeyError(stage)
+
+    def build(self, stage: str, store: GraphStore | None = None) -> ServiceRuntime:
+        """A stage's runtime; the proposer's ONNX model is exported first when it is missing."""
+        settings = self.settings(stage)
+        if isinstance(settings, ProposerSettings):
+            ensure_onnx(settings.artifact_dir, settings.onnx_path)
+            return build_proposer(settings)
+        if isinstance(settings, ClassifierSettings):
+            return build_classifier(settings)
+        assert isinstance(settings, SinkSettings)
+        return build_sink(settings, store=store)
+
+
+def start_thread(runtime: ServiceRuntime) -> threading.Thread:
+    thread = threading.Thread(target=runtime.run, name=runtime.service, daemon=True)
+    thread.start()
+    return thread
+
+
+def stop_all(runtimes: list[ServiceRuntime], threads: list[threading.Thread]) -> None:
+    """Stop the in-process services; each runtime closes its handler (TGI client, graph store)."""
+    for runtime in runtimes:
+        runtime.stop()
+    for thread in threads:
+        thread.join(60)
+
+
+@dataclass
+class DocumentProgress:
+    """Which documents each stage has finished, from the records the stages wrote."""
+
+    documents: set[str]
+    proposed: dict[str, Any] = field(default_factory=dict)  # doc_id -> its candidate set
+    classified: dict[str, Any] = field(default_factory=dict)  # doc_id -> its relation set
+    dead_letters: dict[str, list[Any]] = field(default_factory=dict)  # stage -> dead letters
+    relation_ends: dict[int, int] = field(default_factory=dict)  # partition -> end offset
+    stored: bool = False
+
+    def rejected_at(self, stage: str) -> set[str]:
+        return {letter["origin"]["key"] for letter in self.dead_letters.get(stage, [])}
+
+    @property
+    def through_proposer(self) -> set[str]:
+        return (set(self.proposed) | self.rejected_at("proposer")) & self.documents
+
+    @property
+    def through_classifier(self) -> set[str]:
+        expected = set(self.proposed) & self.documents
+        return (set(self.classified) | self.rejected_at("classifier")) & expected
+
+    @property
+    def done(self) -> bool:
+        return (
+            self.through_proposer == self.documents
+            and self.through_classifier == set(self.proposed) & self.documents
+            and self.stored
+        )
+
+    def pairs(self) -> tuple[int, int]:
+        """Candidate pairs the classifier has classified, of those proposed (for progress)."""
+        proposed = sum(len(s["pairs"]) for d, s in self.proposed.items() if d in self.documents)
+        classified = sum(len(self.proposed[d]["pairs"]) for d in self.classified if d in self.proposed)
+        return classified, proposed
+
+
+class CompletionTracker:
+    """Reads the candidate, relation and dead-letter topics (no consumer group) and the sink's
+    committed offsets until every document is through, reporting progress as it goes."""
+
+    def __init__(self, client: dict[str, Any], pipeline: LocalPipeline, documents: set[str]) -> None:
+        self.client = client
+        self.pipeline = pipeline
+        topics = pipeline.topics
+        self.by_topic = {
+            topics.candidates: "proposed",
+            topics.relations: "classified",
+            dead_letter_topic(topics.documents): "proposer",
+            dead_letter_topic(topics.candidates): "classifier",
+            dead_letter_topic(topics.relations): "sink",
+        }
+        self.progress = DocumentProgress(documents)
+        self._consumer = Consumer(
+            {**client, "group.id": "lmrc-local-completion", "enable.auto.commit": False}
+        )
+        self._consumer.assign(beginning_of(self._consumer, list(self.by_topic)))
+
+    def close(self) -> None:
+        self._consumer.close()
+
+    def poll(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            message = self._consumer.poll(max(0.0, min(0.1, deadline - time.monotonic())))
+            if message is None or message.error():
+                continue
+            kind = self.by_topic[message.topic() or ""]
+            try:
+                value = json.loads(message.value() or b"null")
+            except ValueError:
+                continue  # poison a user published; the stage dead-letters it
+            if kind == "proposed" and isinstance(value, dict) and "doc_id" in value:
+                self.progress.proposed[value["doc_id"]] = value
+            elif kind == "classified" and isinstance(value, dict) and "doc_id" in value:
+                self.progress.classified[value["doc_id"]] = value
+                partition = message.partition() or 0
+                ends = self.progress.relation_ends
+                ends[partition] = max(ends.get(partition, 0), (message.offset() or 0) + 1)
+            elif isinstance(value, dict):
+                self.progress.dead_letters.setdefault(kind, []).append(value)
+        self._check_sink()
+
+    def _check_sink(self) -> None:
+        sink = self.pipeline.settings("sink")
+        ends = self.progress.relation_ends
+        if not ends:
+            self.progress.stored = not (set(self.progress.proposed) & self.progress.documents)
+            return
+        committed = committed_offsets(self.client, sink.group_id, sink.input_topic, self.pipeline.partitions)
+        self.progress.stored = all(committed.get(p, 0) >= end for p, end in ends.items())
+
+    def wait(
+        self,
+        timeout: float,
+        report: Callable[[DocumentProgress], None] | None = None,
+        poll_seconds: float = 0.5,
+    ) -> DocumentProgress:
+        started = time.monotonic()
+        while True:
+            self.poll(poll_seconds)
+            if report is not None:
+                report(self.progress)
+            if self.progress.done:
+                return self.progress
+            if time.monotonic() - started > timeout:
+                raise TimeoutError(f"the pipeline did not finish within {timeout:.0f}s")

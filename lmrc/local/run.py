@@ -1,0 +1,233 @@
+"""The local run: the whole pipeline on this machine, documents in, a graph of relations out.
+
+A real broker (Tansu), the local TGI-compatible server with the shipped classifier adapter, the
+three services (proposer, classifier, sink into the embedded LadybugDB graph), each in a thread
+of this process, assembled by :mod:`lmrc.local.pipeline`. Documents are published to the
+documents topic; each is followed through the pipeline's own records (its candidate set, its
+relation set, the sink's commit of it). Then the relations are printed, the graph's location is
+given, and for DocRED-format input the proposer's recall and the pipeline's official DocRED scores.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from lmrc import docred
+from lmrc.classifier.artifact import DEFAULT_ADAPTER_DIR
+from lmrc.classifier.artifact import load_config as load_classifier_config
+from lmrc.docred.evaluation import evaluate_candidates, evaluate_relations, format_candidates
+from lmrc.local.broker import LocalBroker
+from lmrc.local.llm.local_server import LocalTgiServer
+from lmrc.local.pipeline import (
+    STAGES,
+    CompletionTracker,
+    DocumentProgress,
+    LocalPipeline,
+    start_thread,
+    stop_all,
+)
+from lmrc.local.publish import iter_document_payloads, publish
+from lmrc.paths import REPO_ROOT
+from lmrc.runtime import KafkaSettings
+from lmrc.sink.graph import StoredRelation, entity_id, format_table
+from lmrc.sink.settings import SinkSettings, open_store
+
+DEFAULT_DOCUMENTS = 3  # from the holdout split when no input is given: the LLM on CPU is the slow part
+STAGE_TIMEOUT_SECONDS = 3600
+
+
+def _inputs(input_path: Path | None, limit: int | None) -> tuple[list[tuple[str, bytes]], list[dict], str]:
+    if input_path is None:
+        raw = docred.load_split("holdout")[: limit or DEFAULT_DOCUMENTS]
+        payloads = [
+            (event.doc_id, event.model_dump_json().encode())
+            for event in (docred.to_document_event(doc, dataset="redocred-holdout") for doc in raw)
+        ]
+        return payloads, raw, "the Re-DocRED holdout split"
+    payloads = list(iter_document_payloads(input_path))[:limit]
+    text = input_path.read_text(encoding="utf-8").lstrip()
+    gold = docred.load_raw(input_path)[:limit] if text.startswith("[") else []
+    return payloads, gold, str(input_path)
+
+
+def run_local(
+    input_path: Path | None,
+    limit: int | None = None,
+    graph_path: Path | None = None,
+    report_path: Path | None = None,
+) -> int:
+    payloads, gold, source = _inputs(input_path, limit)
+    graph_path = graph_path or REPO_ROOT / "var" / "graph.lbug"
+    adapter = load_classifier_config(DEFAULT_ADAPTER_DIR)
+    print(f"local run: {len(payloads)} documents from {source}", flush=True)
+    log_dir = REPO_ROOT / "var" / "log"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    with (
+        LocalBroker(log_path=log_dir / "broker.log") as broker,
+        LocalTgiServer({adapter.version: DEFAULT_ADAPTER_DIR}, log_path=log_dir / "tgi.log") as tgi,
+    ):
+        pipeline = LocalPipeline(
+            KafkaSettings(bootstrap_servers=broker.bootstrap_servers), tgi.url, adapter.version, graph_path
+        )
+        runtimes = [pipeline.build(stage) for stage in STAGES]
+        threads = [start_thread(runtime) for runtime in runtimes]
+        print(f"broker (Tansu) on {broker.bootstrap_servers}; local TGI server on {tgi.url}")
+        for runtime in runtimes:
+            print(f"  {runtime.service} metrics on http://127.0.0.1:{runtime.http_port}/metrics")
+        client = pipeline.kafka.client_config()
+        started = time.monotonic()
+        tracker = CompletionTracker(client, pipeline, {doc_id for doc_id, _payload in payloads})
+        try:
+            publish(client, pipeline.topics.documents, iter(payloads))
+            print(f"published {len(payloads)} documents to {pipeline.topics.documents}", flush=True)
+            progress = tracker.wait(STAGE_TIMEOUT_SECONDS, _printer(len(payloads)))
+            elapsed = time.monotonic() - started
+        finally:
+            tracker.close()
+            stop_all(runtimes, threads)
+    summary = _report(progress, elapsed, gold, graph_path)
+    if report_path is not None:
+        report_path.parent.mkdir(parents=True, exist_ok=True)
+        report_path.write_text(json.dumps({"input": source, **summary}, indent=2) + "\n")
+        print(f"figures written to {report_path}")
+    return 0
+
+
+def _printer(documents: int) -> Callable[[DocumentProgress], None]:
+    """Prints a stage's progress line when its count moves."""
+    shown: dict[str, tuple[int, int]] = {}
+
+    def report(progress: DocumentProgress) -> None:
+        counts = {
+            "proposer": (len(progress.through_proposer), documents),
+            "classifier": progress.pairs(),
+            "sink": (len(progress.through_classifier) if progress.stored else 0, len(progress.proposed)),
+        }
+        units = {"proposer": "documents", "classifier": "candidate pairs", "sink": "documents"}
+        for stage, count in counts.items():
+            if shown.get(stage) != count and count[1]:
+                shown[stage] = count
+                print(f"  {stage}: {count[0]}/{count[1]} {units[stage]}", flush=True)
+
+    return report
+
+
+def graph_predictions(stored: list[StoredRelation], gold: list[dict]) -> tuple[list[dict[str, Any]], int]:
+    """The graph's edges as DocRED predictions, for the documents in ``gold``.
+
+    The graph keys entities by normalised name and type, not by the document's entity index, so
+    an edge maps back to every entity of its document with that key; returns the predictions and
+    how many edges mapped to more than one index pair (two entities sharing name and type).
+    """
+    keys: dict[str, dict[str, list[int]]] = {}
+    for raw in gold:
+        event = docred.to_document_event(raw)
+        by_key: dict[str, list[int]] = {}
+        for index, entity in enumerate(event.entities):
+            by_key.setdefault(entity_id(entity.name, entity.type), []).append(index)
+        keys[event.doc_id] = by_key
+    predictions, ambiguous = [], 0
+    for edge in stored:
+        by_key = keys.get(edge.doc_id)
+        if by_key is None:
+            continue  # an earlier run's document in the same graph directory
+        heads, tails = by_key.get(edge.head_id, []), by_key.get(edge.tail_id, [])
+        ambiguous += len(heads) * len(tails) > 1
+        predictions += [
+            {"title": edge.doc_id, "h_idx": h, "t_idx": t, "r": edge.relation_id}
+            for h in heads
+            for t in tails
+            if h != t
+        ]
+    return predictions, ambiguous
+
+
+def _report(progress: DocumentProgress, elapsed: float, gold: list[dict], graph_path: Path) -> dict[str, Any]:
+    """Print what the run produced and, for DocRED input, its scores; return the figures."""
+    candidate_sets = [progress.proposed[d] for d in sorted(progress.proposed) if d in progress.documents]
+    relation_sets = [progress.classified[d] for d in sorted(progress.classified) if d in progress.documents]
+    candidates = [
+        {"doc_id": s["doc_id"], "head": pair["head"], "tail": pair["tail"]}
+        for s in candidate_sets
+        for pair in s["pairs"]
+    ]
+    relations = [relation for s in relation_sets for relation in s["relations"]]
+    failed_pairs = sum(len(s["failed_pairs"]) for s in relation_sets)
+
+    def letters(stage: str) -> dict[str, int]:
+        return dict(Counter(event["error_class"] for event in progress.dead_letters.get(stage, [])))
+
+    dead_letters = {
+        "documents": letters("proposer"),
+        "candidate_sets": letters("classifier"),
+        "relation_sets": letters("sink"),
+    }
+    print(
+        f"done in {elapsed:.1f}s: {len(candidates)} candidate pairs, {len(relations)} relations "
+        f"in {len(relation_sets)} relation sets ({failed_pairs} pairs failed); dead letters: "
+        f"documents {dead_letters['documents']}, candidate sets {dead_letters['candidate_sets']}, "
+        f"relation sets {dead_letters['relation_sets']}"
+    )
+    store = open_store(SinkSettings(ladybug_path=graph_path), read_only=True)
+    try:
+        counts = store.counts()
+        print(format_table(store.relations(limit=40)))
+        stored = store.relations(limit=None)
+    finally:
+        store.close()
+    print(
+        f"graph: {graph_path} (LadybugDB, embedded): {counts.entities} entities, "
+        f"{counts.relations} relations from {counts.documents} documents; "
+        f"query it with `lmrc graph --path {graph_path} relations`"
+    )
+    summary: dict[str, Any] = {
+        "documents": len(gold) or None,
+        "seconds": round(elapsed, 1),
+        "candidate_pairs": len(candidates),
+        "relation_events": len(relations),
+        "relation_sets": len(relation_sets),
+        "failed_pairs": failed_pairs,
+        "dead_letters": dead_letters,
+        "graph_store": {"path": str(graph_path), **asdict(counts)},
+    }
+    if not gold:
+        return summary
+    scores = evaluate_candidates(
+        gold, [{"title": c["doc_id"], "h_idx": c["head"], "t_idx": c["tail"]} for c in candidates]
+    )
+    print(format_candidates(scores))
+    print(
+        f"LLM calls per document: {scores.candidates / len(gold):.1f} "
+        f"instead of {scores.all_pairs / len(gold):.1f} (every pair)"
+    )
+    from_topic = [
+        {
+            "title": r["doc_id"],
+            "h_idx": r["head"]["index"],
+            "t_idx": r["tail"]["index"],
+            "r": r["relation_id"],
+        }
+        for r in relations
+    ]
+    from_graph, ambiguous = graph_predictions(stored, gold)
+    train = docred.load_split("train")
+    summary["proposer"] = asdict(scores)
+    summary["llm_calls_per_document"] = round(scores.candidates / len(gold), 2)
+    summary["pairs_per_document"] = round(scores.all_pairs / len(gold), 2)
+    for where, predictions in (("relations topic", from_topic), ("graph", from_graph)):
+        result = evaluate_relations(gold, predictions, train).scores
+        summary[f"scores_{where.replace(' ', '_')}"] = asdict(result)
+        print(
+            f"DocRED scores of the {where} on these {len(gold)} documents: F1 {result.f1:.4f}, "
+            f"Ign F1 {result.ign_f1 or 0.0:.4f} (P {result.precision:.4f}, R {result.recall:.4f})"
+        )
+    if ambiguous:
+        print(f"  ({ambiguous} graph edges join entities that share a name and type in their document)")
+    summary["graph_edges_ambiguous"] = ambiguous
+    return summary

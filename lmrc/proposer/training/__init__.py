@@ -1,0 +1,1 @@
+"""lmrc/proposer/training"""

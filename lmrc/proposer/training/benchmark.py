@@ -1,0 +1,103 @@
+"""Benchmark (not a test): torch eager vs ONNX Runtime on the same documents, side by side.
+
+Per document the clock covers what the service does: featurize, then score every pair.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lmrc import docred
+from lmrc.proposer.artifact import tokenizer_file
+from lmrc.proposer.features import DocumentFeatures, DocumentFeaturizer
+from lmrc.proposer.training.selection import candidate_scores
+
+
+@dataclass(frozen=True)
+class BenchmarkRow:
+    engine: str
+    documents_per_second: float
+    pairs_per_second: float
+    p50_ms: float
+    p99_ms: float
+    pair_recall: float
+    pass_rate: float
+
+
+def _run(
+    engine: str,
+    documents: list[dict[str, Any]],
+    featurizer: DocumentFeaturizer,
+    score: Callable[[DocumentFeatures], np.ndarray],
+    threshold: float,
+) -> BenchmarkRow:
+    for raw in documents[:2]:  # warm-up
+        score(featurizer.featurize(docred.to_document_event(raw)))
+    events = [docred.to_document_event(raw) for raw in documents]
+    latencies, scored, pairs = [], [], 0
+    started = time.perf_counter()
+    for raw, event in zip(documents, events, strict=True):
+        begin = time.perf_counter()
+        features = featurizer.featurize(event)
+        scores = score(features)
+        latencies.append(time.perf_counter() - begin)
+        scored.append((raw, features, scores))
+        pairs += len(scores)
+    elapsed = time.perf_counter() - started
+    figures = candidate_scores(scored, threshold)
+    return BenchmarkRow(
+        engine=engine,
+        documents_per_second=len(documents) / elapsed,
+        pairs_per_second=pairs / elapsed,
+        p50_ms=1000 * float(np.percentile(latencies, 50)),
+        p99_ms=1000 * float(np.percentile(latencies, 99)),
+        pair_recall=figures.pair_recall,
+        pass_rate=figures.pass_rate,
+    )
+
+
+def run_benchmark(
+    artifact_dir: Path, split: str = "validation", limit: int | None = None
+) -> list[BenchmarkRow]:
+    import torch
+
+    from lmrc.proposer.inference import OnnxPairScorer
+    from lmrc.proposer.training.export import ensure_onnx
+    from lmrc.proposer.training.torch_model import load_artifact, torch_scores
+
+    model, config = load_artifact(artifact_dir)
+    featurizer = DocumentFeaturizer(tokenizer_file(), config.window_length, config.window_stride)
+    documents = docred.load_split(split)[:limit]  # type: ignore[arg-type]
+    onnx_file = ensure_onnx(artifact_dir)
+    onnx_cpu = OnnxPairScorer(onnx_file, ["CPUExecutionProvider"])
+    rows = [
+        _run(f"torch eager ({torch.get_num_threads()} threads)", documents, featurizer,
+             lambda f: torch_scores(model, f), config.threshold),
+        _run("onnxruntime CPU", documents, featurizer, onnx_cpu.score, config.threshold),
+    ]  # fmt: skip
+    if "CUDAExecutionProvider" in OnnxPairScorer.available_providers():
+        onnx_gpu = OnnxPairScorer(onnx_file, ["CUDAExecutionProvider"])
+        rows.append(_run("onnxruntime CUDA", documents, featurizer, onnx_gpu.score, config.threshold))
+    return rows
+
+
+def format_rows(rows: list[BenchmarkRow], documents: int) -> str:
+    header = (
+        f"{'engine':<24} {'docs/s':>8} {'pairs/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'recall':>7} {'pass':>7}"
+    )
+    lines = [f"{documents} documents", header, "-" * len(header)]
+    for r in rows:
+        lines.append(
+            f"{r.engine:<24} {r.documents_per_second:8.2f} {r.pairs_per_second:9.0f} {r.p50_ms:8.1f} "
+            f"{r.p99_ms:8.1f} {r.pair_recall:7.4f} {r.pass_rate:7.4f}"
+        )
+    if len(rows) > 1:
+        ratio = rows[1].documents_per_second / rows[0].documents_per_second
+        lines.append(f"onnxruntime CPU / torch eager speed-up: {ratio:.2f}x")
+    return "\n".join(lines)

@@ -1,0 +1,149 @@
+"""Thresholds for several recall targets, chosen on the validation split with the shipped weights.
+
+Operators trade LLM calls against recall without retraining: the service picks the threshold of
+``PROPOSER_RECALL_TARGET`` from the artifact's table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from lmrc import docred
+from lmrc.proposer.artifact import (
+    ProposerConfig,
+    relation_probabilities,
+    save_config,
+    sigmoid,
+    tokenizer_file,
+)
+from lmrc.proposer.features import DocumentFeaturizer
+from lmrc.proposer.training.model import PairScorer
+from lmrc.proposer.training.selection import (
+    candidate_scores,
+    pair_labels,
+    relation_labels,
+    score_documents,
+    threshold_for_recall,
+)
+from lmrc.proposer.training.torch_model import load_artifact, torch_pair_and_relation_logits, torch_scores
+
+RECALL_TARGETS = (0.90, 0.925, 0.95, 0.975, 0.99)
+
+
+def target_key(recall_target: float) -> str:
+    return f"{recall_target:.3f}"
+
+
+def calibrate_model(
+    model: PairScorer,
+    config: ProposerConfig,
+    recall_target: float,
+    targets: Sequence[float] = RECALL_TARGETS,
+    device: str = "cpu",
+) -> ProposerConfig:
+    """The config with ``threshold`` for ``recall_target`` and a table for every target."""
+    featurizer = DocumentFeaturizer(tokenizer_file(), config.window_length, config.window_stride)
+    model.eval()
+    scored = score_documents(
+        docred.load_split("validation"), featurizer, lambda f: torch_scores(model, f, device)
+    )
+    scores = np.concatenate([s for _raw, _f, s in scored])
+    labels = np.concatenate([pair_labels(raw, f) for raw, f, _s in scored])
+    table: dict[str, dict[str, float]] = {}
+    for target in sorted({*targets, recall_target}):
+        threshold = threshold_for_recall(scores, labels, target)
+        figures = candidate_scores(scored, threshold)
+        table[target_key(target)] = {
+            "threshold": threshold,
+            "pair_recall": figures.pair_recall,
+            "pass_rate": figures.pass_rate,
+        }
+    chosen = table[target_key(recall_target)]
+    return config.model_copy(
+        update={
+            "recall_target": recall_target,
+            "threshold": chosen["threshold"],
+            "validation": {"pair_recall": chosen["pair_recall"], "pass_rate": chosen["pass_rate"]},
+            "thresholds": table,
+        }
+    )
+
+
+def calibrate(artifact_dir: str | Path, recall_target: float) -> ProposerConfig:
+    model, config = load_artifact(artifact_dir)
+    config = calibrate_model(model, config, recall_target)
+    if config.relation_classes:
+        config = calibrate_relations(model, config)
+    save_config(config, artifact_dir)
+    return config
+
+
+SHORTLIST_RECALL_TARGET = 0.90
+MAX_SHORTLIST = 10
+
+
+def relation_figures(
+    gold: list[np.ndarray], probabilities: list[np.ndarray], threshold: float
+) -> tuple[float, float, float]:
+    """Micro precision, recall, F1 of the relation head's predictions (probability >= threshold)."""
+    predicted = sum(int((p >= threshold).sum()) for p in probabilities)
+    correct = sum(int(((p >= threshold) & (g > 0)).sum()) for g, p in zip(gold, probabilities, strict=True))
+    total = sum(int(g.sum()) for g in gold)
+    precision = correct / predicted if predicted else 0.0
+    recall = correct / total if total else 0.0
+    f1 = 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
+    return precision, recall, f1
+
+
+def shortlist_recall(
+    gold: list[np.ndarray], probabilities: list[np.ndarray], candidates: list[np.ndarray], size: int
+) -> float:
+    """Share of the gold triples of candidate pairs that are among their pair's top ``size``."""
+    covered = total = 0
+    for g, p, keep in zip(gold, probabilities, candidates, strict=True):
+        if not keep.any():
+            continue
+        g, p = g[keep], p[keep]
+        top = np.argsort(-p, axis=1, kind="stable")[:, :size]
+        covered += int(np.take_along_axis(g, top, axis=1).sum())
+        total += int(g.sum())
+    return covered / total if total else 0.0
+
+
+def calibrate_relations(model: PairScorer, config: ProposerConfig, device: str = "cpu") -> ProposerConfig:
+    """The relation head's label order and names, its decision threshold (best validation F1) and
+    the shortlist size (the smallest whose validation recall reaches the target)."""
+    relation_names = docred.load_relation_names()
+    relation_ids = sorted(relation_names)
+    index = {relation: i for i, relation in enumerate(relation_ids)}
+    featurizer = DocumentFeaturizer(tokenizer_file(), config.window_length, config.window_stride)
+    model.eval()
+    gold, probabilities, candidates = [], [], []
+    for raw in docred.load_split("validation"):
+        features = featurizer.featurize(docred.to_document_event(raw))
+        pair_logits, relation_logits = torch_pair_and_relation_logits(model, features, device)
+        gold.append(relation_labels(raw, features, index))
+        probabilities.append(relation_probabilities(relation_logits, config.relation_loss))
+        candidates.append(sigmoid(pair_logits) >= config.threshold)
+    grid = [round(t, 2) for t in np.arange(0.05, 0.96, 0.05)]
+    best = max(grid, key=lambda t: relation_figures(gold, probabilities, t)[2])
+    precision, recall, f1 = relation_figures(gold, probabilities, best)
+    recalls = {k: shortlist_recall(gold, probabilities, candidates, k) for k in range(1, MAX_SHORTLIST + 1)}
+    size = next((k for k, r in recalls.items() if r >= SHORTLIST_RECALL_TARGET), MAX_SHORTLIST)
+    return config.model_copy(
+        update={
+            "relation_ids": relation_ids,
+            "relation_names": {relation: relation_names[relation] for relation in relation_ids},
+            "relation_threshold": best,
+            "shortlist_size": size,
+            "relation_validation": {
+                "precision": precision,
+                "recall": recall,
+                "f1": f1,
+                **{f"shortlist_recall@{k}": r for k, r in recalls.items()},
+            },
+        }
+    )

@@ -1,0 +1,3 @@
+from lmrc.sink.service import main
+
+main()

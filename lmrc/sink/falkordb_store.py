@@ -1,0 +1,76 @@
+"""Server backend: FalkorDB (OpenCypher graph database on the Redis protocol)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from falkordb import FalkorDB
+from redis import exceptions as redis_errors
+
+from lmrc.sink.graph import CypherGraphStore, StoreUnavailableError
+
+_UNAVAILABLE = (redis_errors.ConnectionError, redis_errors.TimeoutError)
+
+
+class FalkorDBGraphStore(CypherGraphStore):
+    """A batch is one query, and each query is atomic on the server: one transaction per batch."""
+
+    backend = "falkordb"
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 6379,
+        graph: str = "lmrc",
+        password: str | None = None,
+        username: str | None = None,
+        ssl: bool = False,
+        timeout_seconds: float = 10.0,
+    ) -> None:
+        self._db = FalkorDB(
+            host=host,
+            port=port,
+            password=password,
+            username=username,
+            ssl=ssl,
+            socket_timeout=timeout_seconds,
+            socket_connect_timeout=timeout_seconds,
+        )
+        self._graph = self._db.select_graph(graph)
+        self._schema_ready = False
+
+    def _ensure_schema(self) -> None:
+        """Index the entity key once; done lazily so a store that is down does not stop start-up."""
+        if self._schema_ready:
+            return
+        try:
+            self._graph.query("CREATE INDEX FOR (e:Entity) ON (e.id)")
+        except redis_errors.ResponseError as error:
+            if "already indexed" not in str(error):
+                raise
+        self._schema_ready = True
+
+    def _read(self, query: str, params: dict[str, Any]) -> list[list[Any]]:
+        return self._run(lambda: self._graph.ro_query(query, params).result_set)
+
+    def _write_batch(self, statements: list[tuple[str, dict[str, Any]]]) -> None:
+        """FalkorDB has no multi-statement transactions but runs each query atomically: chain the
+        statements into one query, each closed by an aggregation so the next starts on one row."""
+        query = "".join(
+            statement if i == len(statements) - 1 else f"{statement}WITH count(*) AS _step{i}\n"
+            for i, (statement, _params) in enumerate(statements)
+        )
+        params = {key: value for _statement, p in statements for key, value in p.items()}
+        self._run(lambda: self._graph.query(query, params))
+
+    def _run(self, operation: Callable[[], Any]) -> Any:
+        """Creating the index also creates the graph, so reads of a new graph see an empty one."""
+        try:
+            self._ensure_schema()
+            return operation()
+        except _UNAVAILABLE as error:
+            raise StoreUnavailableError(f"FalkorDB unreachable: {error}") from error
+
+    def close(self) -> None:
+        self._db.connection.close()

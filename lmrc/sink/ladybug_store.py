@@ -1,0 +1,61 @@
+"""Embedded backend: LadybugDB (the maintained fork of Kuzu), stored in a directory on disk."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any
+
+import ladybug
+
+from lmrc.sink.graph import CypherGraphStore
+
+SCHEMA = (
+    "CREATE NODE TABLE IF NOT EXISTS Entity("
+    "id STRING PRIMARY KEY, name STRING, type STRING, norm_name STRING)",
+    "CREATE REL TABLE IF NOT EXISTS RELATION(FROM Entity TO Entity, "
+    "relation_id STRING, relation_name STRING, doc_id STRING, doc_title STRING, confidence DOUBLE, "
+    "evidence INT64[], proposer_model STRING, classifier_model STRING, source_uri STRING, "
+    "event_id STRING, first_seen STRING, last_seen STRING)",
+)
+
+
+class LadybugGraphStore(CypherGraphStore):
+    """One database per path; a process that writes holds it, others may open it read-only."""
+
+    backend = "ladybug"
+    evidence_expression = "CAST(row.evidence AS INT64[])"  # [] alone would be typed STRING[]
+
+    def __init__(self, path: str | Path, read_only: bool = False) -> None:
+        path = Path(path)
+        if not read_only:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        elif not path.exists():
+            raise FileNotFoundError(f"no graph database at {path}")
+        self._database = ladybug.Database(str(path), read_only=read_only)
+        self._connection = ladybug.Connection(self._database)
+        if not read_only:
+            for statement in SCHEMA:
+                self._connection.execute(statement)
+
+    def _read(self, query: str, params: dict[str, Any]) -> list[list[Any]]:
+        result = self._connection.execute(query, params)
+        rows = []
+        while result.has_next():
+            rows.append(result.get_next())
+        return rows
+
+    def _write_batch(self, statements: list[tuple[str, dict[str, Any]]]) -> None:
+        self._connection.execute("BEGIN TRANSACTION")
+        try:
+            for query, params in statements:
+                self._connection.execute(query, params)
+        except BaseException:
+            with contextlib.suppress(RuntimeError):  # a failed statement already rolled back
+                self._connection.execute("ROLLBACK")
+            raise
+        self._connection.execute("COMMIT")
+
+    def close(self) -> None:
+        self._connection.close()
+        self._database.close()

@@ -1,1 +1,0 @@
-"""The pipeline's microservices and the runtime they share."""

@@ -1,3 +1,0 @@
-from services.classifier.service import main
-
-main()

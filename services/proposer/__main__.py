@@ -1,3 +1,0 @@
-from services.proposer.service import main
-
-main()

@@ -1,3 +1,0 @@
-from services.relay.service import main
-
-main()

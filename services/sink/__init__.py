@@ -1,1 +1,0 @@
-"""The sink: RelationEvents into a graph store, idempotently and with provenance."""

@@ -1,3 +1,0 @@
-from services.sink.service import main
-
-main()
