@@ -41,3 +41,18 @@ def test_local_run_turns_a_document_into_a_graph(tmp_path: Path, capsys: pytest.
     finally:
         store.close()
     assert counts.documents == 1 and 0 < counts.relations <= relations
+
+
+def test_encoder_only_run_needs_no_llm_and_scores_the_encoders_relations(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    graph = tmp_path / "graph.lbug"
+    report = tmp_path / "report.json"
+    assert run_local(None, limit=2, graph_path=graph, report_path=report, encoder_only=True) == 0
+    output = capsys.readouterr().out
+    assert "encoder only" in output and "TGI server" not in output
+    figures = json.loads(report.read_text())
+    assert figures["mode"] == "encoder_only" and figures["llm_calls_per_document"] == 0.0
+    assert figures["relation_sets"] == 2 and figures["relation_events"] > 0
+    # The relations on the topic are the ones in the graph, and they score like the encoder alone.
+    assert figures["scores_graph"]["f1"] == figures["scores_relations_topic"]["f1"] > 0.2

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from lmrc import docred
-from lmrc.contracts import CandidateSetEvent, DeadLetterEvent, DocumentEvent
+from lmrc.contracts import CandidateSetEvent, DeadLetterEvent, DocumentEvent, RelationSetEvent
 from lmrc.local.broker import LocalBroker
 from lmrc.proposer.artifact import (
     DEFAULT_ARTIFACT_DIR,
@@ -129,6 +129,33 @@ def test_shipped_model_keeps_gold_pairs_and_drops_most_others_on_holdout(
     assert figures.pass_rate <= 0.30
 
 
+def test_onnx_and_torch_give_the_same_relation_probabilities(
+    scorer: OnnxPairScorer, featurizer: DocumentFeaturizer, config: ProposerConfig
+) -> None:
+    """The relation head is in the one exported graph, beside the pair score, and agrees with torch."""
+    from lmrc.proposer.artifact import relation_probabilities
+    from lmrc.proposer.training.torch_model import load_artifact, torch_pair_and_relation_logits
+
+    model, _config = load_artifact(DEFAULT_ARTIFACT_DIR)
+    assert scorer.has_relation_head and config.has_relation_head
+    for raw in docred.load_split("holdout")[:2]:
+        features = featurizer.featurize(docred.to_document_event(raw))
+        _pair_logits, relation_logits = torch_pair_and_relation_logits(model, features)
+        expected = relation_probabilities(relation_logits, config.relation_loss)
+        pairs, got = scorer.score_with_relations(features, config.relation_loss)
+        assert got.shape == expected.shape == (len(features.pair_heads), config.relation_classes)
+        assert float(np.abs(expected - got).max()) < 1e-3
+        assert np.allclose(pairs, scorer.score(features))
+
+
+def test_the_relation_head_is_calibrated_on_validation(config: ProposerConfig) -> None:
+    assert config.relation_ids == sorted(docred.load_relation_names())
+    assert config.relation_threshold is not None and 0 < config.relation_threshold < 1
+    recalls = [config.relation_validation[f"shortlist_recall@{k}"] for k in range(1, 11)]
+    assert recalls == sorted(recalls)  # a longer shortlist never covers less
+    assert config.relation_validation[f"shortlist_recall@{config.shortlist_size}"] >= 0.9
+
+
 def test_onnx_and_torch_give_the_same_pair_scores(
     scorer: OnnxPairScorer, featurizer: DocumentFeaturizer
 ) -> None:
@@ -203,7 +230,13 @@ def test_service_turns_documents_into_candidate_events(
         assert candidates.proposer_model_version == config.version
         assert candidates.document.doc_id == candidates.doc_id
         assert candidates.pairs_scored == candidates.document.pair_count()
+        for pair in candidates.pairs:  # the encoder's ranked shortlist and its own predictions
+            shortlist = [r.probability for r in pair.shortlist]
+            assert len(shortlist) == config.shortlist_size and shortlist == sorted(shortlist, reverse=True)
+            assert all(r.probability >= (config.relation_threshold or 0.5) for r in pair.predicted)
+            assert all(r.relation_id in config.relation_ids for r in pair.shortlist)
     assert got == expected
+    assert any(pair.predicted for candidates in sets for pair in candidates.pairs)
     assert all(0 < len(pairs) < len(d.entities) ** 2 for d in documents for pairs in [expected[d.doc_id]])
     letters = sorted(
         (DeadLetterEvent.model_validate_json(r.value or b"") for r in dlq), key=lambda x: x.origin.offset
@@ -215,3 +248,52 @@ def test_service_turns_documents_into_candidate_events(
     ]
     assert "word pieces (limit 600)" in letters[0].error_message
     assert "has 120 entities (limit 100)" in letters[1].error_message
+
+
+@pytest.mark.broker
+def test_encoder_only_mode_emits_the_encoders_relations_as_one_set_per_document(
+    broker: LocalBroker,
+    unique: str,
+    onnx_file: Path,
+    scorer: OnnxPairScorer,
+    featurizer: DocumentFeaturizer,
+    config: ProposerConfig,
+) -> None:
+    documents = [docred.to_document_event(raw) for raw in docred.load_split("holdout")[:3]]
+    settings = ProposerSettings(
+        service_name=f"proposer-{unique}",
+        group_id=f"group-{unique}",
+        input_topic=f"{unique}.documents",
+        output_topic=f"{unique}.relations",
+        dead_letter_topic=f"{unique}.dlq",
+        kafka=KafkaSettings(bootstrap_servers=broker.bootstrap_servers),
+        http_port=0,
+        create_topics=True,
+        topic_partitions=1,
+        max_batch_wait_seconds=0.1,
+        session_timeout_ms=2000,
+        onnx_path=onnx_file,
+        mode="encoder_only",
+    )
+    with running(build_runtime(settings)):
+        produce(
+            broker.bootstrap_servers, settings.input_topic, [d.model_dump_json().encode() for d in documents]
+        )
+        out = read_topic(broker.bootstrap_servers, [settings.output_topic], expect=len(documents))
+    threshold = config.relation_threshold or 0.5
+    for document, record in zip(documents, out, strict=True):
+        relation_set = RelationSetEvent.model_validate_json(record.value or b"")
+        features = featurizer.featurize(document)
+        _pairs, probabilities = scorer.score_with_relations(features, config.relation_loss)
+        expected = {
+            (int(h), int(t), config.relation_ids[r])
+            for (i, r) in zip(*np.nonzero(probabilities >= threshold), strict=True)
+            for h, t in [(features.pair_heads[i], features.pair_tails[i])]
+        }
+        got = {(r.head.index, r.tail.index, r.relation_id) for r in relation_set.relations}
+        assert relation_set.doc_id == document.doc_id and got == expected and expected
+        assert all(
+            r.models.classifier is None and r.models.proposer == config.version
+            for r in relation_set.relations
+        )
+        assert all(r.relation_name == config.relation_names[r.relation_id] for r in relation_set.relations)

@@ -136,7 +136,7 @@ def _topics(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from lmrc.local.run import run_local
 
-    return run_local(args.input, args.limit, args.graph, args.report)
+    return run_local(args.input, args.limit, args.graph, args.report, encoder_only=args.encoder_only)
 
 
 def _benchmark(args: argparse.Namespace) -> int:
@@ -213,6 +213,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--limit", type=int, help="only the first N documents (holdout default: 3)")
     run.add_argument("--graph", type=Path, help="embedded graph directory (default: var/graph.lbug)")
     run.add_argument("--report", type=Path, help="also write the figures to this JSON file")
+    run.add_argument(
+        "--encoder-only",
+        action="store_true",
+        help="no LLM: the proposer's own relation predictions go straight to the relations topic and graph",
+    )
     run.set_defaults(func=_run)
 
     bench = commands.add_parser(

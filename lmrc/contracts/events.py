@@ -130,12 +130,27 @@ class EntityRef(_Event):
     type: str = Field(min_length=1, max_length=64)
 
 
+class ScoredRelation(_Event):
+    """A relation with the encoder's probability that it holds for a pair."""
+
+    relation_id: RelationId
+    probability: Probability
+
+
 class CandidatePair(_Event):
     """An ordered entity pair the proposer judged likely to hold a relation."""
 
     head: EntityIndex
     tail: EntityIndex
     score: Probability = Field(description="Proposer probability that some relation holds.")
+    shortlist: list[ScoredRelation] = Field(
+        default_factory=list,
+        description="The encoder's most likely relations for the pair, best first (its relation head).",
+    )
+    predicted: list[ScoredRelation] = Field(
+        default_factory=list,
+        description="The relations the encoder alone predicts for the pair (at or above its threshold).",
+    )
 
 
 class CandidateSetEvent(_Event):

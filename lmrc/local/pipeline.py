@@ -47,7 +47,12 @@ class LocalPipeline:
     topics: TopicNames = TOPICS
     batch_wait_seconds: float = 0.2
     partitions: int = 4
+    encoder_only: bool = False  # the proposer writes relation sets; no classifier, no LLM
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # per stage
+
+    @property
+    def stages(self) -> tuple[str, ...]:
+        return ("proposer", "sink") if self.encoder_only else STAGES
 
     def settings(self, stage: str) -> ServiceSettings:
         placed = self.topics.stage(stage)
@@ -66,6 +71,8 @@ class LocalPipeline:
             **self.overrides.get(stage, {}),
         }
         if stage == "proposer":
+            if self.encoder_only:
+                common.update(output_topic=self.topics.relations, mode="encoder_only")
             return ProposerSettings(**common)
         if stage == "classifier":
             return ClassifierSettings(**common, tgi_url=self.tgi_url, tgi_adapter_id=self.adapter_id)
@@ -104,6 +111,7 @@ class DocumentProgress:
     """Which documents each stage has finished, from the records the stages wrote."""
 
     documents: set[str]
+    encoder_only: bool = False  # the proposer's record of a document is its relation set
     proposed: dict[str, Any] = field(default_factory=dict)  # doc_id -> its candidate set
     classified: dict[str, Any] = field(default_factory=dict)  # doc_id -> its relation set
     dead_letters: dict[str, list[Any]] = field(default_factory=dict)  # stage -> dead letters
@@ -114,19 +122,23 @@ class DocumentProgress:
         return {letter["origin"]["key"] for letter in self.dead_letters.get(stage, [])}
 
     @property
+    def accepted(self) -> set[str]:
+        """Documents the proposer wrote its record of (a candidate set, or encoder-only a relation set)."""
+        return set(self.classified if self.encoder_only else self.proposed) & self.documents
+
+    @property
     def through_proposer(self) -> set[str]:
-        return (set(self.proposed) | self.rejected_at("proposer")) & self.documents
+        return (self.accepted | self.rejected_at("proposer")) & self.documents
 
     @property
     def through_classifier(self) -> set[str]:
-        expected = set(self.proposed) & self.documents
-        return (set(self.classified) | self.rejected_at("classifier")) & expected
+        return (set(self.classified) | self.rejected_at("classifier")) & self.accepted
 
     @property
     def done(self) -> bool:
         return (
             self.through_proposer == self.documents
-            and self.through_classifier == set(self.proposed) & self.documents
+            and self.through_classifier == self.accepted
             and self.stored
         )
 
@@ -152,7 +164,7 @@ class CompletionTracker:
             dead_letter_topic(topics.candidates): "classifier",
             dead_letter_topic(topics.relations): "sink",
         }
-        self.progress = DocumentProgress(documents)
+        self.progress = DocumentProgress(documents, encoder_only=pipeline.encoder_only)
         self._consumer = Consumer(
             {**client, "group.id": "lmrc-local-completion", "enable.auto.commit": False}
         )
@@ -187,7 +199,7 @@ class CompletionTracker:
         sink = self.pipeline.settings("sink")
         ends = self.progress.relation_ends
         if not ends:
-            self.progress.stored = not (set(self.progress.proposed) & self.progress.documents)
+            self.progress.stored = not self.progress.accepted
             return
         committed = committed_offsets(self.client, sink.group_id, sink.input_topic, self.pipeline.partitions)
         self.progress.stored = all(committed.get(p, 0) >= end for p, end in ends.items())

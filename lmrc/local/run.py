@@ -10,6 +10,7 @@ given, and for DocRED-format input the proposer's recall and the pipeline's offi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections import Counter
@@ -25,7 +26,6 @@ from lmrc.docred.evaluation import evaluate_candidates, evaluate_relations, form
 from lmrc.local.broker import LocalBroker
 from lmrc.local.llm.local_server import LocalTgiServer
 from lmrc.local.pipeline import (
-    STAGES,
     CompletionTracker,
     DocumentProgress,
     LocalPipeline,
@@ -61,23 +61,32 @@ def run_local(
     limit: int | None = None,
     graph_path: Path | None = None,
     report_path: Path | None = None,
+    encoder_only: bool = False,
 ) -> int:
     payloads, gold, source = _inputs(input_path, limit)
     graph_path = graph_path or REPO_ROOT / "var" / "graph.lbug"
     adapter = load_classifier_config(DEFAULT_ADAPTER_DIR)
-    print(f"local run: {len(payloads)} documents from {source}", flush=True)
+    mode = "encoder only (the proposer's relation head, no LLM)" if encoder_only else "encoder + LLM"
+    print(f"local run: {len(payloads)} documents from {source}; {mode}", flush=True)
     log_dir = REPO_ROOT / "var" / "log"
     log_dir.mkdir(parents=True, exist_ok=True)
-    with (
-        LocalBroker(log_path=log_dir / "broker.log") as broker,
-        LocalTgiServer({adapter.version: DEFAULT_ADAPTER_DIR}, log_path=log_dir / "tgi.log") as tgi,
-    ):
+    model_server = (
+        contextlib.nullcontext()
+        if encoder_only
+        else LocalTgiServer({adapter.version: DEFAULT_ADAPTER_DIR}, log_path=log_dir / "tgi.log")
+    )
+    with LocalBroker(log_path=log_dir / "broker.log") as broker, model_server as tgi:
         pipeline = LocalPipeline(
-            KafkaSettings(bootstrap_servers=broker.bootstrap_servers), tgi.url, adapter.version, graph_path
+            KafkaSettings(bootstrap_servers=broker.bootstrap_servers),
+            tgi.url if tgi else "",
+            adapter.version,
+            graph_path,
+            encoder_only=encoder_only,
         )
-        runtimes = [pipeline.build(stage) for stage in STAGES]
+        runtimes = [pipeline.build(stage) for stage in pipeline.stages]
         threads = [start_thread(runtime) for runtime in runtimes]
-        print(f"broker (Tansu) on {broker.bootstrap_servers}; local TGI server on {tgi.url}")
+        serving = f"; local TGI server on {tgi.url}" if tgi else ""
+        print(f"broker (Tansu) on {broker.bootstrap_servers}{serving}")
         for runtime in runtimes:
             print(f"  {runtime.service} metrics on http://127.0.0.1:{runtime.http_port}/metrics")
         client = pipeline.kafka.client_config()
@@ -91,7 +100,10 @@ def run_local(
         finally:
             tracker.close()
             stop_all(runtimes, threads)
-    summary = _report(progress, elapsed, gold, graph_path)
+    summary = {
+        "mode": "encoder_only" if encoder_only else "encoder_llm",
+        **_report(progress, elapsed, gold, graph_path),
+    }
     if report_path is not None:
         report_path.parent.mkdir(parents=True, exist_ok=True)
         report_path.write_text(json.dumps({"input": source, **summary}, indent=2) + "\n")
@@ -198,14 +210,20 @@ def _report(progress: DocumentProgress, elapsed: float, gold: list[dict], graph_
     }
     if not gold:
         return summary
-    scores = evaluate_candidates(
-        gold, [{"title": c["doc_id"], "h_idx": c["head"], "t_idx": c["tail"]} for c in candidates]
-    )
-    print(format_candidates(scores))
-    print(
-        f"LLM calls per document: {scores.candidates / len(gold):.1f} "
-        f"instead of {scores.all_pairs / len(gold):.1f} (every pair)"
-    )
+    if progress.encoder_only:  # no candidate sets on the wire, no LLM call
+        summary.update(proposer=None, llm_calls_per_document=0.0)
+    else:
+        scores = evaluate_candidates(
+            gold, [{"title": c["doc_id"], "h_idx": c["head"], "t_idx": c["tail"]} for c in candidates]
+        )
+        print(format_candidates(scores))
+        print(
+            f"LLM calls per document: {scores.candidates / len(gold):.1f} "
+            f"instead of {scores.all_pairs / len(gold):.1f} (every pair)"
+        )
+        summary["proposer"] = asdict(scores)
+        summary["llm_calls_per_document"] = round(scores.candidates / len(gold), 2)
+        summary["pairs_per_document"] = round(scores.all_pairs / len(gold), 2)
     from_topic = [
         {
             "title": r["doc_id"],
@@ -217,9 +235,6 @@ def _report(progress: DocumentProgress, elapsed: float, gold: list[dict], graph_
     ]
     from_graph, ambiguous = graph_predictions(stored, gold)
     train = docred.load_split("train")
-    summary["proposer"] = asdict(scores)
-    summary["llm_calls_per_document"] = round(scores.candidates / len(gold), 2)
-    summary["pairs_per_document"] = round(scores.all_pairs / len(gold), 2)
     for where, predictions in (("relations topic", from_topic), ("graph", from_graph)):
         result = evaluate_relations(gold, predictions, train).scores
         summary[f"scores_{where.replace(' ', '_')}"] = asdict(result)

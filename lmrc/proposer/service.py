@@ -1,4 +1,10 @@
-"""The proposer service: DocumentEvents in, one CandidateSetEvent per document out (its likely pairs)."""
+"""The proposer service: DocumentEvents in, one CandidateSetEvent per document out (its likely pairs,
+each with the encoder's ranked relation shortlist and its own predictions).
+
+In encoder-only mode (``PROPOSER_MODE=encoder_only``) it emits the encoder's predicted relations
+as one RelationSetEvent per document instead, for the sink: the pipeline without an LLM, and the
+baseline every quality report shows beside the full pipeline.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +18,17 @@ import numpy as np
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from lmrc.contracts import CandidatePair, CandidateSetEvent, DocumentEvent, event_id
+from lmrc.contracts import (
+    CandidatePair,
+    CandidateSetEvent,
+    DocumentEvent,
+    EntityRef,
+    ModelVersions,
+    Relation,
+    RelationSetEvent,
+    ScoredRelation,
+    event_id,
+)
 from lmrc.proposer import metrics
 from lmrc.proposer.artifact import (
     DEFAULT_ARTIFACT_DIR,
@@ -56,6 +72,20 @@ class ProposerSettings(ServiceSettings):
         description="Pick the artifact's threshold for this target (default: its own).",
     )
     threshold: float | None = Field(default=None, ge=0, le=1, description="Overrides recall_target.")
+    mode: Literal["candidates", "encoder_only"] = Field(
+        default="candidates",
+        description="candidates: CandidateSetEvents for the classifier; encoder_only: RelationSetEvents "
+        "of the encoder's own predictions (point the output topic at the relations topic).",
+    )
+    shortlist_size: int | None = Field(
+        default=None, ge=1, le=96, description="Relations per candidate pair (default: the artifact's)."
+    )
+    relation_threshold: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="The encoder predicts a relation at this probability (default: the artifact's).",
+    )
     max_document_tokens: int = Field(default=8192, ge=16, description="Word pieces, markers included.")
     max_entities: int = Field(default=150, ge=2, description="Pairs grow with the square of this.")
     execution_provider: Literal["auto", "cuda", "cpu"] = "auto"
@@ -74,6 +104,15 @@ class ProposerHandler(Handler[DocumentEvent]):
             if settings.threshold is not None
             else threshold_for(config, settings.recall_target)
         )
+        # The relation head, when the artifact and its ONNX export have one.
+        self.relations = config.has_relation_head and scorer.has_relation_head
+        if settings.mode == "encoder_only" and not self.relations:
+            raise ValueError(
+                f"encoder-only mode needs a proposer with a relation head; {config.version} has none"
+            )
+        self.shortlist_size = settings.shortlist_size or config.shortlist_size
+        relation_threshold = settings.relation_threshold or config.relation_threshold
+        self.relation_threshold = 0.5 if relation_threshold is None else relation_threshold
         self.featurizer = DocumentFeaturizer(tokenizer_file(), config.window_length, config.window_stride)
         self.service = settings.service_name
         # At 0 from the start, so that rate() sees the first documents.
@@ -92,7 +131,10 @@ class ProposerHandler(Handler[DocumentEvent]):
                 continue
             scored += candidates.pairs_scored
             passed += len(candidates.pairs)
-            result.outputs.append(Output(candidates, key=candidates.doc_id))
+            output = (
+                self.encoder_relations(candidates) if self.settings.mode == "encoder_only" else candidates
+            )
+            result.outputs.append(Output(output, key=candidates.doc_id))
         metrics.DOCUMENTS.labels(self.service).inc(len(batch) - len(result.rejected))
         metrics.PAIRS_SCORED.labels(self.service).inc(scored)
         metrics.PAIRS_PASSED.labels(self.service).inc(passed)
@@ -115,24 +157,90 @@ class ProposerHandler(Handler[DocumentEvent]):
                 f"document {document.doc_id!r} has {features.token_count} word pieces "
                 f"(limit {self.settings.max_document_tokens})",
             )
-        scores = self.scorer.score(features)
+        if self.relations:
+            scores, relations = self.scorer.score_with_relations(features, self.config.relation_loss)
+        else:
+            scores, relations = self.scorer.score(features), None
         metrics.INFERENCE_SECONDS.labels(self.service).observe(time.perf_counter() - started)
-        kept = np.flatnonzero(scores >= self.threshold)
+        # Encoder-only mode judges every pair by its relations; otherwise the pair score selects.
+        selected = scores >= self.threshold
+        if self.settings.mode == "encoder_only" and relations is not None:
+            selected = (relations >= self.relation_threshold).any(axis=1)
+        kept = np.flatnonzero(selected)
         kept = kept[np.argsort(-scores[kept], kind="stable")]  # best first
         return CandidateSetEvent(
             event_id=event_id(document.doc_id, self.config.version),
             doc_id=document.doc_id,
             pairs=[
-                CandidatePair(
-                    head=int(features.pair_heads[index]),
-                    tail=int(features.pair_tails[index]),
-                    score=float(scores[index]),
+                self.pair(
+                    int(features.pair_heads[index]),
+                    int(features.pair_tails[index]),
+                    float(scores[index]),
+                    None if relations is None else relations[index],
                 )
                 for index in kept
             ],
             pairs_scored=len(scores),
             proposer_model_version=self.config.version,
             document=document,
+        )
+
+    def pair(self, head: int, tail: int, score: float, relations: np.ndarray | None) -> CandidatePair:
+        """A candidate pair with its shortlist (top k, best first) and the encoder's predictions."""
+        if relations is None:
+            return CandidatePair(head=head, tail=tail, score=score)
+        ids = self.config.relation_ids
+        ranked = np.argsort(-relations, kind="stable")
+        return CandidatePair(
+            head=head,
+            tail=tail,
+            score=score,
+            shortlist=[
+                ScoredRelation(relation_id=ids[i], probability=float(relations[i]))
+                for i in ranked[: self.shortlist_size]
+            ],
+            predicted=[
+                ScoredRelation(relation_id=ids[i], probability=float(relations[i]))
+                for i in ranked
+                if relations[i] >= self.relation_threshold
+            ],
+        )
+
+    def encoder_relations(self, candidates: CandidateSetEvent) -> RelationSetEvent:
+        """The encoder's own predictions as the document's relation set (encoder-only mode)."""
+        document = candidates.document
+        models = ModelVersions(proposer=self.config.version)
+
+        def ref(index: int) -> EntityRef:
+            entity = document.entities[index]
+            return EntityRef(index=index, name=entity.name, type=entity.type)
+
+        relations = [
+            Relation(
+                event_id=event_id(document.doc_id, pair.head, pair.tail, scored.relation_id),
+                doc_id=document.doc_id,
+                doc_title=document.title,
+                head=ref(pair.head),
+                tail=ref(pair.tail),
+                relation_id=scored.relation_id,
+                relation_name=self.config.relation_names[scored.relation_id],
+                confidence=scored.probability,
+                models=models,
+                source=document.source,
+                proposed_at=candidates.proposed_at,
+            )
+            for pair in candidates.pairs
+            for scored in pair.predicted
+        ]
+        return RelationSetEvent(
+            event_id=event_id(candidates.event_id, "encoder-only"),
+            doc_id=document.doc_id,
+            doc_title=document.title,
+            relations=relations,
+            candidate_pairs=len(candidates.pairs),
+            models=models,
+            source=document.source,
+            proposed_at=candidates.proposed_at,
         )
 
 
