@@ -28,6 +28,7 @@ from lmrc.proposer.service import ProposerSettings
 from lmrc.proposer.service import build_runtime as build_proposer
 from lmrc.proposer.training.export import ensure_onnx
 from lmrc.runtime import KafkaSettings, ServiceRuntime, ServiceSettings
+from lmrc.runtime.topics import ensure_topics
 from lmrc.sink.graph import GraphStore
 from lmrc.sink.service import build_runtime as build_sink
 from lmrc.sink.settings import SinkSettings
@@ -165,6 +166,9 @@ class CompletionTracker:
             dead_letter_topic(topics.relations): "sink",
         }
         self.progress = DocumentProgress(documents, encoder_only=pipeline.encoder_only)
+        # The stages create their topics as they start; create them here too, so that the reader
+        # is assigned every partition from the beginning whichever comes first.
+        ensure_topics(client, list(self.by_topic), pipeline.partitions)
         self._consumer = Consumer(
             {**client, "group.id": "lmrc-local-completion", "enable.auto.commit": False}
         )
