@@ -170,7 +170,7 @@ def small_documents(count: int, start: int = 0, entities: int = 4) -> list[Docum
     """Holdout documents cut to a few entities (gold pairs among them): few LLM calls on a CPU."""
     events = []
     for raw in docred.load_split("holdout")[start : start + count]:
-        keep = list(dict.fromkeys(i for label in raw["labels"][:2] for i in (label["h"], label["t"])))
+        keep = list(dict.fromkeys(i for label in docred.labels_of(raw)[:2] for i in (label.h, label.t)))
         keep += [i for i in range(len(raw["vertexSet"])) if i not in keep][: entities - len(keep)]
         cut = {**raw, "vertexSet": [raw["vertexSet"][i] for i in keep[:entities]], "labels": []}
         events.append(docred.to_document_event(cut))
@@ -184,19 +184,19 @@ def gold_relation_events(
     events = []
     for doc in documents:
         vertex_set = doc["vertexSet"]
-        for label in doc["labels"]:
-            head, tail = vertex_set[label["h"]][0], vertex_set[label["t"]][0]
+        for label in docred.labels_of(doc):
+            head, tail = vertex_set[label.h][0], vertex_set[label.t][0]
             events.append(
                 Relation(
-                    event_id=event_id(doc["title"], label["h"], label["t"], label["r"]),
+                    event_id=event_id(doc["title"], label.h, label.t, label.r),
                     doc_id=doc["title"],
                     doc_title=doc["title"],
-                    head=EntityRef(index=label["h"], name=head["name"], type=head["type"]),
-                    tail=EntityRef(index=label["t"], name=tail["name"], type=tail["type"]),
-                    relation_id=label["r"],
-                    relation_name=relation_names[label["r"]],
+                    head=EntityRef(index=label.h, name=head["name"], type=head["type"]),
+                    tail=EntityRef(index=label.t, name=tail["name"], type=tail["type"]),
+                    relation_id=label.r,
+                    relation_name=relation_names[label.r],
                     confidence=1.0,
-                    evidence=label["evidence"],
+                    evidence=list(label.evidence),
                     models=ModelVersions(proposer="gold", classifier="gold"),
                     classified_at=classified_at,
                 )

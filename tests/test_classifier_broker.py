@@ -35,7 +35,7 @@ def candidates() -> CandidateSetEvent:
     """Gold ``country`` pairs of one holdout document: pairs the proposer exists to pass on."""
     raw = docred.load_split("holdout")[1]
     document = docred.to_document_event(raw)
-    pairs = sorted({(label["h"], label["t"]) for label in raw["labels"] if label["r"] == "P17"})[:3]
+    pairs = sorted({(label.h, label.t) for label in docred.labels_of(raw) if label.r == "P17"})[:3]
     return CandidateSetEvent(
         event_id=event_id(document.doc_id, "test"),
         doc_id=document.doc_id,

@@ -42,6 +42,20 @@ def test_gold_triples_and_relation_names(dev: list[dict]) -> None:
     assert {t.r for t in triples} <= set(names)
 
 
+def test_labels_are_parsed_once_into_typed_labels(dev: list[dict]) -> None:
+    raw = dev[0]
+    labels = docred.labels_of(raw)
+    assert [(label.h, label.t, label.r, list(label.evidence)) for label in labels] == [
+        (x["h"], x["t"], x["r"], x["evidence"]) for x in raw["labels"]
+    ]
+    assert docred.gold_pairs(raw) == {(x["h"], x["t"]) for x in raw["labels"]}
+    by_pair = docred.relations_by_pair(raw)
+    assert sum(len(found) for found in by_pair.values()) == len(
+        {(x["h"], x["t"], x["r"]) for x in raw["labels"]}
+    )
+    assert docred.labels_of({"title": "unlabelled", "vertexSet": [], "sents": []}) == ()
+
+
 def test_split_manifest_is_the_documented_hash_split(dev: list[dict]) -> None:
     manifest = docred.load_split_manifest()
     assert manifest == docred.compute_split(dev)

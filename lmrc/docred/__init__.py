@@ -32,6 +32,42 @@ class Triple:
     r: str
 
 
+@dataclass(frozen=True)
+class Label:
+    """One gold label of a DocRED document: relation ``r`` from entity ``h`` to entity ``t``."""
+
+    h: int
+    t: int
+    r: str
+    evidence: tuple[int, ...] = ()
+
+
+def labels_of(raw: dict[str, Any]) -> tuple[Label, ...]:
+    """A DocRED document's gold labels, typed: the one place that reads ``labels`` (none in an
+    unlabelled split)."""
+    return tuple(
+        Label(int(label["h"]), int(label["t"]), str(label["r"]), tuple(label.get("evidence", ())))
+        for label in raw.get("labels", [])
+    )
+
+
+def gold_pairs(raw: dict[str, Any]) -> set[tuple[int, int]]:
+    """The ordered entity pairs that hold at least one gold relation."""
+    return {(label.h, label.t) for label in labels_of(raw)}
+
+
+def relations_by_pair(raw: dict[str, Any]) -> dict[tuple[int, int], set[str]]:
+    """Gold relation P-ids of each related pair."""
+    found: dict[tuple[int, int], set[str]] = {}
+    for label in labels_of(raw):
+        found.setdefault((label.h, label.t), set()).add(label.r)
+    return found
+
+
+def entity_count(raw: dict[str, Any]) -> int:
+    return len(raw["vertexSet"])
+
+
 def load_raw(path: str | Path) -> list[dict[str, Any]]:
     with open(path, encoding="utf-8") as handle:
         documents = json.load(handle)
@@ -74,11 +110,7 @@ def to_document_event(raw: dict[str, Any], dataset: str | None = None) -> Docume
 
 
 def gold_triples(documents: Iterable[dict[str, Any]]) -> set[Triple]:
-    return {
-        Triple(doc["title"], label["h"], label["t"], label["r"])
-        for doc in documents
-        for label in doc.get("labels", [])
-    }
+    return {Triple(doc["title"], label.h, label.t, label.r) for doc in documents for label in labels_of(doc)}
 
 
 def split_key(title: str) -> str:

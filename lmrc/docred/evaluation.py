@@ -18,6 +18,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lmrc.docred import entity_count, labels_of
+
 
 @dataclass(frozen=True)
 class Scores:
@@ -79,10 +81,10 @@ def facts_in_train(train_documents: Iterable[dict[str, Any]]) -> set[tuple[str, 
     facts: set[tuple[str, str, str]] = set()
     for doc in train_documents:
         vertex_set = doc["vertexSet"]
-        for label in doc.get("labels", []):
-            for head in vertex_set[label["h"]]:
-                for tail in vertex_set[label["t"]]:
-                    facts.add((head["name"], tail["name"], label["r"]))
+        for label in labels_of(doc):
+            for head in vertex_set[label.h]:
+                for tail in vertex_set[label.t]:
+                    facts.add((head["name"], tail["name"], label.r))
     return facts
 
 
@@ -109,9 +111,9 @@ def evaluate_relations(
     gold_evidence = 0
     for doc in gold_documents:
         vertex_sets[doc["title"]] = doc["vertexSet"]
-        for label in doc.get("labels", []):
-            evidence = set(label.get("evidence", []))
-            gold[(doc["title"], label["r"], label["h"], label["t"])] = evidence
+        for label in labels_of(doc):
+            evidence = set(label.evidence)
+            gold[(doc["title"], label.r, label.h, label.t)] = evidence
             gold_evidence += len(evidence)
 
     train_facts = facts_in_train(train_documents) if train_documents is not None else None
@@ -192,12 +194,12 @@ def evaluate_candidates(
     gold_triples = 0
     triples_kept = 0
     for doc in gold_documents:
-        for label in doc.get("labels", []):
-            pair = (doc["title"], label["h"], label["t"])
+        for label in labels_of(doc):
+            pair = (doc["title"], label.h, label.t)
             gold_pairs.add(pair)
             gold_triples += 1
             triples_kept += pair in known
-    all_pairs = sum(len(doc["vertexSet"]) * (len(doc["vertexSet"]) - 1) for doc in gold_documents)
+    all_pairs = sum(entity_count(doc) * (entity_count(doc) - 1) for doc in gold_documents)
     kept = len(gold_pairs & known)
     return CandidateScores(
         pair_recall=_ratio(kept, len(gold_pairs)),

@@ -39,7 +39,7 @@ def _requests(
     grouped = []
     for raw in docred.load_split(split)[:documents]:  # type: ignore[arg-type]
         document = docred.to_document_event(raw)
-        pairs = sorted({(label["h"], label["t"]) for label in raw["labels"]})[:pairs_per_document]
+        pairs = sorted(docred.gold_pairs(raw))[:pairs_per_document]
         grouped.append(
             [
                 GenerateRequest(

@@ -60,10 +60,7 @@ def candidate_pairs(
     raw_documents: list[dict[str, Any]], source: PairSource
 ) -> dict[str, list[tuple[int, int]]]:
     if source == "gold":
-        return {
-            raw["title"]: sorted({(label["h"], label["t"]) for label in raw.get("labels", [])})
-            for raw in raw_documents
-        }
+        return {raw["title"]: sorted(docred.gold_pairs(raw)) for raw in raw_documents}
     from lmrc.proposer.training.candidates import proposer_candidates
 
     return proposer_candidates(raw_documents)
@@ -84,9 +81,7 @@ async def _classify_document(
     handler: ClassifierHandler, raw: dict[str, Any], pairs: list[tuple[int, int]], names: dict[str, str]
 ) -> list[PairOutcome]:
     candidates = _candidates(docred.to_document_event(raw), pairs)
-    gold: dict[tuple[int, int], set[str]] = {}
-    for label in raw.get("labels", []):
-        gold.setdefault((label["h"], label["t"]), set()).add(names[label["r"]])
+    gold = {pair: {names[r] for r in found} for pair, found in docred.relations_by_pair(raw).items()}
 
     async def one(pair: CandidatePair) -> PairOutcome:
         head, tail = pair.head, pair.tail

@@ -79,7 +79,7 @@ def proposer_negatives(documents: list[dict[str, Any]]) -> dict[str, list[tuple[
     """Pairs the shipped proposer passes that hold no gold relation, per document title."""
     candidates = proposer_candidates(documents)
     for raw in documents:
-        gold = {(label["h"], label["t"]) for label in raw.get("labels", [])}
+        gold = docred.gold_pairs(raw)
         candidates[raw["title"]] = [pair for pair in candidates[raw["title"]] if pair not in gold]
     return candidates
 
@@ -93,9 +93,9 @@ def build_examples(
 ) -> list[DocumentExamples]:
     examples = []
     for raw in documents:
-        relations: dict[tuple[int, int], set[str]] = {}
-        for label in raw.get("labels", []):
-            relations.setdefault((label["h"], label["t"]), set()).add(labels.names[label["r"]])
+        relations = {
+            pair: {labels.names[r] for r in found} for pair, found in docred.relations_by_pair(raw).items()
+        }
         positives = sorted(relations)
         rng.shuffle(positives)
         pairs = [

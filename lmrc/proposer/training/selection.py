@@ -8,14 +8,14 @@ from typing import Any
 
 import numpy as np
 
-from lmrc.docred import to_document_event
+from lmrc.docred import gold_pairs, labels_of, to_document_event
 from lmrc.docred.evaluation import CandidateScores, evaluate_candidates
 from lmrc.proposer.features import DocumentFeatures, DocumentFeaturizer
 
 
 def pair_labels(raw_document: dict[str, Any], features: DocumentFeatures) -> np.ndarray:
     """1 for every ordered pair that holds at least one gold relation."""
-    gold = {(label["h"], label["t"]) for label in raw_document.get("labels", [])}
+    gold = gold_pairs(raw_document)
     return np.asarray(
         [(int(h), int(t)) in gold for h, t in zip(features.pair_heads, features.pair_tails, strict=True)],
         dtype=np.float32,
@@ -31,8 +31,8 @@ def relation_labels(
         for i, (h, t) in enumerate(zip(features.pair_heads, features.pair_tails, strict=True))
     }
     labels = np.zeros((len(pair_index), len(relation_index)), dtype=np.float32)
-    for label in raw_document.get("labels", []):
-        labels[pair_index[(label["h"], label["t"])], relation_index[label["r"]]] = 1.0
+    for label in labels_of(raw_document):
+        labels[pair_index[(label.h, label.t)], relation_index[label.r]] = 1.0
     return labels
 
 

@@ -113,7 +113,7 @@ def train(options: TrainOptions) -> ProposerConfig:
     if options.threads:
         torch.set_num_threads(options.threads)
     featurizer = DocumentFeaturizer(tokenizer_file())
-    train_docs = [raw for raw in docred.load_split("train") if len(raw["vertexSet"]) > 1]
+    train_docs = [raw for raw in docred.load_split("train") if docred.entity_count(raw) > 1]
     train_docs = train_docs[: options.max_train_docs]
     validation_docs = docred.load_split("validation")
     relation_index = {r: i for i, r in enumerate(sorted(docred.load_relation_names()))}
