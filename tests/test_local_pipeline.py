@@ -53,5 +53,6 @@ def test_the_tracker_sees_records_on_topics_that_did_not_exist_when_it_started(
         wait_for(seen, what="both records seen")
         assert tracker.progress.through_proposer == {document.doc_id}
         assert not tracker.progress.done  # the sink has not committed the relation set
+        assert tracker.progress.written == set()
     finally:
         tracker.close()

@@ -24,6 +24,7 @@ def test_local_run_turns_a_document_into_a_graph(tmp_path: Path, capsys: pytest.
     candidates, relations = int(done.group(1)), int(done.group(2))
     assert candidates > 0 and relations > 0
     assert "proposer: 1/1 documents" in output and f"classifier: {candidates}/{candidates}" in output
+    assert "sink: 1/1 documents" in output
     assert "pair recall" in output
     scores = dict(
         re.findall(r"DocRED scores of the (relations topic|graph) on these 1 documents: (F1 [\d.]+)", output)

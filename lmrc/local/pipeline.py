@@ -117,6 +117,8 @@ class DocumentProgress:
     classified: dict[str, Any] = field(default_factory=dict)  # doc_id -> its relation set
     dead_letters: dict[str, list[Any]] = field(default_factory=dict)  # stage -> dead letters
     relation_ends: dict[int, int] = field(default_factory=dict)  # partition -> end offset
+    relation_offsets: dict[str, tuple[int, int]] = field(default_factory=dict)  # doc_id -> its record
+    written: set[str] = field(default_factory=set)  # documents whose relation set the sink committed
     stored: bool = False
 
     def rejected_at(self, stage: str) -> set[str]:
@@ -192,9 +194,10 @@ class CompletionTracker:
                 self.progress.proposed[value["doc_id"]] = value
             elif kind == "classified" and isinstance(value, dict) and "doc_id" in value:
                 self.progress.classified[value["doc_id"]] = value
-                partition = message.partition() or 0
+                partition, offset = message.partition() or 0, message.offset() or 0
                 ends = self.progress.relation_ends
-                ends[partition] = max(ends.get(partition, 0), (message.offset() or 0) + 1)
+                ends[partition] = max(ends.get(partition, 0), offset + 1)
+                self.progress.relation_offsets[value["doc_id"]] = (partition, offset)
             elif isinstance(value, dict):
                 self.progress.dead_letters.setdefault(kind, []).append(value)
         self._check_sink()
@@ -207,6 +210,9 @@ class CompletionTracker:
             return
         committed = committed_offsets(self.client, sink.group_id, sink.input_topic, self.pipeline.partitions)
         self.progress.stored = all(committed.get(p, 0) >= end for p, end in ends.items())
+        self.progress.written = {
+            doc for doc, (p, offset) in self.progress.relation_offsets.items() if committed.get(p, 0) > offset
+        }
 
     def wait(
         self,

@@ -119,7 +119,7 @@ def _printer(documents: int) -> Callable[[DocumentProgress], None]:
         counts = {
             "proposer": (len(progress.through_proposer), documents),
             "classifier": progress.pairs(),
-            "sink": (len(progress.through_classifier) if progress.stored else 0, len(progress.proposed)),
+            "sink": (len(progress.written & progress.accepted), len(progress.accepted)),
         }
         units = {"proposer": "documents", "classifier": "candidate pairs", "sink": "documents"}
         for stage, count in counts.items():
