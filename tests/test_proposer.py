@@ -55,6 +55,27 @@ def scorer(onnx_file: Path) -> OnnxPairScorer:
     return OnnxPairScorer(onnx_file, ["CPUExecutionProvider"])
 
 
+def proposer_settings(
+    broker: LocalBroker, unique: str, onnx_file: Path, **overrides: object
+) -> ProposerSettings:
+    """The proposer on its own topics of the test broker, serving ``onnx_file``."""
+    fields: dict[str, object] = {
+        "service_name": f"proposer-{unique}",
+        "group_id": f"group-{unique}",
+        "input_topic": f"{unique}.documents",
+        "dead_letter_topic": f"{unique}.dlq",
+        "kafka": KafkaSettings(bootstrap_servers=broker.bootstrap_servers),
+        "http_port": 0,
+        "create_topics": True,
+        "topic_partitions": 1,
+        "max_batch_wait_seconds": 0.1,
+        "session_timeout_ms": 2000,
+        "onnx_path": onnx_file,
+        **overrides,
+    }
+    return ProposerSettings(**fields)
+
+
 def longest(documents: list[dict]) -> dict:
     return max(documents, key=lambda raw: sum(len(s) for s in raw["sents"]))
 
@@ -189,19 +210,11 @@ def test_service_turns_documents_into_candidate_events(
     )
     broken = json.loads(documents[1].model_dump_json())
     broken["entities"][0]["mentions"][0]["end"] = 10_000
-    settings = ProposerSettings(
-        service_name=f"proposer-{unique}",
-        group_id=f"group-{unique}",
-        input_topic=f"{unique}.documents",
+    settings = proposer_settings(
+        broker,
+        unique,
+        onnx_file,
         output_topic=f"{unique}.candidates",
-        dead_letter_topic=f"{unique}.dlq",
-        kafka=KafkaSettings(bootstrap_servers=broker.bootstrap_servers),
-        http_port=0,
-        create_topics=True,
-        topic_partitions=1,
-        max_batch_wait_seconds=0.1,
-        session_timeout_ms=2000,
-        onnx_path=onnx_file,
         max_document_tokens=600,
         max_entities=100,
     )
@@ -260,20 +273,8 @@ def test_encoder_only_mode_emits_the_encoders_relations_as_one_set_per_document(
     config: ProposerConfig,
 ) -> None:
     documents = [docred.to_document_event(raw) for raw in docred.load_split("holdout")[:3]]
-    settings = ProposerSettings(
-        service_name=f"proposer-{unique}",
-        group_id=f"group-{unique}",
-        input_topic=f"{unique}.documents",
-        output_topic=f"{unique}.relations",
-        dead_letter_topic=f"{unique}.dlq",
-        kafka=KafkaSettings(bootstrap_servers=broker.bootstrap_servers),
-        http_port=0,
-        create_topics=True,
-        topic_partitions=1,
-        max_batch_wait_seconds=0.1,
-        session_timeout_ms=2000,
-        onnx_path=onnx_file,
-        mode="encoder_only",
+    settings = proposer_settings(
+        broker, unique, onnx_file, output_topic=f"{unique}.relations", mode="encoder_only"
     )
     with running(build_runtime(settings)):
         produce(
