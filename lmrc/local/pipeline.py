@@ -116,10 +116,8 @@ class DocumentProgress:
     proposed: dict[str, Any] = field(default_factory=dict)  # doc_id -> its candidate set
     classified: dict[str, Any] = field(default_factory=dict)  # doc_id -> its relation set
     dead_letters: dict[str, list[Any]] = field(default_factory=dict)  # stage -> dead letters
-    relation_ends: dict[int, int] = field(default_factory=dict)  # partition -> end offset
     relation_offsets: dict[str, tuple[int, int]] = field(default_factory=dict)  # doc_id -> its record
     written: set[str] = field(default_factory=set)  # documents whose relation set the sink committed
-    stored: bool = False
 
     def rejected_at(self, stage: str) -> set[str]:
         return {letter["origin"]["key"] for letter in self.dead_letters.get(stage, [])}
@@ -136,6 +134,11 @@ class DocumentProgress:
     @property
     def through_classifier(self) -> set[str]:
         return (set(self.classified) | self.rejected_at("classifier")) & self.accepted
+
+    @property
+    def stored(self) -> bool:
+        """The sink has committed every relation set seen so far."""
+        return set(self.relation_offsets) <= self.written
 
     @property
     def done(self) -> bool:
@@ -194,22 +197,19 @@ class CompletionTracker:
                 self.progress.proposed[value["doc_id"]] = value
             elif kind == "classified" and isinstance(value, dict) and "doc_id" in value:
                 self.progress.classified[value["doc_id"]] = value
-                partition, offset = message.partition() or 0, message.offset() or 0
-                ends = self.progress.relation_ends
-                ends[partition] = max(ends.get(partition, 0), offset + 1)
-                self.progress.relation_offsets[value["doc_id"]] = (partition, offset)
+                self.progress.relation_offsets[value["doc_id"]] = (
+                    message.partition() or 0,
+                    message.offset() or 0,
+                )
             elif isinstance(value, dict):
                 self.progress.dead_letters.setdefault(kind, []).append(value)
         self._check_sink()
 
     def _check_sink(self) -> None:
         sink = self.pipeline.settings("sink")
-        ends = self.progress.relation_ends
-        if not ends:
-            self.progress.stored = not self.progress.accepted
+        if not self.progress.relation_offsets:
             return
         committed = committed_offsets(self.client, sink.group_id, sink.input_topic, self.pipeline.partitions)
-        self.progress.stored = all(committed.get(p, 0) >= end for p, end in ends.items())
         self.progress.written = {
             doc for doc, (p, offset) in self.progress.relation_offsets.items() if committed.get(p, 0) > offset
         }
