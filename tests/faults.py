@@ -23,6 +23,7 @@ class FaultyProxy:
         self.faults: deque[str] = deque()
         self.always: str | None = None
         self.generate_requests = 0
+        self.authorizations: list[str | None] = []  # the Authorization header of each /generate
         self._lock = threading.Lock()
         proxy = self
 
@@ -36,6 +37,7 @@ class FaultyProxy:
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("content-length", 0)))
                 if self.path == "/generate":
+                    proxy.authorizations.append(self.headers.get("authorization"))
                     fault = proxy._next_fault()
                     if fault in ("503", "429"):
                         payload = {"error": "injected fault", "error_type": "overloaded"}

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import logging
+import socket
 from collections.abc import Iterator
 
 import pytest
@@ -10,7 +14,9 @@ from lmrc import docred
 from lmrc.classifier.artifact import DEFAULT_ADAPTER_DIR, load_config
 from lmrc.classifier.prompt import docred_labels
 from lmrc.classifier.service import ClassifierHandler, ClassifierSettings, build_runtime
-from lmrc.contracts import CandidatePair, CandidateSetEvent, RelationSetEvent, event_id
+from lmrc.classifier.tgi_client import RetryPolicy, TgiClient, TgiUnavailableError
+from lmrc.contracts import CandidatePair, CandidateSetEvent, RelationSetEvent, ScoredRelation, event_id
+from lmrc.contracts.tgi import GenerateRequest
 from lmrc.local.broker import LocalBroker
 from lmrc.local.llm.local_server import LocalTgiServer
 from lmrc.runtime import KafkaSettings
@@ -28,6 +34,11 @@ from tests.helpers import (
 pytestmark = pytest.mark.broker
 
 ADAPTER = load_config(DEFAULT_ADAPTER_DIR)
+# A shortlist as the proposer gives one for a `country` pair: the gold relation on top.
+SHORTLIST = [
+    ScoredRelation(relation_id=relation_id, probability=probability)
+    for relation_id, probability in [("P17", 0.86), ("P131", 0.31), ("P27", 0.12), ("P150", 0.04)]
+]
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +50,7 @@ def candidates() -> CandidateSetEvent:
     return CandidateSetEvent(
         event_id=event_id(document.doc_id, "test"),
         doc_id=document.doc_id,
-        pairs=[CandidatePair(head=h, tail=t, score=0.9) for h, t in pairs],
+        pairs=[CandidatePair(head=h, tail=t, score=0.9, shortlist=SHORTLIST) for h, t in pairs],
         pairs_scored=document.pair_count(),
         proposer_model_version="rcp-test",
         document=document,
@@ -78,6 +89,7 @@ def classifier_settings(
         "tgi_backoff_initial_seconds": 0.05,
         "tgi_backoff_max_seconds": 0.2,
         "tgi_max_attempts": 3,
+        "decision": "llm",  # what the LLM answers, not the encoder's probabilities
     }
     fields.update(overrides)
     return ClassifierSettings(**fields)
@@ -195,6 +207,22 @@ def test_an_answer_outside_the_label_set_fails_that_pair_only(
     assert proxy.generate_requests == 2  # not retried: the answer, not the server, was at fault
 
 
+def test_a_pair_without_a_shortlist_fails_by_name_without_asking_tgi(
+    broker: LocalBroker, unique: str, proxy: FaultyProxy, candidates: CandidateSetEvent
+) -> None:
+    """A proposer without a relation head gives no options to choose from: nothing to ask."""
+    bare = first_pairs(candidates, 1)
+    bare = bare.model_copy(update={"pairs": [bare.pairs[0].model_copy(update={"shortlist": []})]})
+    settings = classifier_settings(broker, unique, proxy.url)
+    runtime = build_runtime(settings)
+    with running(runtime):
+        produce(broker.bootstrap_servers, settings.input_topic, encoded(bare))
+        wait_committed(broker.bootstrap_servers, settings.group_id, settings.input_topic, {0: 1}, timeout=60)
+    (failed,) = relation_set(broker, settings).failed_pairs
+    assert failed.error_class == "NoShortlist" and "relation head" in failed.error_message
+    assert proxy.generate_requests == 0
+
+
 def test_an_open_circuit_pauses_the_service_and_loses_nothing(
     broker: LocalBroker, unique: str, proxy: FaultyProxy, candidates: CandidateSetEvent
 ) -> None:
@@ -274,3 +302,28 @@ def test_the_service_refuses_an_adapter_trained_on_another_prompt() -> None:
     config = ADAPTER.model_copy(update={"prompt_version": "lmrc-rc-v0"})
     with pytest.raises(ValueError, match="prompt"):
         ClassifierHandler(ClassifierSettings(), config)
+
+
+def test_credentials_in_the_tgi_url_become_basic_auth_and_never_reach_messages_or_logs(
+    proxy: FaultyProxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    request = GenerateRequest(inputs="x")
+    with_credentials = proxy.url.replace("http://", "http://reader:s3cret@")
+
+    async def ask(url: str) -> str:
+        async with TgiClient(url, "redaction-test", retry=RetryPolicy(max_attempts=1)) as client:
+            try:
+                return (await client.generate(request)).generated_text
+            except TgiUnavailableError as error:
+                return str(error)
+
+    proxy.faults.append("garbage")  # answered by the proxy itself: no model call needed
+    assert asyncio.run(ask(with_credentials)).startswith("I think")
+    assert proxy.authorizations == ["Basic " + base64.b64encode(b"reader:s3cret").decode()]
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        closed_port = free.getsockname()[1]
+    message = asyncio.run(ask(f"http://reader:s3cret@127.0.0.1:{closed_port}"))
+    assert message.startswith(f"cannot reach http://127.0.0.1:{closed_port}")
+    assert "s3cret" not in message and "s3cret" not in caplog.text

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 
 import pytest
 
 from lmrc import docred
+from lmrc.classifier.artifact import Decision
 from lmrc.classifier.prompt import (
     PROMPT_VERSION,
+    Option,
     UnparseableAnswerError,
     answer_regex,
     build_prompt,
@@ -30,9 +33,12 @@ def document():
     return docred.to_document_event(docred.load_split("validation")[0])
 
 
+OPTIONS = [Option("P17", 0.91), Option("P131", 0.42), Option("P27", 0.08), Option("P150", 0.01)]
+
+
 def test_label_set_is_docreds_96_relations() -> None:
     assert len(LABELS.names) == 96
-    assert LABELS.names["P17"] == "country" and PROMPT_VERSION == "lmrc-rc-v1"
+    assert LABELS.names["P17"] == "country" and PROMPT_VERSION == "lmrc-rc-v2"
 
 
 def test_every_mention_is_marked_with_its_entity_id(document) -> None:
@@ -43,73 +49,80 @@ def test_every_mention_is_marked_with_its_entity_id(document) -> None:
 
 
 def test_pairs_of_a_document_share_everything_but_the_pair(document) -> None:
-    prompts = [build_prompt(document, h, t, LABELS) for h, t in [(0, 1), (1, 0), (2, 3)]]
-    prefix = document_prefix(document, LABELS)
+    prompts = [build_prompt(document, h, t, OPTIONS, LABELS) for h, t in [(0, 1), (1, 0), (2, 3)]]
+    prefix = document_prefix(document)
     assert all(p.startswith(prefix) for p in prompts)
     assert len({p[len(prefix) :] for p in prompts}) == 3
-    suffix = pair_suffix(document, 2, 3)
+    suffix = pair_suffix(document, 2, 3, OPTIONS, LABELS)
     assert suffix.startswith("### Pair\nHead: E2 ") and "\nTail: E3 " in suffix
     assert f"({document.entities[2].type})" in suffix
     assert prompts[2].endswith("### Answer\n") and len(suffix) < len(prefix) / 5
 
 
+def test_the_shortlist_is_shown_as_lettered_options_best_first(document) -> None:
+    suffix = pair_suffix(document, 0, 1, OPTIONS, LABELS)
+    assert (
+        "### Candidates\nA. country (0.91)\n"
+        "B. located in the administrative territorial entity (0.42)\n"
+        "C. country of citizenship (0.08)\nD. contains administrative territorial entity (0.01)\n"
+    ) in suffix
+    with pytest.raises(ValueError):
+        pair_suffix(document, 0, 1, [], LABELS)
+
+
 def test_grammar_accepts_exactly_the_valid_answers() -> None:
-    grammar = re.compile(answer_regex(LABELS))
-    names = list(LABELS.names.values())
-    for name in names:
-        assert grammar.fullmatch(format_answer([name], LABELS))
-    assert grammar.fullmatch(format_answer([], LABELS)) and format_answer([], LABELS) == "none\n"
-    assert grammar.fullmatch(
-        format_answer(["country", "located in the administrative territorial entity"], LABELS)
-    )
-    for bad in [
-        "country",
-        "Country\n",
-        "none; country\n",
-        "country;country\n",
-        "maybe\n",
-        "\n",
-        "country; \n",
-    ]:
+    grammar = re.compile(answer_regex(4))
+    valid = {"none\n"} | {
+        ",".join(subset) + "\n" for size in range(1, 5) for subset in itertools.combinations("ABCD", size)
+    }
+    assert len(valid) == 16
+    for answer in valid:
+        assert grammar.fullmatch(answer), answer
+    for bad in ["A", "a\n", "E\n", "B,A\n", "A,A\n", "A, B\n", "none,A\n", "\n", "A,\n", "country\n"]:
         assert not grammar.fullmatch(bad), bad
+    assert grammar.fullmatch(format_answer([2, 0])) and format_answer([2, 0]) == "A,C\n"
+    assert format_answer([]) == "none\n"
+    assert not re.compile(answer_regex(2)).fullmatch("C\n")
 
 
-def test_parse_answer_round_trips_and_rejects_unknown_names() -> None:
-    answer = format_answer(["located in the administrative territorial entity", "country"], LABELS)
-    assert answer == "country; located in the administrative territorial entity\n"
-    assert parse_answer(answer, LABELS) == ["country", "located in the administrative territorial entity"]
-    assert parse_answer("none\n", LABELS) == []
-    assert parse_answer("country; country", LABELS) == ["country"]
-    for bad in ["", "capital city\n", "country, spouse"]:
+def test_parse_answer_gives_option_indices_and_rejects_the_rest() -> None:
+    assert parse_answer("A,C\n", 4) == [0, 2]
+    assert parse_answer("none\n", 4) == []
+    assert parse_answer("B,B", 2) == [1]
+    for bad in ["", "C\n", "country\n", "A;B\n", "AB\n"]:
         with pytest.raises(UnparseableAnswerError):
-            parse_answer(bad, LABELS)
+            parse_answer(bad, 2)
 
 
-def test_confidence_is_the_probability_of_the_tokens_spelling_each_relation() -> None:
+def test_the_decision_combines_the_llm_answer_with_the_encoder() -> None:
+    llm_alone = Decision()
+    assert llm_alone.keep(True, 0.01) and not llm_alone.keep(False, 0.99)
+    tuned = Decision(encoder_keep_probability=0.8, llm_min_probability=0.1)
+    assert tuned.keep(True, 0.5) and tuned.keep(False, 0.85)
+    assert not tuned.keep(True, 0.05) and not tuned.keep(False, 0.79)
+
+
+def test_confidence_is_the_probability_of_the_tokens_spelling_each_letter() -> None:
     tokens = [
-        Token(id=1, text="country", logprob=-0.1),
-        Token(id=2, text=";", logprob=-0.5),
-        Token(id=3, text=" spouse", logprob=-1.0),
+        Token(id=1, text="A", logprob=-0.1),
+        Token(id=2, text=",", logprob=-0.5),
+        Token(id=3, text="C", logprob=-1.0),
         Token(id=4, text="\n", logprob=0.0),
         Token(id=5, text="<|im_end|>", logprob=0.0, special=True),
     ]
     response = GenerateResponse(
-        generated_text="country; spouse\n",
+        generated_text="A,C\n",
         details=Details(finish_reason="eos_token", generated_tokens=5, tokens=tokens),
     )
-    confidences = label_confidences(response, ["country", "spouse"])
-    assert confidences["country"] == pytest.approx(0.904837, rel=1e-4)
-    assert confidences["spouse"] == pytest.approx(0.367879, rel=1e-4)
-    assert label_confidences(GenerateResponse(generated_text="country\n"), ["country"]) == {"country": 1.0}
-    nested = [  # "country" inside "country of citizenship" must not be taken for the second name
-        Token(id=1, text="country of citizenship", logprob=-0.2),
-        Token(id=2, text="; country", logprob=-2.0),
-        Token(id=3, text="\n", logprob=0.0),
-    ]
+    confidences = label_confidences(response, ["A", "C"])
+    assert confidences["A"] == pytest.approx(0.904837, rel=1e-4)
+    assert confidences["C"] == pytest.approx(0.367879, rel=1e-4)
+    assert label_confidences(GenerateResponse(generated_text="A\n"), ["A"]) == {"A": 1.0}
+    merged = [Token(id=1, text="A", logprob=-0.2), Token(id=2, text=",B", logprob=-2.0)]
     response = GenerateResponse(
-        generated_text="country of citizenship; country\n",
-        details=Details(finish_reason="eos_token", generated_tokens=3, tokens=nested),
+        generated_text="A,B\n",
+        details=Details(finish_reason="eos_token", generated_tokens=2, tokens=merged),
     )
-    confidences = label_confidences(response, ["country", "country of citizenship"])
-    assert confidences["country of citizenship"] == pytest.approx(0.818731, rel=1e-4)
-    assert confidences["country"] == pytest.approx(0.135335, rel=1e-4)
+    confidences = label_confidences(response, ["A", "B"])  # a token spelling ",B" counts for B
+    assert confidences["A"] == pytest.approx(0.818731, rel=1e-4)
+    assert confidences["B"] == pytest.approx(0.135335, rel=1e-4)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from lmrc import docred
+from lmrc.cli import format_relations
 from lmrc.cli import main as lmrc_main
 from lmrc.contracts import Relation, RelationSetEvent
 from lmrc.local.broker import LocalBroker
@@ -196,3 +197,26 @@ def test_graph_cli_queries_and_exports(
     ns = {"g": "http://graphml.graphdrawing.org/xmlns"}
     assert len(root.findall(".//g:node", ns)) == counts.entities
     assert len(root.findall(".//g:edge", ns)) == counts.relations
+
+
+def test_control_characters_in_names_are_escaped_on_the_terminal_and_in_graphml(
+    events: list[Relation], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    hostile = events[0].model_copy(
+        update={"head": events[0].head.model_copy(update={"name": "Red\x1b[31m Star\x01\u202e"})}
+    )
+    path = tmp_path / "graph.lbug"
+    store = LadybugGraphStore(path)
+    store.upsert([hostile])
+    store.close()
+    graph = ["graph", "--backend", "ladybug", "--path", str(path)]
+    assert lmrc_main([*graph, "relations"]) == 0
+    table = capsys.readouterr().out
+    assert "Red\\x1b[31m Star\\x01\\u202e" in table and "\x1b" not in table and "\x01" not in table
+    assert lmrc_main([*graph, "export", "--format", "graphml", "--out", str(tmp_path / "g.graphml")]) == 0
+    names = [
+        data.text for data in ET.parse(tmp_path / "g.graphml").getroot().iter() if data.get("key") == "name"
+    ]
+    assert "Red\\x1b[31m Star\\x01\u202e" in names  # well-formed XML; the bidi mark is valid there
+    tailed = format_relations(relation_sets([hostile])[0].model_dump(mode="json"))  # `lmrc tail`
+    assert "Red\\x1b[31m Star\\x01\\u202e" in tailed and "\x1b" not in tailed

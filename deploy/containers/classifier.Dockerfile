@@ -12,7 +12,7 @@ COPY lmrc ./lmrc
 RUN python -m venv /opt/venv && /opt/venv/bin/pip install --no-cache-dir ".[classifier]"
 
 FROM ${PYTHON_BASE}
-ARG MODEL_DIR=models/classifier/rc-smollm2-135m-lora-v1
+ARG MODEL_DIR=models/classifier/rc-smollm2-135m-lora-v2
 RUN useradd --uid 10001 --no-create-home --shell /usr/sbin/nologin lmrc
 COPY --from=build /opt/venv /opt/venv
 COPY ${MODEL_DIR}/classifier.json /models/classifier/classifier.json

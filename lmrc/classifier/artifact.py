@@ -10,14 +10,31 @@ from pydantic import BaseModel, Field
 
 from lmrc.paths import REPO_ROOT
 
-DEFAULT_ADAPTER_DIR = REPO_ROOT / "models" / "classifier" / "rc-smollm2-135m-lora-v1"
+DEFAULT_ADAPTER_DIR = REPO_ROOT / "models" / "classifier" / "rc-smollm2-135m-lora-v2"
 CONFIG_FILE = "classifier.json"
+
+
+class Decision(BaseModel):
+    """How the LLM's answer and the encoder's probabilities make a pair's relations (tuned on the
+    validation split by ``lmrc classifier tune``): an option is kept when the LLM chose it and the
+    encoder gives it at least ``llm_min_probability``, or when the encoder alone gives it at least
+    ``encoder_keep_probability`` (None: never). The default is the LLM's answer alone."""
+
+    encoder_keep_probability: float | None = Field(default=None, ge=0.0, le=1.0)
+    llm_min_probability: float = Field(default=0.0, ge=0.0, le=1.0)
+    validation: dict[str, Any] = Field(default_factory=dict, description="What the tuning measured.")
+
+    def keep(self, chosen_by_llm: bool, probability: float) -> bool:
+        if chosen_by_llm and probability >= self.llm_min_probability:
+            return True
+        return self.encoder_keep_probability is not None and probability >= self.encoder_keep_probability
 
 
 class ClassifierConfig(BaseModel):
     version: str
     prompt_version: str
     base_model: str = Field(description="What the adapter was trained on; TGI must serve this model.")
+    decision: Decision = Field(default_factory=Decision)
     training: dict[str, Any] = Field(default_factory=dict)
     evaluation: dict[str, Any] = Field(default_factory=dict)
 

@@ -1,36 +1,40 @@
 """The one prompt template of the relation classifier (versioned), its answer grammar and parser.
 
-Layout, for TGI's prefix cache: what every request shares comes first (task and relation set),
-then what all pairs of one document share (the document, with every entity mention marked by its
-entity id), and only then the pair (head and tail ids, names, types). All pairs of a document
-thus share all but their last few dozen tokens.
+Prompt ``lmrc-rc-v2``: the LLM chooses from the proposer's shortlist (LMRC's second stage). Layout,
+for TGI's prefix cache: what all pairs of one document share comes first (the task, the document
+with every entity mention marked by its entity id), and only then the pair: head and tail, and
+the encoder's ranked candidate relations as lettered options with their probabilities. All pairs
+of a document thus share all but their last few dozen tokens.
 
-The answer is the relation names in label-set order separated by ``"; "``, or ``none``, and ends
-with a newline. The newline is part of the grammar on purpose: outlines-core (TGI's grammar
-engine) drops transitions out of an accepting state into a loop, so ``L(; L)*`` without a
-terminator would forbid a second label.
+The answer is the letters of the options that hold, in option order, separated by ``","``, or
+``none``, and ends with a newline: one or a few tokens. The newline is part of the grammar on
+purpose: outlines-core (TGI's grammar engine) drops transitions out of an accepting state into a
+loop, so an answer without a terminator could not be followed by a second letter.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
 from lmrc.contracts import DocumentEvent
 
-PROMPT_VERSION = "lmrc-rc-v1"
+PROMPT_VERSION = "lmrc-rc-v2"
 NO_RELATION = "none"
-SEPARATOR = "; "
+SEPARATOR = ","
+OPTION_LETTERS = "ABCDEFGHIJ"
 TERMINATOR = "\n"
 LABELS_FILE = Path(__file__).parent / "docred_relations.json"
 
 INSTRUCTION = (
-    "Read the document. Each entity mention is marked as [E<id> mention]. Decide which of the "
-    "relations below hold from the head entity to the tail entity according to the document. "
-    'Answer with the relation names separated by "; ", or "none" when no relation holds.'
+    "Read the document. Each entity mention is marked as [E<id> mention]. For the head and tail "
+    "entities below, a classifier proposes candidate relations from the head to the tail, with its "
+    "probability. Decide which candidates hold according to the document. Answer with their letters "
+    'separated by ",", or "none" when none holds.'
 )
 
 
@@ -39,13 +43,6 @@ class LabelSet:
     """The predefined relations: Wikidata P-id -> name, in a fixed order."""
 
     names: dict[str, str]
-
-    @property
-    def ids_by_name(self) -> dict[str, str]:
-        return {name: pid for pid, name in self.names.items()}
-
-    def ordered(self, names: set[str]) -> list[str]:
-        return [name for name in self.names.values() if name in names]
 
 
 @cache
@@ -56,7 +53,7 @@ def docred_labels(path: Path = LABELS_FILE) -> LabelSet:
 
 
 class UnparseableAnswerError(ValueError):
-    """The model's answer is not a list of known relation names nor ``none``."""
+    """The model's answer is not a list of option letters nor ``none``."""
 
 
 def mark_document(document: DocumentEvent) -> str:
@@ -88,49 +85,66 @@ def _entity_line(role: str, document: DocumentEvent, index: int) -> str:
     return f"{role}: E{index} {entity.name} ({entity.type}); mentions: {names}"
 
 
-def document_prefix(document: DocumentEvent, labels: LabelSet) -> str:
+@dataclass(frozen=True)
+class Option:
+    """One candidate relation shown to the LLM: Wikidata P-id and the encoder's probability."""
+
+    relation_id: str
+    probability: float
+
+
+def document_prefix(document: DocumentEvent) -> str:
     """Everything before the pair: identical for all pairs of ``document``."""
-    relation_list = "\n".join(labels.names.values())
-    return (
-        f"### Instruction\n{INSTRUCTION}\n\n### Relations\n{relation_list}\n\n"
-        f"### Document\n{mark_document(document)}\n\n"
+    return f"### Instruction\n{INSTRUCTION}\n\n### Document\n{mark_document(document)}\n\n"
+
+
+def pair_suffix(
+    document: DocumentEvent, head: int, tail: int, options: Sequence[Option], labels: LabelSet
+) -> str:
+    """The pair and its lettered options (best first), then the answer cue."""
+    if not 1 <= len(options) <= len(OPTION_LETTERS):
+        raise ValueError(f"a pair needs 1 to {len(OPTION_LETTERS)} options, got {len(options)}")
+    lines = "\n".join(
+        f"{letter}. {labels.names[option.relation_id]} ({option.probability:.2f})"
+        for letter, option in zip(OPTION_LETTERS, options, strict=False)
     )
-
-
-def pair_suffix(document: DocumentEvent, head: int, tail: int) -> str:
     return (
         f"### Pair\n{_entity_line('Head', document, head)}\n{_entity_line('Tail', document, tail)}\n\n"
-        "### Answer\n"
+        f"### Candidates\n{lines}\n\n### Answer\n"
     )
 
 
-def build_prompt(document: DocumentEvent, head: int, tail: int, labels: LabelSet) -> str:
-    return document_prefix(document, labels) + pair_suffix(document, head, tail)
+def build_prompt(
+    document: DocumentEvent, head: int, tail: int, options: Sequence[Option], labels: LabelSet
+) -> str:
+    return document_prefix(document) + pair_suffix(document, head, tail, options, labels)
 
 
-def format_answer(names: list[str], labels: LabelSet) -> str:
-    """The target text for training: names in label-set order, or ``none``."""
-    ordered = labels.ordered(set(names))
-    return (SEPARATOR.join(ordered) if ordered else NO_RELATION) + TERMINATOR
+def format_answer(chosen: Sequence[int]) -> str:
+    """The target text for training: the chosen options' letters in option order, or ``none``."""
+    letters = [OPTION_LETTERS[index] for index in sorted(set(chosen))]
+    return (SEPARATOR.join(letters) if letters else NO_RELATION) + TERMINATOR
 
 
-def answer_regex(labels: LabelSet) -> str:
-    """A regex (TGI ``grammar`` of type ``regex``) whose matches are exactly the valid answers."""
-    # Longest first, so that a regex engine without backtracking preferences still sees every name.
-    names = sorted(labels.names.values(), key=len, reverse=True)
-    alternatives = "|".join(re.escape(name) for name in names)
+def answer_regex(option_count: int) -> str:
+    """A regex (TGI ``grammar`` of type ``regex``) whose matches are exactly the valid answers for
+    ``option_count`` options: ``none``, or a non-empty subset of the letters in option order."""
+    letters = OPTION_LETTERS[:option_count]
     separator = re.escape(SEPARATOR)
-    return f"({NO_RELATION}|({alternatives})({separator}({alternatives}))*)\\n"
+    subsets = "|".join(
+        letter + "".join(f"({separator}{later})?" for later in letters[position + 1 :])
+        for position, letter in enumerate(letters)
+    )
+    return f"({NO_RELATION}|{subsets})\\n"
 
 
-def parse_answer(text: str, labels: LabelSet) -> list[str]:
-    """Relation names from an answer (deduplicated, label-set order); [] for ``none``."""
+def parse_answer(text: str, option_count: int) -> list[int]:
+    """The chosen option indices (deduplicated, in order) from an answer; [] for ``none``."""
     answer = text.strip()
     if answer == NO_RELATION:
         return []
-    known = set(labels.names.values())
-    names = [part.strip() for part in answer.split(SEPARATOR.strip())]
-    unknown = [name for name in names if name not in known]
-    if not answer or unknown:
-        raise UnparseableAnswerError(f"not a relation list: {text[:200]!r} (unknown: {unknown[:5]})")
-    return labels.ordered(set(names))
+    letters = [part.strip() for part in answer.split(SEPARATOR)]
+    valid = OPTION_LETTERS[:option_count]
+    if not answer or any(len(letter) != 1 or letter not in valid for letter in letters):
+        raise UnparseableAnswerError(f"not a list of option letters {valid}: {text[:200]!r}")
+    return sorted({valid.index(letter) for letter in letters})

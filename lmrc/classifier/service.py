@@ -1,9 +1,13 @@
 """The classifier service: CandidateSetEvents in, one RelationSetEvent per document out.
 
-A document's candidate pairs are sent to TGI concurrently, side by side, so that TGI's prefix
-cache serves their shared document prefix. Per pair:
-- an answer with relations: one Relation each in the document's set (confidence from the
-  answer's token log-probabilities); ``none``: nothing (counted);
+The LLM chooses from each pair's shortlist (prompt v2): the proposer's top relations are shown as
+lettered options with the encoder's probabilities, and the grammar admits only subsets of those
+letters, or ``none``. A document's candidate pairs are sent to TGI concurrently, side by side, so
+that TGI's prefix cache serves their shared document prefix. Per pair:
+- an answer with letters: one Relation per chosen option in the document's set (confidence from
+  the letter's token log-probability); ``none``: nothing (counted);
+- a pair without a shortlist (a proposer without a relation head) cannot be asked: it is listed
+  in ``failed_pairs`` (``NoShortlist``);
 - TGI refused the request, failed after all retries on this pair alone, or answered something
   unparseable: the pair is listed in the set's ``failed_pairs`` with the reason (counted), the
   rest of the document goes on;
@@ -20,25 +24,34 @@ import logging
 import math
 from collections.abc import Coroutine, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from lmrc.classifier import metrics
-from lmrc.classifier.artifact import DEFAULT_ADAPTER_DIR, ClassifierConfig, load_config
+from lmrc.classifier.artifact import DEFAULT_ADAPTER_DIR, ClassifierConfig, Decision, load_config
 from lmrc.classifier.prompt import (
+    OPTION_LETTERS,
     PROMPT_VERSION,
     SEPARATOR,
     TERMINATOR,
     LabelSet,
+    Option,
     UnparseableAnswerError,
     answer_regex,
     build_prompt,
     docred_labels,
     parse_answer,
 )
-from lmrc.classifier.tgi_client import CircuitBreaker, CircuitOpenError, RetryPolicy, TgiClient, TgiError
+from lmrc.classifier.tgi_client import (
+    CircuitBreaker,
+    CircuitOpenError,
+    RetryPolicy,
+    TgiClient,
+    TgiError,
+    redact_url,
+)
 from lmrc.contracts import (
     CandidatePair,
     CandidateSetEvent,
@@ -94,13 +107,23 @@ class ClassifierSettings(ServiceSettings):
     tgi_backoff_max_seconds: float = Field(default=8.0, gt=0)
     circuit_failure_threshold: int = Field(default=20, ge=1, description="Consecutive failures.")
     circuit_reset_seconds: float = Field(default=15.0, gt=0)
-    max_new_tokens: int = Field(default=64, ge=4)
+    max_new_tokens: int = Field(default=32, ge=4)
+    decision: Literal["tuned", "llm"] = Field(
+        default="tuned",
+        description="tuned: the adapter's validation-tuned combination of the LLM's answer and the "
+        "encoder's probabilities (classifier.json); llm: the LLM's answer alone.",
+    )
+    max_options: int | None = Field(
+        default=None,
+        ge=1,
+        le=len(OPTION_LETTERS),
+        description="Shortlist entries shown per pair (None: as many as the adapter was trained with).",
+    )
 
 
 def label_confidences(response: GenerateResponse, names: list[str]) -> dict[str, float]:
-    """Per relation: exp(sum of the log-probabilities of the tokens that spell it).
-
-    Without token details (a server that omits them), every relation gets 1.0.
+    """Per answer part (an option letter): exp(sum of the log-probabilities of the tokens that
+    spell it). Without token details (a server that omits them), every part gets 1.0.
     """
     details = response.details
     if (
@@ -149,7 +172,9 @@ class ClassifierHandler(Handler[CandidateSetEvent]):
         self.labels = labels or docred_labels()
         self.service = settings.service_name
         metrics.initialize_pairs(self.service)
-        self.grammar = Grammar(type="regex", value=answer_regex(self.labels))
+        trained_options = int(config.training.get("shortlist_size", len(OPTION_LETTERS)))
+        self.max_options = settings.max_options or trained_options
+        self.decision = config.decision if settings.decision == "tuned" else Decision()
         self._loop: asyncio.AbstractEventLoop | None = None
         self.client = TgiClient(
             settings.tgi_url,
@@ -185,14 +210,24 @@ class ClassifierHandler(Handler[CandidateSetEvent]):
         self._loop.close()
         self._loop = None
 
-    def request_for(self, candidates: CandidateSetEvent, pair: CandidatePair) -> GenerateRequest:
+    def options_for(self, pair: CandidatePair) -> list[Option]:
+        """The pair's shortlist as the LLM sees it: best first, at most ``max_options``."""
+        return [
+            Option(scored.relation_id, scored.probability)
+            for scored in pair.shortlist[: self.max_options]
+            if scored.relation_id in self.labels.names
+        ]
+
+    def request_for(
+        self, candidates: CandidateSetEvent, pair: CandidatePair, options: list[Option]
+    ) -> GenerateRequest:
         return GenerateRequest(
-            inputs=build_prompt(candidates.document, pair.head, pair.tail, self.labels),
+            inputs=build_prompt(candidates.document, pair.head, pair.tail, options, self.labels),
             parameters=GenerateParameters(
                 adapter_id=self.settings.tgi_adapter_id,
                 details=True,
                 do_sample=False,
-                grammar=self.grammar,
+                grammar=Grammar(type="regex", value=answer_regex(len(options))),
                 max_new_tokens=self.settings.max_new_tokens,
             ),
         )
@@ -253,9 +288,16 @@ class ClassifierHandler(Handler[CandidateSetEvent]):
         self, candidates: CandidateSetEvent, pair: CandidatePair
     ) -> list[Relation] | UnprocessableMessageError | CircuitOpenError:
         """The pair's relations, or why there are none to give (never raises for TGI trouble)."""
+        options = self.options_for(pair)
+        if not options:
+            return UnprocessableMessageError(
+                "NoShortlist",
+                "the pair has no relation shortlist to choose from (a proposer with a relation head "
+                "is needed)",
+            )
         try:
-            response = await self.client.generate(self.request_for(candidates, pair))
-            names = parse_answer(response.generated_text, self.labels)
+            response = await self.client.generate(self.request_for(candidates, pair, options))
+            chosen = parse_answer(response.generated_text, len(options))
         except CircuitOpenError as error:
             return error
         except TgiError as error:
@@ -267,20 +309,26 @@ class ClassifierHandler(Handler[CandidateSetEvent]):
             return UnprocessableMessageError(error.error_class, str(error))
         except UnparseableAnswerError as error:
             return UnprocessableMessageError("UnparseableAnswer", str(error))
-        return self.relations(candidates, pair, names, label_confidences(response, names))
+        confidences = label_confidences(response, [OPTION_LETTERS[index] for index in chosen])
+        return self.relations(
+            candidates,
+            pair,
+            [
+                # An option the encoder alone keeps carries the encoder's probability.
+                (option.relation_id, confidences.get(OPTION_LETTERS[index], option.probability))
+                for index, option in enumerate(options)
+                if self.decision.keep(index in chosen, option.probability)
+            ],
+        )
 
     def models(self, candidates: CandidateSetEvent) -> ModelVersions:
         return ModelVersions(proposer=candidates.proposer_model_version, classifier=self.config.version)
 
     def relations(
-        self,
-        candidates: CandidateSetEvent,
-        pair: CandidatePair,
-        names: list[str],
-        confidences: dict[str, float],
+        self, candidates: CandidateSetEvent, pair: CandidatePair, chosen: list[tuple[str, float]]
     ) -> list[Relation]:
+        """Relations for the chosen (P-id, confidence) options of a pair."""
         document = candidates.document
-        ids = self.labels.ids_by_name
 
         def ref(index: int) -> EntityRef:
             entity = document.entities[index]
@@ -288,19 +336,19 @@ class ClassifierHandler(Handler[CandidateSetEvent]):
 
         return [
             Relation(
-                event_id=event_id(candidates.doc_id, pair.head, pair.tail, ids[name]),
+                event_id=event_id(candidates.doc_id, pair.head, pair.tail, relation_id),
                 doc_id=candidates.doc_id,
                 doc_title=document.title,
                 head=ref(pair.head),
                 tail=ref(pair.tail),
-                relation_id=ids[name],
-                relation_name=name,
-                confidence=confidences[name],
+                relation_id=relation_id,
+                relation_name=self.labels.names[relation_id],
+                confidence=confidence,
                 models=self.models(candidates),
                 source=document.source,
                 proposed_at=candidates.proposed_at,
             )
-            for name in names
+            for relation_id, confidence in chosen
         ]
 
     def relation_set(
@@ -328,7 +376,7 @@ def build_runtime(settings: ClassifierSettings) -> ServiceRuntime:
         "classifier %s (prompt %s) on %s, adapter %s",
         config.version,
         config.prompt_version,
-        settings.tgi_url,
+        redact_url(settings.tgi_url),
         settings.tgi_adapter_id,
     )
     return ServiceRuntime(settings, handler)

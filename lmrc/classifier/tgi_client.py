@@ -6,7 +6,10 @@
 - a circuit breaker: after ``failure_threshold`` consecutive failures no request is sent for
   ``reset_seconds``, then one trial request decides; callers get :class:`CircuitOpenError` and
   should pause rather than give up on their input;
-- 4xx answers other than 429 are the request's fault: no retry (:class:`TgiRejectedError`).
+- 4xx answers other than 429 are the request's fault: no retry (:class:`TgiRejectedError`);
+- credentials in the URL (``https://user:password@host``) are taken out of it and sent as HTTP
+  basic auth, so that no log line, metric or error message (which reaches ``failed_pairs``)
+  carries them.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import asyncio
 import random
 import time
 from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 from pydantic import ValidationError
@@ -47,6 +51,28 @@ class TgiRejectedError(TgiError):
 
 class CircuitOpenError(TgiError):
     error_class = "TgiCircuitOpen"
+
+
+def split_credentials(url: str) -> tuple[str, httpx.BasicAuth | None]:
+    """The URL without its user information, and that user information as basic auth."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url, None
+    host = parts.hostname or ""
+    netloc = f"[{host}]" if ":" in host else host
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    bare = urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    return bare, httpx.BasicAuth(parts.username or "", parts.password or "")
+
+
+def redact_url(url: str) -> str:
+    """For logs: the URL with any user information replaced by ``***``."""
+    bare, auth = split_credentials(url)
+    if auth is None:
+        return url
+    parts = urlsplit(bare)
+    return urlunsplit((parts.scheme, f"***@{parts.netloc}", parts.path, parts.query, parts.fragment))
 
 
 @dataclass(frozen=True)
@@ -106,7 +132,7 @@ class TgiClient:
         breaker: CircuitBreaker | None = None,
         api_token: str | None = None,
     ) -> None:
-        self.base_url = base_url.rstrip("/")
+        self.base_url, self.auth = split_credentials(base_url.rstrip("/"))
         self.service = service
         self.timeout_seconds = timeout_seconds
         self.max_concurrency = max_concurrency
@@ -127,6 +153,7 @@ class TgiClient:
         self._http = httpx.AsyncClient(
             base_url=self.base_url,
             headers=self.headers,
+            auth=self.auth,
             timeout=httpx.Timeout(self.timeout_seconds),
             limits=httpx.Limits(max_connections=self.max_concurrency),
         )

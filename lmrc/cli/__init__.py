@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from lmrc import docred
+from lmrc.contracts.text import printable
 from lmrc.docred import evaluation
 from lmrc.topology import TOPICS
 
@@ -71,7 +72,7 @@ def _publish(args: argparse.Namespace) -> int:
 
 def format_relations(value: Any) -> str:
     """A relation set as one line per relation (a document without any says so); anything else
-    (a poison message) as it came."""
+    (a poison message) as it came. Control characters are shown escaped, never sent raw."""
     from pydantic import ValidationError
 
     from lmrc.contracts import RelationSetEvent
@@ -79,12 +80,14 @@ def format_relations(value: Any) -> str:
     try:
         event = RelationSetEvent.model_validate(value)
     except ValidationError:
-        return value if isinstance(value, str) else json.dumps(value)
+        return printable(value) if isinstance(value, str) else json.dumps(value)
     if not event.relations:
-        return f"{event.doc_id}: no relations ({event.candidate_pairs} candidate pairs)"
+        return printable(f"{event.doc_id}: no relations ({event.candidate_pairs} candidate pairs)")
     return "\n".join(
-        f"{event.doc_id}: {r.head.name} ({r.head.type}) --{r.relation_id} {r.relation_name}--> "
-        f"{r.tail.name} ({r.tail.type})  {r.confidence:.2f}"
+        printable(
+            f"{event.doc_id}: {r.head.name} ({r.head.type}) --{r.relation_id} {r.relation_name}--> "
+            f"{r.tail.name} ({r.tail.type})  {r.confidence:.2f}"
+        )
         for r in event.relations
     )
 
@@ -211,7 +214,11 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run the whole pipeline locally (broker, TGI, services, graph)")
     run.add_argument("--input", type=Path, help="DocRED JSON or JSON lines (default: holdout split)")
     run.add_argument("--limit", type=int, help="only the first N documents (holdout default: 3)")
-    run.add_argument("--graph", type=Path, help="embedded graph directory (default: var/graph.lbug)")
+    run.add_argument(
+        "--graph",
+        type=Path,
+        help="embedded graph directory, added to (default: var/graph.lbug, emptied at the start of each run)",
+    )
     run.add_argument("--report", type=Path, help="also write the figures to this JSON file")
     run.add_argument(
         "--encoder-only",

@@ -19,26 +19,58 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     classifier = commands.add_parser("classifier", help="the relation classification (RC) LLM")
     verbs = classifier.add_subparsers(dest="verb", required=True)
 
-    train = verbs.add_parser("train", help="LoRA fine-tuning on the train split (PEFT adapter)")
+    train = verbs.add_parser("train", help="LoRA fine-tuning on the train split's out-of-fold candidates")
     train.add_argument("--out", type=Path, default=DEFAULT_ADAPTER_DIR)
+    train.add_argument(
+        "--fold-proposers",
+        type=Path,
+        nargs="+",
+        required=True,
+        help="proposer artifacts trained with --fold 0, 1, ... (in fold order)",
+    )
     train.add_argument("--version", default=defaults["version"])
     train.add_argument("--base-model", type=Path, help="checkpoint dir (default: the local SmolLM2)")
     train.add_argument("--base-model-id", default=defaults["base_model_id"], help="recorded name")
+    train.add_argument(
+        "--shortlist-size", type=int, default=defaults["shortlist_size"], help="options per pair"
+    )
     train.add_argument("--rank", type=int, default=defaults["rank"])
     train.add_argument("--alpha", type=int, default=defaults["alpha"])
     train.add_argument("--dropout", type=float, default=defaults["dropout"])
     train.add_argument("--lr", type=float, default=defaults["lr"])
     train.add_argument("--epochs", type=int, default=defaults["epochs"])
     train.add_argument("--batch-pairs", type=int, default=defaults["batch_pairs"], help="pairs per step")
-    train.add_argument("--max-docs", type=int, default=defaults["max_docs"], help="0: all train docs")
-    train.add_argument("--positives-per-doc", type=int, default=defaults["positives_per_doc"])
-    train.add_argument("--negatives-per-doc", type=int, default=defaults["negatives_per_doc"])
-    train.add_argument("--max-minutes", type=float, default=defaults["max_minutes"], help="0: no limit")
-    train.add_argument("--full-backprop", action="store_true", help="no shared prefix cache (GPU)")
+    train.add_argument("--max-docs", type=int, help="train on N documents only")
+    train.add_argument("--max-minutes", type=float, help="stop after this long")
+    train.add_argument(
+        "--prefix-gradient", action="store_true", help="backpropagate through the document prefix (GPU)"
+    )
+    train.add_argument(
+        "--validation-candidates", type=Path, help="candidates file: keep the epoch with the best offline F1"
+    )
     train.add_argument("--device", default="cpu")
     train.add_argument("--seed", type=int, default=defaults["seed"])
     train.add_argument("--threads", type=int, help="torch CPU threads")
     train.set_defaults(func=_train)
+
+    candidates = verbs.add_parser(
+        "candidates", help="a proposer's candidates and shortlists for a split (file)"
+    )
+    candidates.add_argument("--split", choices=["validation", "holdout"], default="validation")
+    candidates.add_argument("--proposer", type=Path, help="proposer artifact (default: the shipped one)")
+    candidates.add_argument("--shortlist-size", type=int, default=defaults["shortlist_size"])
+    candidates.add_argument("--out", type=Path, required=True)
+    candidates.set_defaults(func=_candidates)
+
+    offline = verbs.add_parser(
+        "offline", help="an adapter's F1 on a candidates file, in-process, beside the encoder"
+    )
+    offline.add_argument("--adapter", type=Path, default=DEFAULT_ADAPTER_DIR)
+    offline.add_argument("--candidates", type=Path, required=True)
+    offline.add_argument("--base-model", type=Path)
+    offline.add_argument("--device", default="cpu")
+    offline.add_argument("--limit", type=int, help="first N documents only")
+    offline.set_defaults(func=_offline)
 
     merge = verbs.add_parser("merge", help="fold an adapter into the base model (one checkpoint)")
     merge.add_argument("--adapter", type=Path, default=DEFAULT_ADAPTER_DIR)
@@ -46,15 +78,24 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     merge.add_argument("--base-model", type=Path)
     merge.set_defaults(func=_merge)
 
-    evaluate = verbs.add_parser("evaluate", help="RC scores on gold or proposer pairs via TGI")
+    evaluate = verbs.add_parser("evaluate", help="RC scores on a candidates file through TGI")
     evaluate.add_argument("--adapter", type=Path, default=DEFAULT_ADAPTER_DIR)
-    evaluate.add_argument("--split", choices=["train", "validation", "holdout"], default="holdout")
-    evaluate.add_argument("--pairs", choices=["gold", "proposer"], default="gold")
+    evaluate.add_argument("--candidates", type=Path, required=True, help="from lmrc classifier candidates")
     evaluate.add_argument("--limit", type=int, help="first N documents only")
     evaluate.add_argument("--tgi-url", help="a running TGI (default: start the local server)")
     evaluate.add_argument("--adapter-id", help="TGI adapter id (default: the adapter's version)")
     evaluate.add_argument("--concurrency", type=int, default=4)
+    evaluate.add_argument("--outcomes", type=Path, help="write every pair's answer here (JSON lines)")
+    evaluate.add_argument(
+        "--decision", choices=["tuned", "llm"], default="tuned", help="llm: the LLM's answer alone"
+    )
     evaluate.add_argument("--json", action="store_true")
+
+    tune = verbs.add_parser("tune", help="choose how LLM answers and encoder probabilities combine")
+    tune.add_argument("--adapter", type=Path, default=DEFAULT_ADAPTER_DIR, help="gets the decision")
+    tune.add_argument("--outcomes", type=Path, required=True, help="evaluate --decision llm --outcomes")
+    tune.add_argument("--candidates", type=Path, required=True, help="the validation candidates file")
+    tune.set_defaults(func=_tune)
     evaluate.set_defaults(func=_evaluate)
 
     benchmark = verbs.add_parser("benchmark", help="requests/s and tokens/s, prefix shared or not")
@@ -72,25 +113,58 @@ def _train(args: argparse.Namespace) -> int:
 
     options = TrainOptions(
         out=args.out,
+        fold_proposers=tuple(args.fold_proposers),
         version=args.version,
         base_model=args.base_model,
         base_model_id=args.base_model_id,
+        shortlist_size=args.shortlist_size,
         rank=args.rank,
         alpha=args.alpha,
         dropout=args.dropout,
         lr=args.lr,
         epochs=args.epochs,
         batch_pairs=args.batch_pairs,
-        max_docs=args.max_docs or None,
-        positives_per_doc=args.positives_per_doc,
-        negatives_per_doc=args.negatives_per_doc,
-        max_minutes=args.max_minutes or None,
-        full_backprop=args.full_backprop,
+        max_docs=args.max_docs,
+        max_minutes=args.max_minutes,
+        prefix_gradient=args.prefix_gradient,
+        validation_candidates=args.validation_candidates,
         device=args.device,
         seed=args.seed,
         threads=args.threads,
     )
     print(json.dumps(train(options).model_dump(mode="json"), indent=2))
+    return 0
+
+
+def _candidates(args: argparse.Namespace) -> int:
+    from lmrc import docred
+    from lmrc.classifier.training.offline import save_candidates
+    from lmrc.proposer.artifact import DEFAULT_ARTIFACT_DIR, load_config
+    from lmrc.proposer.training.candidates import score_candidates
+
+    proposer = args.proposer or DEFAULT_ARTIFACT_DIR
+    found = score_candidates(proposer, docred.load_split(args.split), args.shortlist_size)
+    save_candidates(args.out, args.split, load_config(proposer).version, args.shortlist_size, found)
+    print(f"wrote {args.out}: {sum(len(d.pairs) for d in found)} pairs of {len(found)} documents")
+    return 0
+
+
+def _offline(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from peft import PeftModel
+
+    from lmrc.classifier.prompt import docred_labels
+    from lmrc.classifier.training.offline import load_candidates, offline_scores
+    from lmrc.classifier.training.train import load_base
+
+    candidates = load_candidates(args.candidates)
+    if args.limit:
+        candidates = replace(candidates, documents=candidates.documents[: args.limit])
+    tokenizer, model = load_base(args.base_model, args.device)
+    model = PeftModel.from_pretrained(model, args.adapter).eval()
+    scores = offline_scores(model, tokenizer, docred_labels(), candidates, candidates.split, args.device)
+    print(json.dumps(asdict(scores), indent=2))
     return 0
 
 
@@ -114,24 +188,54 @@ def _tgi(url: str | None, adapter_dir: Path, adapter_id: str) -> Iterator[str]:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
     from tqdm import tqdm
 
     from lmrc.classifier.artifact import load_config
     from lmrc.classifier.service import ClassifierSettings
     from lmrc.classifier.training.evaluate import evaluate, format_report
+    from lmrc.classifier.training.offline import load_candidates
 
     config = load_config(args.adapter)
     adapter_id = args.adapter_id or config.version
+    candidates = load_candidates(args.candidates)
+    if args.limit:
+        candidates = replace(candidates, documents=candidates.documents[: args.limit])
     with _tgi(args.tgi_url, args.adapter, adapter_id) as url:
         settings = ClassifierSettings(
             tgi_url=url,
             tgi_adapter_id=adapter_id,
             tgi_max_concurrency=args.concurrency,
             artifact_dir=args.adapter,
+            decision=args.decision,
         )
-        with tqdm(unit="pair", desc=f"RC on {args.pairs} pairs") as bar:
-            report, _outcomes = evaluate(settings, config, args.split, args.pairs, args.limit, bar.update)
+        with tqdm(unit="pair", desc=f"RC on {candidates.split}") as bar:
+            report, outcomes = evaluate(settings, config, candidates, bar.update)
+    if args.outcomes:
+        with open(args.outcomes, "w", encoding="utf-8") as handle:
+            for outcome in outcomes:
+                record = asdict(outcome)
+                record["gold"] = sorted(outcome.gold)
+                handle.write(json.dumps(record) + "\n")
     print(json.dumps(asdict(report), indent=2) if args.json else format_report(report))
+    return 0
+
+
+def _tune(args: argparse.Namespace) -> int:
+    from lmrc.classifier.artifact import load_config, save_config
+    from lmrc.classifier.training.evaluate import load_outcomes, tune_decision
+    from lmrc.classifier.training.offline import load_candidates
+
+    candidates = load_candidates(args.candidates)
+    if candidates.split != "validation":
+        raise SystemExit(f"tune on the validation split, not {candidates.split}")
+    decision, grid = tune_decision(load_outcomes(args.outcomes), [raw for raw, _ in candidates.documents])
+    for row in grid:
+        print(json.dumps(row))
+    config = load_config(args.adapter)
+    save_config(config.model_copy(update={"decision": decision}), args.adapter)
+    print(f"decision written to {args.adapter}: {decision.model_dump_json()}")
     return 0
 
 

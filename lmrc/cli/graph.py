@@ -11,6 +11,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TextIO
 
+from lmrc.contracts.text import xml_text
 from lmrc.sink.graph import GraphStore, StoredEntity, StoredRelation, format_table
 from lmrc.sink.settings import SinkSettings, open_store
 
@@ -52,17 +53,21 @@ def write_graphml(entities: list[StoredEntity], relations: list[StoredRelation],
         )
     graph = ET.SubElement(root, f"{{{GRAPHML}}}graph", id="lmrc", edgedefault="directed")
     for entity in entities:
-        node = ET.SubElement(graph, f"{{{GRAPHML}}}node", id=entity.id)
-        ET.SubElement(node, f"{{{GRAPHML}}}data", key="name").text = entity.name
-        ET.SubElement(node, f"{{{GRAPHML}}}data", key="type").text = entity.type
+        node = ET.SubElement(graph, f"{{{GRAPHML}}}node", id=xml_text(entity.id))
+        ET.SubElement(node, f"{{{GRAPHML}}}data", key="name").text = xml_text(entity.name)
+        ET.SubElement(node, f"{{{GRAPHML}}}data", key="type").text = xml_text(entity.type)
     for number, relation in enumerate(relations):
         edge = ET.SubElement(
-            graph, f"{{{GRAPHML}}}edge", id=f"e{number}", source=relation.head_id, target=relation.tail_id
+            graph,
+            f"{{{GRAPHML}}}edge",
+            id=f"e{number}",
+            source=xml_text(relation.head_id),
+            target=xml_text(relation.tail_id),
         )
         values = asdict(relation)
         values["evidence"] = ",".join(str(sentence) for sentence in relation.evidence)
         for name, _kind in EDGE_KEYS:
-            ET.SubElement(edge, f"{{{GRAPHML}}}data", key=name).text = str(values[name])
+            ET.SubElement(edge, f"{{{GRAPHML}}}data", key=name).text = xml_text(str(values[name]))
     ET.ElementTree(root).write(out, encoding="unicode", xml_declaration=True)
 
 

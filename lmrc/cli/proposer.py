@@ -35,6 +35,13 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     train.add_argument("--seed", type=int, default=13)
     train.add_argument("--max-train-docs", type=int, help="train on the first N documents only")
+    train.add_argument(
+        "--fold",
+        type=int,
+        help="leave out the train documents of this fold (their position modulo --folds): a proposer "
+        "whose shortlists on those documents are out-of-fold, for the classifier's training data",
+    )
+    train.add_argument("--folds", type=int, default=4)
     train.add_argument("--threads", type=int, help="torch CPU threads")
     train.set_defaults(func=_train)
 
@@ -81,6 +88,8 @@ def _train(args: argparse.Namespace) -> int:
         seed=args.seed,
         max_train_docs=args.max_train_docs,
         threads=args.threads,
+        fold=args.fold,
+        folds=args.folds,
     )
     config = train(options)
     print(json.dumps(config.model_dump(mode="json"), indent=2))

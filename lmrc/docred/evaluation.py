@@ -88,6 +88,18 @@ def facts_in_train(train_documents: Iterable[dict[str, Any]]) -> set[tuple[str, 
     return facts
 
 
+def type_prior(train_documents: Iterable[dict[str, Any]]) -> dict[tuple[str, str], str]:
+    """The most frequent train relation for each (head type, tail type): the baseline that
+    answers every pair with its types' usual relation (an entity's type is its first mention's)."""
+    counts: dict[tuple[str, str], Counter[str]] = {}
+    for doc in train_documents:
+        vertex_set = doc["vertexSet"]
+        for label in labels_of(doc):
+            types = (vertex_set[label.h][0]["type"], vertex_set[label.t][0]["type"])
+            counts.setdefault(types, Counter())[label.r] += 1
+    return {types: counter.most_common(1)[0][0] for types, counter in counts.items()}
+
+
 def _unique_predictions(predictions: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     seen: set[tuple[str, int, int, str]] = set()
     unique = []

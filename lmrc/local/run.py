@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -22,7 +23,7 @@ from typing import Any
 from lmrc import docred
 from lmrc.classifier.artifact import DEFAULT_ADAPTER_DIR
 from lmrc.classifier.artifact import load_config as load_classifier_config
-from lmrc.docred.evaluation import evaluate_candidates, evaluate_relations, format_candidates
+from lmrc.docred.evaluation import evaluate_candidates, evaluate_relations, format_candidates, type_prior
 from lmrc.local.broker import LocalBroker
 from lmrc.local.llm.local_server import LocalTgiServer
 from lmrc.local.pipeline import (
@@ -64,7 +65,12 @@ def run_local(
     encoder_only: bool = False,
 ) -> int:
     payloads, gold, source = _inputs(input_path, limit)
-    graph_path = graph_path or REPO_ROOT / "var" / "graph.lbug"
+    if graph_path is None:
+        # The default graph holds this run alone, so that its figures are this run's: edges left
+        # by an earlier run (another model, another mode) would be scored with it.
+        graph_path = REPO_ROOT / "var" / "graph.lbug"
+        if graph_path.exists():
+            shutil.rmtree(graph_path) if graph_path.is_dir() else graph_path.unlink()
     adapter = load_classifier_config(DEFAULT_ADAPTER_DIR)
     mode = "encoder only (the proposer's relation head, no LLM)" if encoder_only else "encoder + LLM"
     print(f"local run: {len(payloads)} documents from {source}; {mode}", flush=True)
@@ -245,4 +251,31 @@ def _report(progress: DocumentProgress, elapsed: float, gold: list[dict], graph_
     if ambiguous:
         print(f"  ({ambiguous} graph edges join entities that share a name and type in their document)")
     summary["graph_edges_ambiguous"] = ambiguous
+    if not progress.encoder_only:
+        # The baseline from the same run: the encoder's own predictions that rode along with the
+        # candidate pairs the LLM judged (encoder-only mode also judges pairs below the pair threshold).
+        encoder = [
+            {"title": s["doc_id"], "h_idx": pair["head"], "t_idx": pair["tail"], "r": scored["relation_id"]}
+            for s in candidate_sets
+            for pair in s["pairs"]
+            for scored in pair.get("predicted", [])
+        ]
+        prior = type_prior(train)
+
+        def entity_type(candidate_set: dict[str, Any], index: int) -> str:
+            return candidate_set["document"]["entities"][index]["mentions"][0]["type"]
+
+        typed = [
+            {"title": s["doc_id"], "h_idx": pair["head"], "t_idx": pair["tail"], "r": relation}
+            for s in candidate_sets
+            for pair in s["pairs"]
+            if (relation := prior.get((entity_type(s, pair["head"]), entity_type(s, pair["tail"]))))
+        ]
+        for name, predictions in (("encoder", encoder), ("type_prior", typed)):
+            baseline = evaluate_relations(gold, predictions, train).scores
+            summary[f"baseline_{name}_same_run"] = asdict(baseline)
+            print(
+                f"baseline on the same candidate pairs, {name.replace('_', ' ')}: F1 {baseline.f1:.4f}, "
+                f"Ign F1 {baseline.ign_f1 or 0.0:.4f} (P {baseline.precision:.4f}, R {baseline.recall:.4f})"
+            )
     return summary

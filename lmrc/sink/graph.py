@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from lmrc.contracts import Relation
+from lmrc.contracts.text import printable
 
 
 class StoreUnavailableError(Exception):
@@ -167,12 +168,19 @@ class GraphCounts:
 
 
 def format_table(relations: list[StoredRelation]) -> str:
-    """Relations as a fixed-width table for a terminal."""
+    """Relations as a fixed-width table for a terminal (control characters shown escaped)."""
     header = f"{'head':<28} {'P-id':<6} {'relation':<32} {'tail':<28} {'conf':>5}  document"
     lines = [header, "-" * len(header)]
     for r in relations:
-        head, name, tail = r.head_name[:28], r.relation_name[:32], r.tail_name[:28]
-        lines.append(f"{head:<28} {r.relation_id:<6} {name:<32} {tail:<28} {r.confidence:5.2f}  {r.doc_id}")
+        head, name, tail = (
+            printable(r.head_name)[:28],
+            printable(r.relation_name)[:32],
+            printable(r.tail_name)[:28],
+        )
+        lines.append(
+            f"{head:<28} {printable(r.relation_id):<6} {name:<32} {tail:<28} {r.confidence:5.2f}  "
+            f"{printable(r.doc_id)}"
+        )
     return "\n".join(lines)
 
 

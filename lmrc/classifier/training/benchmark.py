@@ -1,9 +1,10 @@
 """Requests/s and tokens/s of the RC traffic against a TGI server, with and without prefix sharing.
 
-The same requests (gold pairs of validation documents) are sent twice: grouped by document, as
-the classifier sends them, and interleaved across documents, so that no request shares its
-document prefix with the one before. The ratio is what the prompt layout buys on a server with a
-prefix cache (TGI's, or the local server's).
+The same requests (gold pairs of validation documents, each with four options: its gold relations
+first, then frequent relations, as a stand-in for the proposer's shortlist) are sent twice:
+grouped by document, as the classifier sends them, and interleaved across documents, so that no
+request shares its document prefix with the one before. The ratio is what the prompt layout buys
+on a server with a prefix cache (TGI's, or the local server's).
 """
 
 from __future__ import annotations
@@ -14,9 +15,17 @@ import time
 from dataclasses import dataclass
 
 from lmrc import docred
-from lmrc.classifier.prompt import answer_regex, build_prompt, docred_labels
+from lmrc.classifier.prompt import Option, answer_regex, build_prompt, docred_labels
 from lmrc.classifier.tgi_client import TgiClient
 from lmrc.contracts.tgi import GenerateParameters, GenerateRequest, Grammar
+
+OPTIONS = 4
+FREQUENT = ["P17", "P131", "P27", "P150", "P577"]  # country, located in, citizenship, contains, date
+
+
+def _options(gold: set[str]) -> list[Option]:
+    ranked = list(dict.fromkeys([*sorted(gold), *FREQUENT]))[:OPTIONS]
+    return [Option(relation_id, round(1.0 - 0.2 * rank, 2)) for rank, relation_id in enumerate(ranked)]
 
 
 @dataclass(frozen=True)
@@ -35,17 +44,18 @@ def _requests(
     split: str, documents: int, pairs_per_document: int, adapter_id: str | None
 ) -> list[list[GenerateRequest]]:
     labels = docred_labels()
-    grammar = Grammar(type="regex", value=answer_regex(labels))
+    grammar = Grammar(type="regex", value=answer_regex(OPTIONS))
     grouped = []
     for raw in docred.load_split(split)[:documents]:  # type: ignore[arg-type]
         document = docred.to_document_event(raw)
-        pairs = sorted(docred.gold_pairs(raw))[:pairs_per_document]
+        relations = docred.relations_by_pair(raw)
+        pairs = sorted(relations)[:pairs_per_document]
         grouped.append(
             [
                 GenerateRequest(
-                    inputs=build_prompt(document, h, t, labels),
+                    inputs=build_prompt(document, h, t, _options(relations[(h, t)]), labels),
                     parameters=GenerateParameters(
-                        adapter_id=adapter_id, grammar=grammar, max_new_tokens=64, details=True
+                        adapter_id=adapter_id, grammar=grammar, max_new_tokens=16, details=True
                     ),
                 )
                 for h, t in pairs

@@ -1,10 +1,11 @@
-"""RC evaluation and benchmark against a TGI server (the local one by default).
+"""RC evaluation and benchmark through a TGI server (the local one by default), as the service runs.
 
-- ``gold`` pairs: every gold relation pair of the split, as if the proposer were perfect. The
-  classifier's upper bound: exact-match accuracy per pair, micro P/R/F1 over relation labels.
-- ``proposer`` pairs: the shipped proposer's candidates. DocRED's official F1 / Ign F1 of the
-  two stages together on those documents.
-The benchmark is the same traffic, timed: requests/s, generated and prompt tokens/s, latency.
+The pairs are a proposer's candidates with their shortlists, from a file written by ``lmrc
+classifier candidates`` (the shipped ATLOP proposer on the validation or holdout split). Reported:
+exact-match accuracy per pair, micro P/R/F1 over relation labels, DocRED's official F1 / Ign F1 of
+the two stages together on those documents beside the encoder alone on the same documents, and
+the speed of the traffic: requests/s, generated and prompt tokens/s, latency. The per-pair answers
+can be written out (``--outcomes``), e.g. to study how the LLM and the encoder disagree.
 """
 
 from __future__ import annotations
@@ -13,16 +14,15 @@ import asyncio
 import statistics
 import time
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from lmrc import docred
-from lmrc.classifier.artifact import ClassifierConfig
-from lmrc.classifier.prompt import LabelSet
+from lmrc.classifier.artifact import ClassifierConfig, Decision
 from lmrc.classifier.service import ClassifierHandler, ClassifierSettings
-from lmrc.contracts import CandidatePair, CandidateSetEvent, DocumentEvent, event_id
+from lmrc.classifier.training.offline import SplitCandidates
+from lmrc.contracts import CandidatePair, CandidateSetEvent, ScoredRelation, event_id
 from lmrc.docred import evaluation
-
-PairSource = Literal["gold", "proposer"]
+from lmrc.proposer.training.candidates import DocumentCandidates
 
 
 @dataclass
@@ -30,15 +30,17 @@ class PairOutcome:
     title: str
     head: int
     tail: int
-    gold: set[str]
-    predicted: set[str] | None  # None: no usable answer (dead-lettered in the service)
+    gold: set[str]  # relation P-ids
+    predicted: dict[str, float] | None  # P-id -> confidence; None: no usable answer
+    shortlist: list[tuple[str, float]]
     seconds: float
     error: str | None = None
 
 
 @dataclass
 class RcReport:
-    source: PairSource
+    split: str
+    proposer: str
     documents: int
     pairs: int
     failed_pairs: int
@@ -48,6 +50,7 @@ class RcReport:
     f1: float
     none_answers: int
     docred: dict[str, Any] = field(default_factory=dict)
+    encoder_only: dict[str, Any] = field(default_factory=dict)
     requests_per_second: float = 0.0
     prompt_tokens_per_second: float = 0.0
     generated_tokens_per_second: float = 0.0
@@ -56,44 +59,43 @@ class RcReport:
     wall_seconds: float = 0.0
 
 
-def candidate_pairs(
-    raw_documents: list[dict[str, Any]], source: PairSource
-) -> dict[str, list[tuple[int, int]]]:
-    if source == "gold":
-        return {raw["title"]: sorted(docred.gold_pairs(raw)) for raw in raw_documents}
-    from lmrc.proposer.training.candidates import proposer_candidates
-
-    return proposer_candidates(raw_documents)
-
-
-def _candidates(document: DocumentEvent, pairs: list[tuple[int, int]]) -> CandidateSetEvent:
+def candidate_set(raw: dict[str, Any], found: DocumentCandidates, proposer: str) -> CandidateSetEvent:
+    """The CandidateSetEvent the proposer service would emit for the document."""
+    document = docred.to_document_event(raw)
     return CandidateSetEvent(
-        event_id=event_id(document.doc_id, "evaluation"),
+        event_id=event_id(document.doc_id, proposer),
         doc_id=document.doc_id,
-        pairs=[CandidatePair(head=head, tail=tail, score=1.0) for head, tail in pairs],
+        pairs=[
+            CandidatePair(
+                head=pair.head,
+                tail=pair.tail,
+                score=pair.score,
+                shortlist=[ScoredRelation(relation_id=r, probability=p) for r, p in pair.shortlist],
+            )
+            for pair in found.pairs
+        ],
         pairs_scored=document.pair_count(),
-        proposer_model_version="evaluation",
+        proposer_model_version=proposer,
         document=document,
     )
 
 
 async def _classify_document(
-    handler: ClassifierHandler, raw: dict[str, Any], pairs: list[tuple[int, int]], names: dict[str, str]
+    handler: ClassifierHandler, raw: dict[str, Any], candidates: CandidateSetEvent
 ) -> list[PairOutcome]:
-    candidates = _candidates(docred.to_document_event(raw), pairs)
-    gold = {pair: {names[r] for r in found} for pair, found in docred.relations_by_pair(raw).items()}
+    gold = docred.relations_by_pair(raw)
 
     async def one(pair: CandidatePair) -> PairOutcome:
-        head, tail = pair.head, pair.tail
         started = time.perf_counter()
         outcome = await handler.classify(candidates, pair)
         seconds = time.perf_counter() - started
-        expected = gold.get((head, tail), set())
+        expected = set(gold.get((pair.head, pair.tail), set()))
+        shortlist = [(s.relation_id, s.probability) for s in pair.shortlist]
         if isinstance(outcome, Exception):
-            return PairOutcome(
-                raw["title"], head, tail, expected, None, seconds, f"{type(outcome).__name__}: {outcome}"
-            )
-        return PairOutcome(raw["title"], head, tail, expected, {r.relation_name for r in outcome}, seconds)
+            error = f"{type(outcome).__name__}: {outcome}"
+            return PairOutcome(raw["title"], pair.head, pair.tail, expected, None, shortlist, seconds, error)
+        predicted = {r.relation_id: r.confidence for r in outcome}
+        return PairOutcome(raw["title"], pair.head, pair.tail, expected, predicted, shortlist, seconds)
 
     return list(await asyncio.gather(*(one(pair) for pair in candidates.pairs)))
 
@@ -101,26 +103,22 @@ async def _classify_document(
 def evaluate(
     settings: ClassifierSettings,
     config: ClassifierConfig,
-    split: str = "holdout",
-    source: PairSource = "gold",
-    limit: int | None = None,
+    candidates: SplitCandidates,
     progress: Any = None,
 ) -> tuple[RcReport, list[PairOutcome]]:
-    raw_documents = docred.load_split(split)[:limit]  # type: ignore[arg-type]
-    pairs = candidate_pairs(raw_documents, source)
     handler = ClassifierHandler(settings, config)
-    names = handler.labels.names  # the label set the classifier answers in
     outcomes: list[PairOutcome] = []
     tokens_before = _token_counts(settings.service_name)
     started = time.perf_counter()
     with handler:
-        for raw in raw_documents:
-            outcomes += handler.run(_classify_document(handler, raw, pairs.get(raw["title"], []), names))
+        for raw, found in candidates.documents:
+            event = candidate_set(raw, found, candidates.proposer)
+            outcomes += handler.run(_classify_document(handler, raw, event))
             if progress is not None:
-                progress(len(pairs.get(raw["title"], [])))
+                progress(len(event.pairs))
     wall = time.perf_counter() - started
     tokens_after = _token_counts(settings.service_name)
-    report = _report(source, raw_documents, outcomes, split, handler.labels)
+    report = _report(candidates, outcomes)
     latencies = sorted(o.seconds for o in outcomes) or [0.0]
     report.wall_seconds = round(wall, 1)
     report.requests_per_second = round(len(outcomes) / wall, 3) if wall else 0.0
@@ -144,61 +142,116 @@ def _token_counts(service: str) -> tuple[float, float]:
     return value("input"), value("output")
 
 
-def _report(
-    source: PairSource,
-    raw_documents: list[dict[str, Any]],
-    outcomes: list[PairOutcome],
-    split: str,
-    labels: LabelSet,
-) -> RcReport:
+def _docred_scores(
+    raw_documents: list[dict[str, Any]], predictions: list[dict[str, Any]]
+) -> dict[str, float]:
+    scores = evaluation.evaluate_relations(raw_documents, predictions, docred.load_split("train")).scores
+    return {
+        "f1": round(scores.f1, 4),
+        "ign_f1": round(scores.ign_f1 or 0.0, 4),
+        "precision": round(scores.precision, 4),
+        "recall": round(scores.recall, 4),
+    }
+
+
+def _report(candidates: SplitCandidates, outcomes: list[PairOutcome]) -> RcReport:
     answered = [o for o in outcomes if o.predicted is not None]
-    correct = sum(len(o.gold & o.predicted) for o in answered if o.predicted is not None)
-    predicted = sum(len(o.predicted) for o in answered if o.predicted is not None)
+    correct = sum(len(o.gold & set(o.predicted or ())) for o in answered)
+    predicted = sum(len(o.predicted or ()) for o in answered)
     gold = sum(len(o.gold) for o in outcomes)
     precision = correct / predicted if predicted else 0.0
     recall = correct / gold if gold else 0.0
-    report = RcReport(
-        source=source,
+    raw_documents = [raw for raw, _found in candidates.documents]
+    return RcReport(
+        split=candidates.split,
+        proposer=candidates.proposer,
         documents=len(raw_documents),
         pairs=len(outcomes),
         failed_pairs=len(outcomes) - len(answered),
-        exact_match=round(sum(o.predicted == o.gold for o in answered) / len(outcomes), 4)
+        exact_match=round(sum(set(o.predicted or ()) == o.gold for o in answered) / len(outcomes), 4)
         if outcomes
         else 0.0,
         precision=round(precision, 4),
         recall=round(recall, 4),
         f1=round(0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall), 4),
         none_answers=sum(1 for o in answered if not o.predicted),
+        docred=_docred_scores(
+            raw_documents,
+            [
+                {"title": o.title, "h_idx": o.head, "t_idx": o.tail, "r": r, "evidence": []}
+                for o in answered
+                for r in sorted(o.predicted or ())
+            ],
+        ),
+        encoder_only=_docred_scores(
+            raw_documents,
+            [
+                {"title": raw["title"], "h_idx": h, "t_idx": t, "r": r, "evidence": []}
+                for raw, found in candidates.documents
+                for h, t, r, _p in found.encoder_predictions
+            ],
+        ),
     )
-    ids = labels.ids_by_name
-    predictions = [
-        {"title": o.title, "h_idx": o.head, "t_idx": o.tail, "r": ids[name], "evidence": []}
-        for o in answered
-        for name in sorted(o.predicted or ())
-    ]
-    scores = evaluation.evaluate_relations(raw_documents, predictions, docred.load_split("train")).scores
-    report.docred = {
-        "split": split,
-        "f1": round(scores.f1, 4),
-        "ign_f1": round(scores.ign_f1 or 0.0, 4),
-        "precision": round(scores.precision, 4),
-        "recall": round(scores.recall, 4),
-    }
-    return report
 
 
 def format_report(report: RcReport) -> str:
     lines = [
-        f"RC on {report.source} pairs: {report.pairs} pairs of {report.documents} documents "
+        f"RC on {report.proposer}'s candidates: {report.pairs} pairs of {report.documents} documents "
         f"({report.failed_pairs} without a usable answer, {report.none_answers} answered none)",
         f"  pair exact match {report.exact_match:.4f}   label P {report.precision:.4f}  "
         f"R {report.recall:.4f}  F1 {report.f1:.4f}",
-        f"  DocRED ({report.docred.get('split')}, these documents): F1 {report.docred.get('f1', 0):.4f}  "
+        f"  DocRED ({report.split}, these documents): F1 {report.docred.get('f1', 0):.4f}  "
         f"Ign F1 {report.docred.get('ign_f1', 0):.4f}  P {report.docred.get('precision', 0):.4f}  "
         f"R {report.docred.get('recall', 0):.4f}",
+        f"  encoder alone, same documents: F1 {report.encoder_only.get('f1', 0):.4f}  "
+        f"Ign F1 {report.encoder_only.get('ign_f1', 0):.4f}",
         f"  speed: {report.requests_per_second:.2f} requests/s, {report.prompt_tokens_per_second:.0f} prompt "
         f"tokens/s, {report.generated_tokens_per_second:.1f} generated tokens/s, latency p50 "
         f"{report.latency_p50_seconds:.2f}s p99 {report.latency_p99_seconds:.2f}s, "
         f"wall {report.wall_seconds:.0f}s",
     ]
     return "\n".join(lines)
+
+
+def decided_predictions(outcomes: list[PairOutcome], decision: Decision) -> list[dict[str, Any]]:
+    return [
+        {"title": o.title, "h_idx": o.head, "t_idx": o.tail, "r": relation_id, "evidence": []}
+        for o in outcomes
+        if o.predicted is not None
+        for relation_id, probability in o.shortlist
+        if decision.keep(relation_id in o.predicted, probability)
+    ]
+
+
+def tune_decision(
+    outcomes: list[PairOutcome], raw_documents: list[dict[str, Any]]
+) -> tuple[Decision, list[dict[str, Any]]]:
+    """The decision with the best DocRED F1 on these (validation) outcomes, and the whole grid."""
+    grid = []
+    # Around the encoder's own decision threshold (0.4 for the shipped proposer) and above it.
+    for keep in [None, 0.3, 0.35, 0.4, 0.45, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95]:
+        for floor in [0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4]:
+            decision = Decision(encoder_keep_probability=keep, llm_min_probability=floor)
+            scores = _docred_scores(raw_documents, decided_predictions(outcomes, decision))
+            grid.append({"encoder_keep_probability": keep, "llm_min_probability": floor, **scores})
+    best = max(grid, key=lambda row: (row["f1"], row["encoder_keep_probability"] is None))
+    decision = Decision(
+        encoder_keep_probability=best["encoder_keep_probability"],
+        llm_min_probability=best["llm_min_probability"],
+        validation={"f1": best["f1"], "ign_f1": best["ign_f1"], "llm_alone_f1": grid[0]["f1"]},
+    )
+    return decision, grid
+
+
+def load_outcomes(path: Any) -> list[PairOutcome]:
+    """Per-pair answers written by ``lmrc classifier evaluate --outcomes``."""
+    import json
+
+    outcomes = []
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            record = json.loads(line)
+            record["gold"] = set(record["gold"])
+            record["shortlist"] = [tuple(item) for item in record["shortlist"]]
+            outcomes.append(PairOutcome(**record))
+    return outcomes

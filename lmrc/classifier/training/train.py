@@ -1,15 +1,17 @@
-"""LoRA fine-tuning of the classifier LLM (the paper's RC tuning), in PEFT's adapter format.
+"""LoRA fine-tuning of the classifier LLM (the paper's RC tuning) on prompt v2, in PEFT's format.
 
-Instruction data: for each train document, its gold relation pairs (answer: their relation
-names) plus a share of the no-relation pairs the proposer passes (answer: ``none``), so that the
-model sees the kind of negatives it meets behind the proposer.
+Instruction data: every candidate pair of every train document as the proposer passes it, with
+its shortlist as the lettered options; the answer is the letters of the options that are gold
+relations of the pair, or ``none`` (proposer false positives, or gold relations the shortlist
+missed). The shortlists are out-of-fold (``lmrc proposer train --fold i``): each train document's
+candidates come from a proposer that never trained on it, so the options and their probabilities
+look as they will behind the shipped proposer on new documents.
 
-Training reuses the prompt layout: all pairs of a document share the document prefix, so the
-prefix is run once without gradient and its key/value cache is shared by a batch of that
-document's pairs, which run with gradient (loss on the answer tokens only). Gradients thus reach
-LoRA through the pair and answer positions, not through the prefix's keys and values, which cuts
-the cost per pair about ten-fold on CPU. With ``--full-backprop`` every example runs as one
-sequence (the usual recipe; use it on a GPU).
+All pairs of a document share the document prefix: it runs once per batch of that document's
+pairs and its key/value cache is shared by the batch (loss on the answer tokens only). On a GPU
+the prefix runs with gradient (``prefix_gradient``: exact, the usual recipe at a fraction of the
+cost); on CPU without, so that gradients reach LoRA through the pair and answer positions only,
+which cuts the cost per pair about ten-fold.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ import logging
 import math
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,10 +32,17 @@ from tqdm import tqdm
 
 from lmrc import docred
 from lmrc.classifier.artifact import ClassifierConfig, save_config
-from lmrc.classifier.prompt import PROMPT_VERSION, LabelSet, build_prompt, docred_labels, format_answer
+from lmrc.classifier.prompt import (
+    PROMPT_VERSION,
+    LabelSet,
+    Option,
+    build_prompt,
+    docred_labels,
+    format_answer,
+)
 from lmrc.classifier.training.base_model import BASE_MODEL_ID, materialize
 from lmrc.contracts import DocumentEvent
-from lmrc.proposer.training.candidates import proposer_candidates
+from lmrc.proposer.training.candidates import DocumentCandidates, out_of_fold_candidates
 
 log = logging.getLogger(__name__)
 
@@ -42,21 +52,22 @@ LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 @dataclass(frozen=True)
 class TrainOptions:
     out: Path
-    version: str = "rc-smollm2-135m-lora-v1"
+    fold_proposers: tuple[Path, ...] = ()
+    version: str = "rc-smollm2-135m-lora-v2"
     base_model: Path | None = None
     base_model_id: str = BASE_MODEL_ID
-    rank: int = 8
-    alpha: int = 16
+    shortlist_size: int = 4
+    rank: int = 16
+    alpha: int = 32
     dropout: float = 0.05
-    lr: float = 5e-4
+    lr: float = 3e-4
     warmup: float = 0.05
-    epochs: int = 1
-    batch_pairs: int = 16
-    max_docs: int | None = 130
-    positives_per_doc: int = 10
-    negatives_per_doc: int = 4
-    max_minutes: float | None = 30
-    full_backprop: bool = False
+    epochs: int = 2
+    batch_pairs: int = 32
+    max_docs: int | None = None
+    max_minutes: float | None = None
+    prefix_gradient: bool = False
+    validation_candidates: Path | None = None
     device: str = "cpu"
     seed: int = 13
     threads: int | None = None
@@ -66,6 +77,7 @@ class TrainOptions:
 class PairExample:
     head: int
     tail: int
+    options: list[Option]
     answer: str
 
 
@@ -75,36 +87,26 @@ class DocumentExamples:
     pairs: list[PairExample] = field(default_factory=list)
 
 
-def proposer_negatives(documents: list[dict[str, Any]]) -> dict[str, list[tuple[int, int]]]:
-    """Pairs the shipped proposer passes that hold no gold relation, per document title."""
-    candidates = proposer_candidates(documents)
-    for raw in documents:
-        gold = docred.gold_pairs(raw)
-        candidates[raw["title"]] = [pair for pair in candidates[raw["title"]] if pair not in gold]
-    return candidates
+def options_of(shortlist: Sequence[tuple[str, float]]) -> list[Option]:
+    return [Option(relation_id, probability) for relation_id, probability in shortlist]
 
 
 def build_examples(
-    documents: list[dict[str, Any]],
-    negatives: dict[str, list[tuple[int, int]]],
-    labels: LabelSet,
-    options: TrainOptions,
-    rng: random.Random,
+    candidates: Sequence[tuple[dict[str, Any], DocumentCandidates]], rng: random.Random
 ) -> list[DocumentExamples]:
+    """One example per candidate pair (with a shortlist): answer = its gold options, or none."""
     examples = []
-    for raw in documents:
-        relations = {
-            pair: {labels.names[r] for r in found} for pair, found in docred.relations_by_pair(raw).items()
-        }
-        positives = sorted(relations)
-        rng.shuffle(positives)
-        pairs = [
-            PairExample(h, t, format_answer(sorted(relations[(h, t)]), labels))
-            for h, t in positives[: options.positives_per_doc]
-        ]
-        pool = list(negatives.get(raw["title"], []))
-        rng.shuffle(pool)
-        pairs += [PairExample(h, t, format_answer([], labels)) for h, t in pool[: options.negatives_per_doc]]
+    for raw, found in candidates:
+        gold = docred.relations_by_pair(raw)
+        pairs = []
+        for pair in found.pairs:
+            if not pair.shortlist:
+                continue
+            relations = gold.get((pair.head, pair.tail), set())
+            chosen = [
+                index for index, (relation_id, _p) in enumerate(pair.shortlist) if relation_id in relations
+            ]
+            pairs.append(PairExample(pair.head, pair.tail, options_of(pair.shortlist), format_answer(chosen)))
         rng.shuffle(pairs)
         if pairs:
             examples.append(DocumentExamples(docred.to_document_event(raw), pairs))
@@ -112,26 +114,32 @@ def build_examples(
 
 
 class PairBatcher:
-    """Token ids for one document's pairs: the shared prefix, and per pair the rest + answer."""
+    """Token ids for one document's pairs: the shared prefix, and per pair the rest (+ answers)."""
 
     def __init__(self, tokenizer: Any, labels: LabelSet) -> None:
         self.tokenizer = tokenizer
         self.labels = labels
         self.eos = tokenizer.eos_token_id
 
-    def encode(self, doc: DocumentExamples) -> tuple[list[int], list[tuple[list[int], list[int]]]]:
+    def prompts(
+        self, document: DocumentEvent, pairs: Sequence[PairExample]
+    ) -> tuple[list[int], list[list[int]]]:
+        """The common token prefix of the pairs' prompts, and each prompt's remainder."""
         prompts = [
-            self.tokenizer(build_prompt(doc.document, p.head, p.tail, self.labels))["input_ids"]
-            for p in doc.pairs
+            self.tokenizer(build_prompt(document, p.head, p.tail, p.options, self.labels))["input_ids"]
+            for p in pairs
         ]
         shared = _common_prefix_length(prompts)
         # Keep at least one prompt token per pair, so each pair's first answer token has a query.
         shared = min(shared, min(len(p) for p in prompts) - 1)
-        pairs = []
-        for prompt, pair in zip(prompts, doc.pairs, strict=True):
-            answer = self.tokenizer(pair.answer, add_special_tokens=False)["input_ids"] + [self.eos]
-            pairs.append((prompt[shared:], answer))
-        return prompts[0][:shared], pairs
+        return prompts[0][:shared], [prompt[shared:] for prompt in prompts]
+
+    def answer_ids(self, answer: str) -> list[int]:
+        return self.tokenizer(answer, add_special_tokens=False)["input_ids"] + [self.eos]
+
+    def encode(self, doc: DocumentExamples) -> tuple[list[int], list[tuple[list[int], list[int]]]]:
+        prefix, rests = self.prompts(doc.document, doc.pairs)
+        return prefix, [(rest, self.answer_ids(p.answer)) for rest, p in zip(rests, doc.pairs, strict=True)]
 
 
 def _common_prefix_length(sequences: list[list[int]]) -> int:
@@ -144,7 +152,7 @@ def _common_prefix_length(sequences: list[list[int]]) -> int:
 
 
 def _suffix_batch(
-    pairs: list[tuple[list[int], list[int]]], pad_id: int
+    pairs: Sequence[tuple[list[int], list[int]]], pad_id: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Right-padded input ids, attention mask over the suffix, labels (-100 off the answer)."""
     width = max(len(q) + len(a) for q, a in pairs)
@@ -159,29 +167,29 @@ def _suffix_batch(
     return ids, mask, labels
 
 
-def batch_loss(
+def autocast(device: str) -> Any:
+    """bf16 autocast on a GPU; nothing on CPU (fp32, as the local server runs)."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else nullcontext()
+
+
+def suffix_forward(
     model: Any,
     prefix: list[int],
-    pairs: list[tuple[list[int], list[int]]],
+    pairs: Sequence[tuple[list[int], list[int]]],
     pad_id: int,
     device: str,
-    full_backprop: bool,
-) -> torch.Tensor:
-    """Mean cross-entropy over the answer tokens of a batch of one document's pairs."""
+    prefix_gradient: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits [pairs, width, vocab] of each pair's rest + answer after the shared prefix, and the
+    labels [pairs, width] (-100 off the answer tokens, already shifted to the logit that predicts them)."""
     from transformers.cache_utils import DynamicCache
 
-    if full_backprop:
-        ids, mask, labels = _suffix_batch([(prefix + q, a) for q, a in pairs], pad_id)
-        return model(input_ids=ids.to(device), attention_mask=mask.to(device), labels=labels.to(device)).loss
-    with torch.no_grad():
+    with nullcontext() if prefix_gradient else torch.no_grad():
         cache = model(input_ids=torch.tensor([prefix], device=device), use_cache=True).cache
     size = len(pairs)
     shared = DynamicCache(
         ddp_cache_data=[
-            (
-                layer.keys.expand(size, -1, -1, -1).contiguous(),
-                layer.values.expand(size, -1, -1, -1).contiguous(),
-            )
+            (layer.keys.expand(size, -1, -1, -1), layer.values.expand(size, -1, -1, -1))
             for layer in cache.layers
         ],
         config=model.config,
@@ -194,9 +202,25 @@ def batch_loss(
         attention_mask=attention.to(device),
         position_ids=positions.to(device),
         cache=shared,
-        labels=labels.to(device),
     )
-    return output.loss
+    shifted = torch.full_like(labels, -100)
+    shifted[:, :-1] = labels[:, 1:]
+    return output.logits, shifted.to(device)
+
+
+def batch_loss(
+    model: Any,
+    prefix: list[int],
+    pairs: Sequence[tuple[list[int], list[int]]],
+    pad_id: int,
+    device: str,
+    prefix_gradient: bool,
+) -> torch.Tensor:
+    """Mean cross-entropy over the answer tokens of a batch of one document's pairs."""
+    logits, labels = suffix_forward(model, prefix, pairs, pad_id, device, prefix_gradient)
+    return torch.nn.functional.cross_entropy(
+        logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100
+    )
 
 
 def _batches(doc_examples: list[DocumentExamples], batch_pairs: int) -> Iterator[DocumentExamples]:
@@ -205,18 +229,31 @@ def _batches(doc_examples: list[DocumentExamples], batch_pairs: int) -> Iterator
             yield DocumentExamples(doc.document, doc.pairs[start : start + batch_pairs])
 
 
-def train(options: TrainOptions) -> ClassifierConfig:
-    from peft import LoraConfig, get_peft_model
+def load_base(base_model: Path | None, device: str) -> tuple[Any, Any]:
+    """Tokenizer and fp32 base model (the de-quantized SmolLM2 unless ``base_model`` is given)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    base_dir = materialize(base_model)
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32).to(device)
+    return tokenizer, model
+
+
+def train(options: TrainOptions) -> ClassifierConfig:
+    from peft import LoraConfig, get_peft_model
+
+    from lmrc.classifier.training.offline import OfflineEvaluation, load_candidates, offline_scores
+
+    if not options.fold_proposers:
+        raise ValueError(
+            "training needs the fold proposers (lmrc proposer train --fold i), for out-of-fold shortlists"
+        )
     rng = random.Random(options.seed)
     torch.manual_seed(options.seed)
     if options.threads:
         torch.set_num_threads(options.threads)
     labels = docred_labels()
-    base_dir = materialize(options.base_model)
-    tokenizer = AutoTokenizer.from_pretrained(base_dir)
-    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32).to(options.device)
+    tokenizer, model = load_base(options.base_model, options.device)
     model = get_peft_model(
         model,
         LoraConfig(
@@ -227,10 +264,11 @@ def train(options: TrainOptions) -> ClassifierConfig:
             task_type="CAUSAL_LM",
         ),
     )
-    documents = docred.load_split("train")
-    rng.shuffle(documents)
-    documents = documents[: options.max_docs] if options.max_docs else documents
-    examples = build_examples(documents, proposer_negatives(documents), labels, options, rng)
+    candidates = out_of_fold_candidates(options.fold_proposers, options.shortlist_size, options.device)
+    rng.shuffle(candidates)
+    candidates = candidates[: options.max_docs] if options.max_docs else candidates
+    examples = build_examples(candidates, rng)
+    validation = load_candidates(options.validation_candidates) if options.validation_candidates else None
     batcher = PairBatcher(tokenizer, labels)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else batcher.eos
     steps = options.epochs * sum(math.ceil(len(d.pairs) / options.batch_pairs) for d in examples)
@@ -244,6 +282,8 @@ def train(options: TrainOptions) -> ClassifierConfig:
     started = time.monotonic()
     step = 0
     stopped_early = False
+    epochs: list[dict[str, Any]] = []
+    best: tuple[float, int] | None = None
     with open(log_path, "w", encoding="utf-8") as log_file:
         for epoch in range(1, options.epochs + 1):
             model.train()
@@ -254,47 +294,80 @@ def train(options: TrainOptions) -> ClassifierConfig:
             progress.set_description(f"epoch {epoch}/{options.epochs}")
             for batch in progress:
                 prefix, pairs = batcher.encode(batch)
-                loss = batch_loss(model, prefix, pairs, pad_id, options.device, options.full_backprop)
+                with autocast(options.device):
+                    loss = batch_loss(model, prefix, pairs, pad_id, options.device, options.prefix_gradient)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad()
                 step += 1
-                record = {
-                    "epoch": epoch,
-                    "step": step,
-                    "loss": round(loss.item(), 4),
-                    "lr": scheduler.get_last_lr()[0],
-                    "pairs": len(pairs),
-                    "elapsed_s": round(time.monotonic() - started, 1),
-                }
-                log_file.write(json.dumps(record) + "\n")
-                log_file.flush()
-                progress.set_postfix(loss=f"{loss.item():.3f}")
+                if step % 10 == 0 or step == 1:
+                    record = {
+                        "epoch": epoch,
+                        "step": step,
+                        "loss": round(loss.item(), 4),
+                        "lr": scheduler.get_last_lr()[0],
+                        "pairs": len(pairs),
+                        "elapsed_s": round(time.monotonic() - started, 1),
+                    }
+                    log_file.write(json.dumps(record) + "\n")
+                    log_file.flush()
+                    progress.set_postfix(loss=f"{loss.item():.3f}")
                 if options.max_minutes and time.monotonic() - started > options.max_minutes * 60:
                     stopped_early = True
                     break
+            summary: dict[str, Any] = {"epoch": epoch, "elapsed_s": round(time.monotonic() - started, 1)}
+            if validation is not None:
+                model.eval()
+                scores: OfflineEvaluation = offline_scores(
+                    model, tokenizer, labels, validation, "validation", options.device
+                )
+                summary["validation"] = asdict(scores)
+                if best is None or scores.llm_f1 > best[0]:
+                    best = (scores.llm_f1, epoch)
+                    _save_adapter(model, options)
+            else:
+                _save_adapter(model, options)
+            epochs.append(summary)
+            log_file.write(json.dumps(summary) + "\n")
+            log_file.flush()
+            tqdm.write(json.dumps(summary))
             if stopped_early:
                 break
-    model.peft_config["default"].base_model_name_or_path = options.base_model_id  # not a local path
-    model.save_pretrained(options.out)
-    (options.out / "README.md").unlink(missing_ok=True)  # PEFT's empty model-card template
     config = ClassifierConfig(
         version=options.version,
         prompt_version=PROMPT_VERSION,
         base_model=options.base_model_id,
         training={
-            **{k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(options).items() if k != "out"},
+            **{
+                k: ([str(p) for p in v] if isinstance(v, tuple) else str(v) if isinstance(v, Path) else v)
+                for k, v in asdict(options).items()
+                if k != "out"
+            },
             "documents": len(examples),
             "pairs": sum(len(d.pairs) for d in examples),
+            "none_answers": sum(p.answer.startswith("none") for d in examples for p in d.pairs),
             "steps": step,
             "minutes": round((time.monotonic() - started) / 60, 1),
             "stopped_at_time_limit": stopped_early,
+            "kept_epoch": best[1] if best else len(epochs),
+            "epochs_run": epochs,
         },
     )
     save_config(config, options.out)
     return config
+
+
+def _save_adapter(model: Any, options: TrainOptions) -> None:
+    """PEFT's format, weights in fp16 (half the size; loaded into the fp32 base, exact enough)."""
+    from safetensors.torch import load_file, save_file
+
+    model.peft_config["default"].base_model_name_or_path = options.base_model_id  # not a local path
+    model.save_pretrained(options.out)
+    (options.out / "README.md").unlink(missing_ok=True)  # PEFT's empty model-card template
+    weights = options.out / "adapter_model.safetensors"
+    save_file({k: v.half().contiguous() for k, v in load_file(weights).items()}, weights)
 
 
 def merge(adapter_dir: Path, out: Path, base_model: Path | None = None) -> Path:

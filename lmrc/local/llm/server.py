@@ -6,7 +6,7 @@ whole answer is generated), ``POST /`` (either, by ``stream``), ``POST /tokenize
 ``{"error", "error_type"}`` with 422 (validation), 424 (generation) and 429 (overloaded: more than
 ``max_concurrent_requests`` in the house). One request runs at a time; others queue.
 
-    lmrc llm serve --port 8080 --lora-adapters rc=models/classifier/rc-smollm2-135m-lora-v1
+    lmrc llm serve --port 8080 --lora-adapters rc=models/classifier/rc-smollm2-135m-lora-v2
 """
 
 from __future__ import annotations

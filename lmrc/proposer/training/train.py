@@ -27,6 +27,7 @@ from lmrc import docred
 from lmrc.proposer.artifact import ProposerConfig, encoder_package_version, tokenizer_file
 from lmrc.proposer.features import INPUT_NAMES, DocumentFeaturizer
 from lmrc.proposer.training.calibrate import calibrate_model, calibrate_relations
+from lmrc.proposer.training.candidates import in_fold
 from lmrc.proposer.training.selection import (
     candidate_scores,
     pair_labels,
@@ -60,6 +61,8 @@ class TrainOptions:
     seed: int = 13
     max_train_docs: int | None = None
     threads: int | None = None
+    fold: int | None = None
+    folds: int = 4
 
 
 def adaptive_threshold_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -113,7 +116,12 @@ def train(options: TrainOptions) -> ProposerConfig:
     if options.threads:
         torch.set_num_threads(options.threads)
     featurizer = DocumentFeaturizer(tokenizer_file())
-    train_docs = [raw for raw in docred.load_split("train") if docred.entity_count(raw) > 1]
+    train_docs = [
+        raw
+        for position, raw in enumerate(docred.load_split("train"))
+        if docred.entity_count(raw) > 1
+        and (options.fold is None or not in_fold(position, options.fold, options.folds))
+    ]
     train_docs = train_docs[: options.max_train_docs]
     validation_docs = docred.load_split("validation")
     relation_index = {r: i for i, r in enumerate(sorted(docred.load_relation_names()))}
@@ -227,6 +235,11 @@ def train(options: TrainOptions) -> ProposerConfig:
                     "device": options.device,
                     "seconds": round(elapsed, 1),
                     "seed": options.seed,
+                    **(
+                        {"held_out_fold": f"{options.fold}/{options.folds}"}
+                        if options.fold is not None
+                        else {}
+                    ),
                 },
             }
         )

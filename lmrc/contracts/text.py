@@ -1,0 +1,30 @@
+"""Showing strings from events safely: on a terminal and in XML.
+
+Names and titles come from documents users publish; a control character in them must neither
+drive the terminal (escape sequences) nor make an export unreadable (XML 1.0 forbids most C0
+characters). Both helpers keep every other character as it is.
+"""
+
+from __future__ import annotations
+
+import re
+
+# C0 controls but tab, DEL, C1 controls; and the bidirectional overrides that reorder what is shown.
+_TERMINAL_UNSAFE = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+# What XML 1.0 does not allow in a document at all.
+_XML_INVALID = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff\ud800-\udfff]")
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def printable(text: str) -> str:
+    """``text`` with control and reordering characters shown as ``\\xNN`` / ``\\uNNNN`` escapes."""
+    return _TERMINAL_UNSAFE.sub(_escape, text)
+
+
+def xml_text(text: str) -> str:
+    """``text`` with the characters XML 1.0 cannot carry shown as ``\\xNN`` / ``\\uNNNN`` escapes."""
+    return _XML_INVALID.sub(_escape, text)
