@@ -241,13 +241,18 @@ def _report(progress: DocumentProgress, elapsed: float, gold: list[dict], graph_
     ]
     from_graph, ambiguous = graph_predictions(stored, gold)
     train = docred.load_split("train")
-    for where, predictions in (("relations topic", from_topic), ("graph", from_graph)):
+
+    def score(key: str, what: str, predictions: list[dict[str, Any]]) -> None:
         result = evaluate_relations(gold, predictions, train).scores
-        summary[f"scores_{where.replace(' ', '_')}"] = asdict(result)
+        summary[key] = asdict(result)
         print(
-            f"DocRED scores of the {where} on these {len(gold)} documents: F1 {result.f1:.4f}, "
-            f"Ign F1 {result.ign_f1 or 0.0:.4f} (P {result.precision:.4f}, R {result.recall:.4f})"
+            f"{what}: F1 {result.f1:.4f}, Ign F1 {result.ign_f1 or 0.0:.4f} "
+            f"(P {result.precision:.4f}, R {result.recall:.4f})"
         )
+
+    for where, predictions in (("relations topic", from_topic), ("graph", from_graph)):
+        key = f"scores_{where.replace(' ', '_')}"
+        score(key, f"DocRED scores of the {where} on these {len(gold)} documents", predictions)
     if ambiguous:
         print(f"  ({ambiguous} graph edges join entities that share a name and type in their document)")
     summary["graph_edges_ambiguous"] = ambiguous
@@ -272,10 +277,6 @@ def _report(progress: DocumentProgress, elapsed: float, gold: list[dict], graph_
             if (relation := prior.get((entity_type(s, pair["head"]), entity_type(s, pair["tail"]))))
         ]
         for name, predictions in (("encoder", encoder), ("type_prior", typed)):
-            baseline = evaluate_relations(gold, predictions, train).scores
-            summary[f"baseline_{name}_same_run"] = asdict(baseline)
-            print(
-                f"baseline on the same candidate pairs, {name.replace('_', ' ')}: F1 {baseline.f1:.4f}, "
-                f"Ign F1 {baseline.ign_f1 or 0.0:.4f} (P {baseline.precision:.4f}, R {baseline.recall:.4f})"
-            )
+            what = f"baseline on the same candidate pairs, {name.replace('_', ' ')}"
+            score(f"baseline_{name}_same_run", what, predictions)
     return summary

@@ -11,9 +11,11 @@ can be written out (``--outcomes``), e.g. to study how the LLM and the encoder d
 from __future__ import annotations
 
 import asyncio
+import json
 import statistics
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from lmrc import docred
@@ -243,10 +245,8 @@ def tune_decision(
     return decision, grid
 
 
-def load_outcomes(path: Any) -> list[PairOutcome]:
-    """Per-pair answers written by ``lmrc classifier evaluate --outcomes``."""
-    import json
-
+def load_outcomes(path: Path) -> list[PairOutcome]:
+    """Per-pair answers written by ``lmrc classifier evaluate --outcomes --decision llm``."""
     outcomes = []
     with open(path, encoding="utf-8") as handle:
         for line in handle:
