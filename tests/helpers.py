@@ -18,7 +18,7 @@ from lmrc import docred
 from lmrc.contracts import DocumentEvent, EntityRef, ModelVersions, Relation, RelationSetEvent, event_id
 from lmrc.local import publish as lmrc_publish
 from lmrc.local.publish import beginning_of
-from lmrc.runtime import ServiceRuntime
+from lmrc.runtime import KafkaSettings, ServiceRuntime
 
 
 @dataclass(frozen=True)
@@ -221,3 +221,22 @@ def relation_sets(relations: list[Relation]) -> list[RelationSetEvent]:
         )
         for doc_id, found in by_document.items()
     ]
+
+
+def service_test_fields(
+    bootstrap_servers: str, service: str, stem: str, input_suffix: str
+) -> dict[str, object]:
+    """Settings every service under test shares: its own topics and group on the test broker
+    (named after ``stem``), any free metrics port, one partition, short batch waits and sessions."""
+    return {
+        "service_name": f"{service}-{stem}",
+        "group_id": f"group-{stem}",
+        "input_topic": f"{stem}.{input_suffix}",
+        "dead_letter_topic": f"{stem}.dlq",
+        "kafka": KafkaSettings(bootstrap_servers=bootstrap_servers),
+        "http_port": 0,
+        "create_topics": True,
+        "topic_partitions": 1,
+        "max_batch_wait_seconds": 0.1,
+        "session_timeout_ms": 2000,
+    }

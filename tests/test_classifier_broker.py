@@ -19,7 +19,6 @@ from lmrc.contracts import CandidatePair, CandidateSetEvent, RelationSetEvent, S
 from lmrc.contracts.tgi import GenerateRequest
 from lmrc.local.broker import LocalBroker
 from lmrc.local.llm.local_server import LocalTgiServer
-from lmrc.runtime import KafkaSettings
 from tests.faults import FaultyProxy
 from tests.helpers import (
     committed_offsets,
@@ -27,6 +26,7 @@ from tests.helpers import (
     produce,
     read_topic,
     running,
+    service_test_fields,
     wait_committed,
     wait_for,
 )
@@ -70,27 +70,18 @@ def proxy(tgi_server: LocalTgiServer) -> Iterator[FaultyProxy]:
 def classifier_settings(
     broker: LocalBroker, stem: str, tgi_url: str, **overrides: object
 ) -> ClassifierSettings:
-    fields: dict[str, object] = {
-        "service_name": f"classifier-{stem}",
-        "group_id": f"group-{stem}",
-        "input_topic": f"{stem}.candidates",
-        "output_topic": f"{stem}.relations",
-        "dead_letter_topic": f"{stem}.dlq",
-        "kafka": KafkaSettings(bootstrap_servers=broker.bootstrap_servers),
-        "http_port": 0,
-        "create_topics": True,
-        "topic_partitions": 1,
-        "max_batch_wait_seconds": 0.1,
-        "session_timeout_ms": 2000,
-        "retry_backoff_initial_seconds": 0.2,
-        "retry_backoff_max_seconds": 0.5,
-        "tgi_url": tgi_url,
-        "tgi_adapter_id": ADAPTER.version,
-        "tgi_backoff_initial_seconds": 0.05,
-        "tgi_backoff_max_seconds": 0.2,
-        "tgi_max_attempts": 3,
-        "decision": "llm",  # what the LLM answers, not the encoder's probabilities
-    }
+    fields = service_test_fields(broker.bootstrap_servers, "classifier", stem, "candidates")
+    fields.update(
+        output_topic=f"{stem}.relations",
+        retry_backoff_initial_seconds=0.2,
+        retry_backoff_max_seconds=0.5,
+        tgi_url=tgi_url,
+        tgi_adapter_id=ADAPTER.version,
+        tgi_backoff_initial_seconds=0.05,
+        tgi_backoff_max_seconds=0.2,
+        tgi_max_attempts=3,
+        decision="llm",  # what the LLM answers, not the encoder's probabilities
+    )
     fields.update(overrides)
     return ClassifierSettings(**fields)
 

@@ -28,8 +28,7 @@ from lmrc.proposer.training.selection import (
     score_documents,
     threshold_for_recall,
 )
-from lmrc.runtime import KafkaSettings
-from tests.helpers import produce, read_topic, running
+from tests.helpers import produce, read_topic, running, service_test_fields
 
 
 @pytest.fixture(scope="module")
@@ -59,20 +58,8 @@ def proposer_settings(
     broker: LocalBroker, unique: str, onnx_file: Path, **overrides: object
 ) -> ProposerSettings:
     """The proposer on its own topics of the test broker, serving ``onnx_file``."""
-    fields: dict[str, object] = {
-        "service_name": f"proposer-{unique}",
-        "group_id": f"group-{unique}",
-        "input_topic": f"{unique}.documents",
-        "dead_letter_topic": f"{unique}.dlq",
-        "kafka": KafkaSettings(bootstrap_servers=broker.bootstrap_servers),
-        "http_port": 0,
-        "create_topics": True,
-        "topic_partitions": 1,
-        "max_batch_wait_seconds": 0.1,
-        "session_timeout_ms": 2000,
-        "onnx_path": onnx_file,
-        **overrides,
-    }
+    fields = service_test_fields(broker.bootstrap_servers, "proposer", unique, "documents")
+    fields.update(onnx_path=onnx_file, **overrides)
     return ProposerSettings(**fields)
 
 

@@ -21,13 +21,20 @@ from lmrc.runtime import (
     BatchResult,
     Consumed,
     Handler,
-    KafkaSettings,
     Output,
     RetryableError,
     ServiceRuntime,
 )
 from lmrc.runtime.topics import ensure_topics
-from tests.helpers import committed_offsets, http_get, metric_value, produce, read_topic, running
+from tests.helpers import (
+    committed_offsets,
+    http_get,
+    metric_value,
+    produce,
+    read_topic,
+    running,
+    service_test_fields,
+)
 
 pytestmark = pytest.mark.broker
 
@@ -38,20 +45,8 @@ def documents() -> list[DocumentEvent]:
 
 
 def relay_settings(broker: LocalBroker, stem: str, **overrides: object) -> RelaySettings:
-    fields: dict[str, object] = {
-        "service_name": f"relay-{stem}",
-        "group_id": f"group-{stem}",
-        "input_topic": f"{stem}.in",
-        "output_topic": f"{stem}.out",
-        "dead_letter_topic": f"{stem}.dlq",
-        "kafka": KafkaSettings(bootstrap_servers=broker.bootstrap_servers),
-        "http_port": 0,
-        "create_topics": True,
-        "topic_partitions": 2,
-        "max_batch_wait_seconds": 0.1,
-        "session_timeout_ms": 2000,
-        "retry_backoff_initial_seconds": 0.05,
-    }
+    fields = service_test_fields(broker.bootstrap_servers, "relay", stem, "in")
+    fields.update(output_topic=f"{stem}.out", topic_partitions=2, retry_backoff_initial_seconds=0.05)
     fields.update(overrides)
     return RelaySettings(**fields)
 

@@ -16,7 +16,6 @@ from lmrc.cli import main as lmrc_main
 from lmrc.contracts import Relation, RelationSetEvent
 from lmrc.local.broker import LocalBroker
 from lmrc.local.graph_server import LocalFalkorDB
-from lmrc.runtime import KafkaSettings
 from lmrc.sink.falkordb_store import FalkorDBGraphStore
 from lmrc.sink.graph import GraphStore
 from lmrc.sink.ladybug_store import LadybugGraphStore
@@ -29,6 +28,7 @@ from tests.helpers import (
     produce,
     relation_sets,
     running,
+    service_test_fields,
     wait_committed,
     wait_for,
 )
@@ -48,21 +48,8 @@ def sets(events: list[Relation]) -> list[RelationSetEvent]:
 
 
 def sink_settings(broker: LocalBroker, stem: str, **overrides: object) -> SinkSettings:
-    fields: dict[str, object] = {
-        "service_name": f"sink-{stem}",
-        "group_id": f"group-{stem}",
-        "input_topic": f"{stem}.relations",
-        "dead_letter_topic": f"{stem}.dlq",
-        "kafka": KafkaSettings(bootstrap_servers=broker.bootstrap_servers),
-        "http_port": 0,
-        "create_topics": True,
-        "topic_partitions": 1,
-        "max_batch_size": 40,
-        "max_batch_wait_seconds": 0.1,
-        "session_timeout_ms": 2000,
-        "retry_backoff_initial_seconds": 0.1,
-        "retry_backoff_max_seconds": 0.5,
-    }
+    fields = service_test_fields(broker.bootstrap_servers, "sink", stem, "relations")
+    fields.update(max_batch_size=40, retry_backoff_initial_seconds=0.1, retry_backoff_max_seconds=0.5)
     fields.update(overrides)
     return SinkSettings(**fields)
 
