@@ -15,11 +15,15 @@ from types import TracebackType
 
 import httpx
 
+from tests.helpers import scaled
+
 
 class FaultyProxy:
     def __init__(self, upstream: str) -> None:
         self.upstream = upstream.rstrip("/")
-        # "503", "429", "slow:<seconds>", "garbage" (a 200 with an answer no grammar allows)
+        # "503", "429", "slow:<seconds>", "garbage" (a 200 with an answer no grammar allows),
+        # "401", "403", "404" (a misconfigured deployment), "424" (TGI's generation error),
+        # "html" (a 200 from something that is not TGI, say a login page)
         self.faults: deque[str] = deque()
         self.always: str | None = None
         self.generate_requests = 0
@@ -43,6 +47,17 @@ class FaultyProxy:
                         payload = {"error": "injected fault", "error_type": "overloaded"}
                         self._reply(int(fault), json.dumps(payload).encode(), {})
                         return
+                    if fault in ("401", "403", "404"):
+                        payload = {"error": "injected fault", "error_type": "not_found_or_unauthorized"}
+                        self._reply(int(fault), json.dumps(payload).encode(), {})
+                        return
+                    if fault == "424":
+                        payload = {"error": "Request failed during generation", "error_type": "generation"}
+                        self._reply(424, json.dumps(payload).encode(), {})
+                        return
+                    if fault == "html":
+                        self._reply(200, b"<html><body>Please log in</body></html>", {})
+                        return
                     if fault == "garbage":
                         payload = {"generated_text": "I think they are related.\n"}
                         self._reply(200, json.dumps(payload).encode(), {})
@@ -58,7 +73,7 @@ class FaultyProxy:
                         proxy.upstream + self.path,
                         content=body,
                         headers={"content-type": self.headers.get("content-type", "application/json")},
-                        timeout=300,
+                        timeout=scaled(300),
                     )
                 except httpx.HTTPError:
                     return  # the client gave up and closed the connection

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 import urllib.error
@@ -19,6 +20,15 @@ from lmrc.contracts import DocumentEvent, EntityRef, ModelVersions, Relation, Re
 from lmrc.local import publish as lmrc_publish
 from lmrc.local.publish import beginning_of
 from lmrc.runtime import KafkaSettings, ServiceRuntime
+
+#: The one setting every wait of the suite scales with: ``LMRC_TEST_TIME_SCALE=3`` on a slow or
+#: busy machine gives every deadline three times as long (never a bare sleep in a test).
+TIME_SCALE = float(os.environ.get("LMRC_TEST_TIME_SCALE", "1"))
+
+
+def scaled(seconds: float) -> float:
+    """A wait or timeout in seconds, scaled for this machine (``LMRC_TEST_TIME_SCALE``)."""
+    return seconds * TIME_SCALE
 
 
 @dataclass(frozen=True)
@@ -50,7 +60,8 @@ def read_topic(
     seconds more so that extra (duplicate) records would be seen too. No consumer group."""
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "unused", "enable.auto.commit": False})
     records: list[Record] = []
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + scaled(timeout)
+    settle = scaled(settle)
     settle_until: float | None = None
     try:
         consumer.assign(beginning_of(consumer, topics))
@@ -95,13 +106,14 @@ def running(runtime: ServiceRuntime) -> Iterator[ServiceRuntime]:
         yield runtime
     finally:
         runtime.stop()
-        thread.join(30)
-    assert not thread.is_alive(), "runtime did not stop within 30 s"
+        thread.join(scaled(30))
+    assert not thread.is_alive(), f"runtime did not stop within {scaled(30):.0f} s"
     assert not errors, errors
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
+    """Until ``condition()`` holds; ``timeout`` is scaled (``LMRC_TEST_TIME_SCALE``)."""
+    deadline = time.monotonic() + scaled(timeout)
     while not condition():
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
@@ -121,7 +133,7 @@ def wait_committed(
 
 def http_get(port: int, path: str) -> tuple[int, str]:
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=scaled(5)) as response:
             return response.status, response.read().decode()
     except urllib.error.HTTPError as error:
         return error.code, error.read().decode()

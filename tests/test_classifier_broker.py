@@ -248,6 +248,62 @@ def test_an_open_circuit_pauses_the_service_and_loses_nothing(
     assert read_topic(broker.bootstrap_servers, [settings.dead_letter_topic], expect=0, settle=0.5) == []
 
 
+def test_a_republished_document_is_answered_from_memory_without_llm_calls(
+    broker: LocalBroker, unique: str, proxy: FaultyProxy, candidates: CandidateSetEvent
+) -> None:
+    """50 republishes cost 50 times the LLM calls: now the second copy of a candidate set (same
+    content, same models) gets the same relation set, with no call."""
+    once = first_pairs(candidates, 2)
+    settings = classifier_settings(broker, unique, proxy.url)
+    runtime = build_runtime(settings)
+    with running(runtime):
+        produce(broker.bootstrap_servers, settings.input_topic, encoded(once) * 3)
+        records = read_topic(broker.bootstrap_servers, [settings.output_topic], expect=3, timeout=180)
+        duplicates = metric_value(
+            runtime.http_port, "lmrc_classifier_duplicate_documents_total", service=settings.service_name
+        )
+    sets = [RelationSetEvent.model_validate_json(r.value or b"") for r in records]
+    assert len(sets) == 3
+    assert proxy.generate_requests == 2 and duplicates == 2
+    assert len({s.event_id for s in sets}) == 1
+    assert all(s.relations == sets[0].relations and not s.failed_pairs for s in sets)
+
+
+@pytest.mark.parametrize("fault", ["401", "424", "html"])
+def test_a_sick_or_misconfigured_model_server_pauses_the_service_and_blames_no_input(
+    broker: LocalBroker, unique: str, proxy: FaultyProxy, candidates: CandidateSetEvent, fault: str
+) -> None:
+    """Wrong credentials, a wrong URL, TGI's generation error or a 200 from something that is not
+    TGI failed every pair (and their documents went on with nothing): now the batch is rewound
+    and retried, nothing committed, until the server answers; then the document completes."""
+    proxy.always = fault
+    settings = classifier_settings(
+        broker, unique, proxy.url, circuit_failure_threshold=2, circuit_reset_seconds=0.5
+    )
+    runtime = build_runtime(settings)
+    with running(runtime):
+        produce(broker.bootstrap_servers, settings.input_topic, encoded(first_pairs(candidates, 2)))
+        wait_for(
+            lambda: (
+                metric_value(
+                    runtime.http_port,
+                    "lmrc_batch_retries_total",
+                    service=settings.service_name,
+                    error_class="CircuitOpenError",
+                )
+                >= 2
+            ),
+            timeout=120,
+            what="rewound batches",
+        )
+        assert committed_offsets(broker.bootstrap_servers, settings.group_id, settings.input_topic, 1) == {}
+        proxy.always = None  # fixed
+        wait_committed(broker.bootstrap_servers, settings.group_id, settings.input_topic, {0: 1}, timeout=180)
+    record = relation_set(broker, settings)
+    assert record.failed_pairs == [] and record.candidate_pairs == 2
+    assert read_topic(broker.bootstrap_servers, [settings.dead_letter_topic], expect=0, settle=0.5) == []
+
+
 def test_an_outage_before_the_circuit_opens_rewinds_instead_of_failing_pairs(
     broker: LocalBroker, unique: str, proxy: FaultyProxy, candidates: CandidateSetEvent
 ) -> None:

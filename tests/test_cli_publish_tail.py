@@ -19,7 +19,7 @@ from lmrc.contracts import RelationSetEvent
 from lmrc.local.broker import LocalBroker
 from lmrc.paths import REPO_ROOT
 from lmrc.runtime.topics import ensure_topics
-from tests.helpers import gold_relation_events, produce, read_topic, relation_sets
+from tests.helpers import gold_relation_events, produce, read_topic, relation_sets, scaled
 
 pytestmark = pytest.mark.broker
 
@@ -33,7 +33,7 @@ def _lmrc(broker: LocalBroker, *args: str, timeout: float = 60) -> subprocess.Co
         env={**os.environ, "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers},
         capture_output=True,
         text=True,
-        timeout=timeout,
+        timeout=scaled(timeout),
     )
 
 
@@ -119,7 +119,7 @@ def test_tail_without_from_beginning_shows_only_new_events(broker: LocalBroker, 
     publisher = threading.Thread(target=keep_publishing, daemon=True)
     publisher.start()
     try:
-        out, _ = tail.communicate(timeout=90)
+        out, _ = tail.communicate(timeout=scaled(90))
     finally:
         stop.set()
         tail.kill()

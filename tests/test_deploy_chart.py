@@ -230,22 +230,82 @@ def test_topic_job_creates_every_topic_the_services_use(rendered: list[dict[str,
 
 
 def test_credentials_come_from_the_secret_the_chart_writes() -> None:
+    """The services read an ordinary Secret (helm uninstall removes it; before, the only Secret was a
+    hook and outlived the release); the topic Job, a pre-install hook, reads a hook copy of the Kafka
+    credentials alone, made before it and deleted after it whatever its outcome."""
     documents = render(EVERYTHING_VALUES)
-    (secret,) = of_kind(documents, "Secret").values()
-    assert secret["metadata"]["annotations"]["helm.sh/hook-weight"] == "-10"  # before the topic Job
+    secrets = of_kind(documents, "Secret")
+    ordinary = next(s for s in secrets.values() if "helm.sh/hook" not in s["metadata"].get("annotations", {}))
+    hook = next(s for s in secrets.values() if s is not ordinary)
+    annotations = hook["metadata"]["annotations"]
+    assert annotations["helm.sh/hook-weight"] == "-10"  # before the topic Job
+    assert set(annotations["helm.sh/hook-delete-policy"].split(",")) == {
+        "before-hook-creation",
+        "hook-succeeded",
+        "hook-failed",
+    }
+    assert set(hook["stringData"]) == {"kafka-sasl-username", "kafka-sasl-password"}
     references = [
-        entry["valueFrom"]["secretKeyRef"]
-        for deployment in [*service_deployments(documents).values(), *of_kind(documents, "Job").values()]
+        (name, entry["valueFrom"]["secretKeyRef"])
+        for name, deployment in [*service_deployments(documents).items(), *of_kind(documents, "Job").items()]
         for entry in env_of(deployment).values()
         if "valueFrom" in entry
     ]
     # The embedded graph store (these values) takes no credentials: no falkordb-* references.
-    assert {r["key"] for r in references} == {"kafka-sasl-username", "kafka-sasl-password", "tgi-api-token"}
-    for reference in references:
+    keys = {r["key"] for _, r in references}
+    assert keys == {"kafka-sasl-username", "kafka-sasl-password", "tgi-api-token"}
+    jobs = set(of_kind(documents, "Job"))
+    for name, reference in references:
+        secret = hook if name in jobs else ordinary
         assert reference["name"] == secret["metadata"]["name"]
         assert reference["key"] in secret["stringData"] or reference["optional"] is True
-    sasl = [r for r in references if r["key"].startswith("kafka-")]
+    sasl = [r for _, r in references if r["key"].startswith("kafka-")]
     assert sasl and all(r["optional"] is False for r in sasl)
+
+
+@pytest.mark.parametrize("values_name", sorted(VALUE_SETS))
+def test_no_pod_gets_a_service_account_token_or_runs_without_a_security_context(values_name: str) -> None:
+    documents = render(VALUE_SETS[values_name])
+    pods = [
+        (name, workload["spec"]["template"]["spec"])
+        for kind in ("Deployment", "Job")
+        for name, workload in of_kind(documents, kind).items()
+    ]
+    assert pods
+    for name, pod in pods:
+        assert pod["automountServiceAccountToken"] is False, name
+        assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault", name
+        for container in pod["containers"]:
+            context = container["securityContext"]
+            assert context["allowPrivilegeEscalation"] is False, name
+            assert context["capabilities"]["drop"] == ["ALL"], name
+
+
+def test_network_policies_open_only_the_metrics_ports_and_tgi_to_the_classifier() -> None:
+    documents = render(EVERYTHING_VALUES)
+    policies = of_kind(documents, "NetworkPolicy")
+    selected = {
+        p["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"]: p for p in policies.values()
+    }
+    assert set(selected) == {"proposer", "classifier", "sink", "tgi"}
+    for component in ("proposer", "classifier", "sink"):
+        (rule,) = selected[component]["spec"]["ingress"]
+        assert rule["ports"] == [{"port": "metrics", "protocol": "TCP"}]
+    (tgi_rule,) = selected["tgi"]["spec"]["ingress"]
+    (peer,) = tgi_rule["from"]
+    assert peer["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "classifier"
+    # Every policy selects the pods of its Deployment.
+    deployments = of_kind(documents, "Deployment").values()
+    for component, policy in selected.items():
+        labels = policy["spec"]["podSelector"]["matchLabels"]
+        assert any(d["spec"]["template"]["metadata"]["labels"] == labels for d in deployments), component
+    scrapers = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+    scoped_values = {**EVERYTHING_VALUES, "networkPolicy": {"metricsFrom": scrapers}}
+    scoped = of_kind(render(scoped_values), "NetworkPolicy")
+    for policy in scoped.values():
+        (rule,) = policy["spec"]["ingress"]
+        assert scrapers[0] in rule["from"]
+    assert of_kind(render({"networkPolicy": {"enabled": False}}), "NetworkPolicy") == {}
 
 
 def test_an_existing_secret_is_referenced_and_none_is_written() -> None:
@@ -409,3 +469,21 @@ def _pyproject_scripts() -> dict[str, str]:
     import tomllib
 
     return tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+
+
+def test_the_proposer_pod_fits_the_worst_document_its_limits_admit() -> None:
+    """`lmrc proposer memory` measured the peak RSS of the worst admitted document with the
+    service's default limits; the chart's memory limit leaves room above it."""
+    from lmrc.proposer.service import ProposerSettings
+
+    figures = json.loads((REPO / "docs" / "results" / "proposer-memory.json").read_text())
+    defaults = ProposerSettings()
+    assert figures["limits"] == {
+        "max_document_tokens": defaults.max_document_tokens,
+        "max_entities": defaults.max_entities,
+        "max_mention_slots": defaults.max_mention_slots,
+        "pair_budget_bytes": defaults.pair_budget_bytes,
+    }
+    limit = VALUES["proposer"]["resources"]["limits"]["memory"]
+    assert limit.endswith("Gi")
+    assert figures["peak_rss_mib"] * 1.2 <= int(limit[:-2]) * 1024

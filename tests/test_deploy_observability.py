@@ -27,7 +27,7 @@ from lmrc.local.processes import free_port
 from lmrc.local.publish import publish
 from lmrc.runtime.topics import ensure_topics
 from tests.faults import FaultyProxy
-from tests.helpers import produce, small_documents, topic_ends, wait_committed, wait_for
+from tests.helpers import produce, scaled, small_documents, topic_ends, wait_committed, wait_for
 from tests.observability import (
     DASHBOARDS,
     REPO,
@@ -164,7 +164,7 @@ def _service(module: str, env: dict[str, str], log: Path) -> subprocess.Popen[by
 
 def _prometheus_query(base: str, expr: str) -> dict[str, Any]:
     url = f"{base}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
-    with urllib.request.urlopen(url, timeout=10) as response:
+    with urllib.request.urlopen(url, timeout=scaled(10)) as response:
         return json.loads(response.read())
 
 
@@ -273,9 +273,8 @@ def scraped(
             wait_for(lambda: _ready(f"{prometheus_url}/-/ready"), timeout=60, what="Prometheus ready")
 
             # A request TGI refuses (validation), so its failure counter exists, as on a real server.
-            assert (
-                httpx.post(f"{tgi_server.url}/generate", json={"inputs": ""}, timeout=30).status_code == 422
-            )
+            refused = httpx.post(f"{tgi_server.url}/generate", json={"inputs": ""}, timeout=scaled(30))
+            assert refused.status_code == 422
             # A poison message in every topic; the documents topic gets one now and one later, so
             # that the dead-letter counter is seen rising.
             produce(bootstrap, candidates, [b"{not json"])
@@ -287,7 +286,7 @@ def scraped(
                 iter([(f"d{i}", p) for i, p in enumerate(payloads)]),
             )
             wait_committed(bootstrap, f"{stem}-proposer", documents, ends, timeout=240)
-            time.sleep(2.5)
+            time.sleep(scaled(2.5))
             ends = publish({"bootstrap.servers": bootstrap}, documents, iter([("poison", b"[1, 2")]))
             wait_committed(bootstrap, f"{stem}-proposer", documents, ends, timeout=240)
             candidate_ends = topic_ends(bootstrap, candidates)
@@ -295,7 +294,7 @@ def scraped(
             wait_committed(
                 bootstrap, f"{stem}-sink", relations, topic_ends(bootstrap, relations), timeout=240
             )
-            time.sleep(4)  # a few more scrapes and rule evaluations after the last commit
+            time.sleep(scaled(4))  # a few more scrapes and rule evaluations after the last commit
             yield Scraped(
                 prometheus=prometheus_url,
                 metrics_urls={
@@ -319,7 +318,7 @@ def scraped(
 
 def _ready(url: str) -> bool:
     try:
-        with urllib.request.urlopen(url, timeout=2) as response:
+        with urllib.request.urlopen(url, timeout=scaled(2)) as response:
             return response.status == 200
     except OSError:
         return False
@@ -329,7 +328,7 @@ def _ready(url: str) -> bool:
 def test_every_metric_the_dashboards_and_rules_use_is_one_the_services_export(scraped: Scraped) -> None:
     exported: set[str] = set()
     for url in scraped.metrics_urls.values():
-        exported |= exported_names(httpx.get(url, timeout=10).text)
+        exported |= exported_names(httpx.get(url, timeout=scaled(10)).text)
     for query in [*dashboard_queries(), *rule_queries()]:
         missing = metric_names(query.expr) - exported
         assert not missing, f"{query.source} uses {sorted(missing)}, which no service exports"
@@ -337,7 +336,7 @@ def test_every_metric_the_dashboards_and_rules_use_is_one_the_services_export(sc
 
 @pytest.mark.broker
 def test_prometheus_scrapes_every_service(scraped: Scraped) -> None:
-    with urllib.request.urlopen(f"{scraped.prometheus}/api/v1/targets", timeout=10) as response:
+    with urllib.request.urlopen(f"{scraped.prometheus}/api/v1/targets", timeout=scaled(10)) as response:
         targets = json.loads(response.read())["data"]["activeTargets"]
     assert len(targets) == 4 and all(t["health"] == "up" for t in targets), targets
     services = _prometheus_query(scraped.prometheus, "count by (service) (lmrc_messages_consumed_total)")
@@ -367,7 +366,7 @@ def test_prometheus_answers_every_dashboard_query_with_data(scraped: Scraped) ->
 
 @pytest.mark.broker
 def test_prometheus_evaluates_the_alerting_rules_on_the_live_series(scraped: Scraped) -> None:
-    with urllib.request.urlopen(f"{scraped.prometheus}/api/v1/rules", timeout=10) as response:
+    with urllib.request.urlopen(f"{scraped.prometheus}/api/v1/rules", timeout=scaled(10)) as response:
         groups = json.loads(response.read())["data"]["groups"]
     rules = {rule["name"]: rule for group in groups for rule in group["rules"]}
     assert set(rules) == {query.source.removeprefix("alert ") for query in rule_queries()}

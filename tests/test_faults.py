@@ -24,7 +24,7 @@ from lmrc.local.llm.local_server import LocalTgiServer
 from lmrc.local.processes import LocalProcess
 from lmrc.local.publish import publish
 from tests.faults import FaultyProxy
-from tests.helpers import metric_sum, metric_value, produce, small_documents, wait_for
+from tests.helpers import metric_sum, metric_value, produce, scaled, small_documents, wait_for
 from tests.pipeline import SERVICES, Pipeline, assert_every_document_accounted_for
 
 pytestmark = pytest.mark.broker
@@ -44,14 +44,14 @@ class LocalObjectStore(LocalProcess):
         return [sys.executable, "-m", "moto.server", "-H", self.host, "-p", str(self.port)]
 
     def is_ready(self) -> bool:
-        return httpx.get(f"{self.url}/", timeout=1).status_code == 200
+        return httpx.get(f"{self.url}/", timeout=scaled(1)).status_code == 200
 
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
     def create_bucket(self, name: str) -> None:
-        httpx.put(f"{self.url}/{name}", timeout=10).raise_for_status()
+        httpx.put(f"{self.url}/{name}", timeout=scaled(10)).raise_for_status()
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +132,7 @@ def test_a_service_killed_mid_stream_and_restarted_loses_nothing_and_duplicates_
     pipeline.wait_progress(victim)
     pipeline.services[victim].kill()
     send(pipeline, documents[3:])  # arrives while the victim is down
-    time.sleep(1)
+    time.sleep(scaled(1))
     pipeline.services[victim].start()
     pipeline.services[victim].wait_ready()
     pipeline.drain()
@@ -164,7 +164,7 @@ def test_model_server_answering_503_for_a_while_delays_but_loses_nothing(
             timeout=60,
             what="the classifier's circuit to open",
         )
-        time.sleep(3)  # down for a while: the circuit's trial requests fail too
+        time.sleep(scaled(3))  # down for a while: the circuit's trial requests fail too
         proxy.always = None
         pipeline.drain()
         retried = metric_sum(classifier.port, "lmrc_batch_retries_total")
@@ -202,7 +202,7 @@ def test_broker_killed_and_restarted_mid_stream_loses_nothing(
     send(pipeline, documents[:3])
     pipeline.wait_progress("classifier")
     restartable_broker.kill()
-    time.sleep(3)  # every service sees the broker gone: failed fetches, produces and commits
+    time.sleep(scaled(3))  # every service sees the broker gone: failed fetches, produces and commits
     restartable_broker.start()
     send(pipeline, documents[3:])
     pipeline.drain()

@@ -12,7 +12,13 @@ from lmrc import docred
 from lmrc.contracts import EntityRef, Relation, event_id
 from lmrc.local.graph_server import LocalFalkorDB
 from lmrc.sink.falkordb_store import FalkorDBGraphStore
-from lmrc.sink.graph import GraphStore, StoreUnavailableError, batch_parameters, entity_id
+from lmrc.sink.graph import (
+    GraphStore,
+    StoreUnavailableError,
+    UnverifiedWriteError,
+    batch_parameters,
+    entity_id,
+)
 from lmrc.sink.ladybug_store import LadybugGraphStore
 from tests.helpers import gold_relation_events
 
@@ -146,3 +152,57 @@ def test_falkordb_graph_survives_a_restart_and_reports_outages(
     finally:
         store.close()
         server.stop()
+
+
+def test_entity_ids_are_unambiguous() -> None:
+    assert entity_id("b:c", "A") != entity_id("c", "A:b")  # they were both "A:b:c"
+    assert entity_id("Lord  Byron", "PER") == entity_id("lord byron", "PER") == "PER:lord byron"
+    assert entity_id("x", "100%:y").startswith("100%25%3Ay:")
+
+
+def test_names_with_line_breaks_are_normalised_and_other_control_characters_refused() -> None:
+    """At the contract, before anything reaches a store: DocRED has mention names spanning a line
+    break (kept, as a space); a name with \x01 or NUL is refused with the character and position."""
+    event = relation("Ada\nLovelace", "London", "d", T0)
+    assert event.head.name == "Ada Lovelace"
+    for hostile in ("Ada\x01", "Ada\x00Lovelace", "\x9bAda"):
+        with pytest.raises(ValueError, match=r"control character \\x[0-9a-f]{2} at position \d+"):
+            relation(hostile, "London", "d", T0)
+
+
+@pytest.mark.parametrize("store", ["falkordb"], indirect=True)
+def test_a_write_the_store_does_not_keep_is_an_error_not_a_silent_loss(store: GraphStore) -> None:
+    """FalkorDB's client inlines parameters into the query: a name with \x01 (one that bypassed the
+    contract, as an older producer's) made MERGE create another node and MATCH find nothing, the
+    edge was dropped and the sink counted and committed it. Now the write is read back."""
+    good = relation("Ada Lovelace", "London", "d1", T0)
+    assert store.upsert([good]) == 1
+    bypassed = good.model_copy(
+        update={"doc_id": "d2", "head": good.head.model_copy(update={"name": "Ada\x01Lovelace"})}
+    )
+    try:
+        written = store.upsert([bypassed])
+    except UnverifiedWriteError as error:
+        assert "0 of the 1 edges" in str(error)
+    else:  # a backend that keeps the edge must really hold it
+        assert written == 1 and len(store.relations(doc_id="d2")) == 1
+
+
+def test_falkordb_out_of_memory_or_read_only_pauses_the_sink_instead_of_blaming_the_input(
+    tmp_path: Path,
+) -> None:
+    """OOM, READONLY, LOADING answers mean the store is sick: StoreUnavailableError (the sink rewinds
+    and retries) rather than an error that dead-letters every document."""
+    with LocalFalkorDB(data_dir=tmp_path / "falkordb") as server:
+        store = FalkorDBGraphStore(port=server.port)
+        admin = store._db.connection
+        try:
+            assert store.upsert([relation("Ada Lovelace", "London", "d1", T0)]) == 1
+            admin.config_set("maxmemory-policy", "noeviction")
+            admin.config_set("maxmemory", "1")
+            with pytest.raises(StoreUnavailableError, match="OutOfMemory"):
+                store.upsert([relation("Alan Turing", "London", "d2", T0)])
+            admin.config_set("maxmemory", "0")  # recovered: the same write goes through
+            assert store.upsert([relation("Alan Turing", "London", "d2", T0)]) == 1
+        finally:
+            store.close()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
+import time
 from typing import Any
 
 import httpx
@@ -24,6 +26,7 @@ from lmrc.classifier.service import ClassifierHandler, ClassifierSettings
 from lmrc.contracts import CandidatePair, CandidateSetEvent, ScoredRelation
 from lmrc.local.llm.local_server import LocalTgiServer
 from lmrc.paths import shared_dir
+from tests.helpers import scaled
 
 LABELS = docred_labels()
 OPTIONS = [Option("P17", 0.91), Option("P131", 0.42), Option("P27", 0.08), Option("P150", 0.01)]
@@ -110,7 +113,7 @@ def test_grammar_makes_every_answer_a_valid_option_list(
                 **({"adapter_id": adapter_id} if adapter_id else {}),
             },
         }
-        answer = httpx.post(f"{tgi_server.url}/generate", json=body, timeout=120)
+        answer = httpx.post(f"{tgi_server.url}/generate", json=body, timeout=scaled(120))
         assert answer.status_code == 200, answer.text
         payload = answer.json()
         assert_valid(openapi, "GenerateResponse", payload)
@@ -133,7 +136,7 @@ def test_pairs_of_one_document_reuse_the_cached_prefix(tgi_server: LocalTgiServe
             "inputs": build_prompt(document, head, tail, OPTIONS, LABELS),
             "parameters": {"max_new_tokens": 2},
         }
-        assert httpx.post(f"{tgi_server.url}/generate", json=body, timeout=120).status_code == 200
+        assert httpx.post(f"{tgi_server.url}/generate", json=body, timeout=scaled(120)).status_code == 200
     shared = len(  # what the two prompts share: the document prefix
         httpx.post(f"{tgi_server.url}/tokenize", json={"inputs": document_prefix(document)}).json()
     )
@@ -149,7 +152,7 @@ def test_bad_requests_get_tgi_validation_errors(tgi_server: LocalTgiServer, open
         {"parameters": {}},
     ]
     for body in bad:
-        answer = httpx.post(f"{tgi_server.url}/generate", json=body, timeout=60)
+        answer = httpx.post(f"{tgi_server.url}/generate", json=body, timeout=scaled(60))
         assert answer.status_code == 422, (body, answer.text)
         assert_valid(openapi, "ErrorResponse", answer.json())
         assert answer.json()["error_type"] == "validation"
@@ -160,7 +163,7 @@ def test_more_requests_than_allowed_get_tgis_overloaded_answer(openapi, tmp_path
     body = {"inputs": "Write a long story about a cat.", "parameters": {"max_new_tokens": 40}}
 
     async def burst(url: str) -> list[httpx.Response]:
-        async with httpx.AsyncClient(base_url=url, timeout=120) as client:
+        async with httpx.AsyncClient(base_url=url, timeout=scaled(120)) as client:
             return list(await asyncio.gather(*(client.post("/generate", json=body) for _ in range(4))))
 
     with LocalTgiServer(max_concurrent_requests=1, log_path=tmp_path / "server.log") as server:
@@ -171,3 +174,40 @@ def test_more_requests_than_allowed_get_tgis_overloaded_answer(openapi, tmp_path
         if answer.status_code == 429:
             assert_valid(openapi, "ErrorResponse", answer.json())
             assert answer.json()["error_type"] == "overloaded"
+
+
+def _counter(metrics: httpx.Client, sample: str) -> float:
+    for line in metrics.get("/metrics").text.splitlines():
+        if line.startswith(sample + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_a_request_whose_client_left_while_queued_is_dropped_not_computed(tmp_path) -> None:
+    """A slow server used to compute every answer whose client had timed out, so retries piled up
+    behind them and nothing got through. Now a request whose client left before its turn is
+    dropped (counted as ``client_disconnected``); the one being computed still completes."""
+    long = {"inputs": "Write a long story about a cat.", "parameters": {"max_new_tokens": 80}}
+    short = {"inputs": "Say yes.", "parameters": {"max_new_tokens": 2}}
+    dropped = 'tgi_request_failure{err="client_disconnected"}'
+    with (
+        LocalTgiServer(log_path=tmp_path / "server.log") as server,  # the base model alone
+        httpx.Client(base_url=server.url, timeout=scaled(120)) as client,
+    ):
+        answers: list[int] = []
+        first = threading.Thread(
+            target=lambda: answers.append(client.post("/generate", json=long).status_code)
+        )
+        first.start()
+        deadline = time.monotonic() + scaled(30)
+        while _counter(client, "tgi_request_count") < 1:  # the long one is being computed
+            assert time.monotonic() < deadline, "the long request never arrived"
+        with pytest.raises(httpx.TimeoutException):  # waits behind it, then gives up and leaves
+            httpx.post(f"{server.url}/generate", json=short, timeout=0.3)
+        first.join(scaled(120))
+        deadline = time.monotonic() + scaled(30)
+        while _counter(client, dropped) < 1:
+            assert time.monotonic() < deadline, "the abandoned request was not dropped"
+        assert answers == [200]
+        assert _counter(client, "tgi_request_success") == 1  # the long one; the short never computed
+        assert _counter(client, "tgi_request_count") == 2

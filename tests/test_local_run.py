@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import json
 import re
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from lmrc.local.run import run_local
 from lmrc.sink.settings import SinkSettings, open_store
+from tests.helpers import scaled
 
 pytestmark = pytest.mark.broker
 
@@ -57,3 +62,37 @@ def test_encoder_only_run_needs_no_llm_and_scores_the_encoders_relations(
     assert figures["relation_sets"] == 2 and figures["relation_events"] > 0
     # The relations on the topic are the ones in the graph, and they score like the encoder alone.
     assert figures["scores_graph"]["f1"] == figures["scores_relations_topic"]["f1"] > 0.2
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_an_interrupted_run_stops_within_seconds_and_leaves_no_process_behind(
+    tmp_path: Path, signum: signal.Signals
+) -> None:
+    """Ctrl-C did nothing for two minutes, and after SIGTERM the broker and model server it had
+    started kept running: now the run exits 130 within seconds with every child gone."""
+    import psutil
+
+    command = [sys.executable, "-m", "lmrc", "run", "--limit", "2", "--graph", str(tmp_path / "g.lbug")]
+    run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    try:
+        assert run.stdout is not None
+        for line in run.stdout:  # until the documents are in: broker and model server are up
+            lines.append(line)
+            if line.startswith("published"):
+                break
+        children = psutil.Process(run.pid).children(recursive=True)
+        names = " ".join(child.name() for child in children)
+        assert len(children) >= 2, f"broker and model server expected, found: {names}\n{''.join(lines)}"
+        interrupted = time.monotonic()
+        run.send_signal(signum)
+        output, _ = run.communicate(timeout=scaled(30))
+        took = time.monotonic() - interrupted
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert run.returncode == 130, "".join(lines) + output
+    assert "interrupted" in output
+    assert took < scaled(5), f"took {took:.1f}s to stop"
+    _gone, alive = psutil.wait_procs(children, timeout=scaled(2))
+    assert not alive, f"still running: {[p.name() for p in alive]}"

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from lmrc import docred
-from lmrc.contracts import CandidateSetEvent, DeadLetterEvent, DocumentEvent, RelationSetEvent
+from lmrc.contracts import CandidateSetEvent, DeadLetterEvent, DocumentEvent, Entity, RelationSetEvent
 from lmrc.local.broker import LocalBroker
 from lmrc.proposer.artifact import (
     DEFAULT_ARTIFACT_DIR,
@@ -28,7 +28,15 @@ from lmrc.proposer.training.selection import (
     score_documents,
     threshold_for_recall,
 )
-from tests.helpers import produce, read_topic, running, service_test_fields
+from tests.helpers import (
+    committed_offsets,
+    produce,
+    read_topic,
+    running,
+    service_test_fields,
+    small_documents,
+    wait_for,
+)
 
 
 @pytest.fixture(scope="module")
@@ -70,12 +78,15 @@ def longest(documents: list[dict]) -> dict:
 def test_every_mention_is_represented_by_its_start_marker(featurizer: DocumentFeaturizer) -> None:
     raw = docred.load_split("holdout")[0]
     document = docred.to_document_event(raw)
-    pieces, positions = featurizer.word_pieces(document)
+    pieces, positions, sentences = featurizer.word_pieces(document)
     marker_id = featurizer.tokenizer.token_to_id(MARKER)
     assert [len(p) for p in positions] == [len(entity.mentions) for entity in document.entities]
     assert all(pieces[position] == marker_id for entity in positions for position in entity)
+    assert len(sentences) == len(pieces)
+    assert sentences == sorted(sentences) and set(sentences) == set(range(len(document.sentences)))
     for entity, entity_positions in zip(document.entities, positions, strict=True):
         earliest = min(entity.mentions, key=lambda m: (m.sent_id, m.start))  # positions are in text order
+        assert sentences[entity_positions[0]] == earliest.sent_id  # a marker counts with its mention
         words = document.sentences[earliest.sent_id][earliest.start : earliest.end]
         start = entity_positions[0] + 1
         expected = featurizer.tokenizer.encode(words, is_pretokenized=True, add_special_tokens=False).ids
@@ -150,10 +161,84 @@ def test_onnx_and_torch_give_the_same_relation_probabilities(
         features = featurizer.featurize(docred.to_document_event(raw))
         _pair_logits, relation_logits = torch_pair_and_relation_logits(model, features)
         expected = relation_probabilities(relation_logits, config.relation_loss)
-        pairs, got = scorer.score_with_relations(features, config.relation_loss)
+        pairs, got, _evidence = scorer.score_with_relations(features, config.relation_loss)
         assert got.shape == expected.shape == (len(features.pair_heads), config.relation_classes)
         assert float(np.abs(expected - got).max()) < 1e-3
         assert np.allclose(pairs, scorer.score(features))
+
+
+def test_onnx_and_torch_give_the_same_sentence_attention(
+    scorer: OnnxPairScorer, featurizer: DocumentFeaturizer, config: ProposerConfig
+) -> None:
+    """The pairs' context attention is a third output of the graph; summed per sentence it is a
+    distribution over the document's sentences, the same as torch's."""
+    from lmrc.proposer.artifact import sentence_attention
+    from lmrc.proposer.training.torch_model import load_artifact, torch_pair_attention
+
+    model, _config = load_artifact(DEFAULT_ARTIFACT_DIR)
+    assert scorer.has_evidence
+    for raw in [docred.load_split("holdout")[0], longest(docred.load_split("train"))]:
+        features = featurizer.featurize(docred.to_document_event(raw))
+        _pairs, _relations, got = scorer.score_with_relations(features, config.relation_loss)
+        expected = sentence_attention(
+            torch_pair_attention(model, features), features.token_sentences, features.sentence_count
+        )
+        assert got is not None
+        assert got.shape == expected.shape == (len(features.pair_heads), len(raw["sents"]))
+        assert np.allclose(got.sum(1), 1.0, atol=0.05)  # normalised with a small epsilon
+        assert float(np.abs(expected - got).max()) < 1e-3
+
+
+def test_evidence_is_trained_and_calibrated_on_validation(
+    scorer: OnnxPairScorer, featurizer: DocumentFeaturizer, config: ProposerConfig
+) -> None:
+    """The shipped proposer learned evidence (DREEAM's loss): on the holdout's gold relations its
+    evidence sentences beat the most naive rule, the sentences that mention head or tail."""
+    from lmrc.proposer.artifact import evidence_sentences
+
+    assert config.training.get("evidence_loss_weight", 0) > 0
+    assert config.evidence_threshold is not None and config.evidence_validation["f1"] > 0.45
+    model_hits = model_count = rule_hits = rule_count = gold_count = 0
+    for raw in docred.load_split("holdout"):
+        features = featurizer.featurize(docred.to_document_event(raw))
+        _pairs, _relations, attention = scorer.score_with_relations(features, config.relation_loss)
+        assert attention is not None
+        pairs = zip(features.pair_heads, features.pair_tails, strict=True)
+        index = {(int(h), int(t)): i for i, (h, t) in enumerate(pairs)}
+        for label in raw["labels"]:
+            gold = set(label["evidence"])
+            row = attention[index[(label["h"], label["t"])]]
+            chosen = set(evidence_sentences(row, config.evidence_threshold))
+            mentioned = {m["sent_id"] for e in (label["h"], label["t"]) for m in raw["vertexSet"][e]}
+            model_hits, model_count = model_hits + len(chosen & gold), model_count + len(chosen)
+            rule_hits, rule_count = rule_hits + len(mentioned & gold), rule_count + len(mentioned)
+            gold_count += len(gold)
+
+    def f1(hits: int, count: int) -> float:
+        return 2 * hits / (count + gold_count)
+
+    print(
+        f"holdout evidence F1 on gold relations: model {f1(model_hits, model_count):.4f}, "
+        f"mention rule {f1(rule_hits, rule_count):.4f}"
+    )
+    assert f1(model_hits, model_count) > f1(rule_hits, rule_count) + 0.05
+
+
+def test_pairs_scored_in_several_runs_score_as_in_one(
+    onnx_file: Path, scorer: OnnxPairScorer, featurizer: DocumentFeaturizer, config: ProposerConfig
+) -> None:
+    """Memory stays bounded with many entities: the pairs go through in runs sized by a budget;
+    a tiny budget (one pair per run here) gives the same outputs as one run."""
+    from lmrc.proposer.inference import pairs_per_run
+
+    tiny = OnnxPairScorer(onnx_file, ["CPUExecutionProvider"], pair_budget_bytes=1)
+    assert pairs_per_run(10_000, 1) == 1 and pairs_per_run(300) > 500
+    features = featurizer.featurize(small_documents(1, entities=5)[0])
+    one_run = scorer.score_with_relations(features, config.relation_loss)
+    many_runs = tiny.score_with_relations(features, config.relation_loss)
+    for expected, got in zip(one_run, many_runs, strict=True):
+        assert expected is not None and got is not None
+        assert expected.shape == got.shape and float(np.abs(expected - got).max()) < 1e-5
 
 
 def test_the_relation_head_is_calibrated_on_validation(config: ProposerConfig) -> None:
@@ -195,6 +280,12 @@ def test_service_turns_documents_into_candidate_events(
     crowded = DocumentEvent(
         doc_id="crowded", sentences=documents[0].sentences, entities=list(documents[0].entities) * 10
     )
+    first = documents[0].entities[0].mentions[0]
+    mentioned = DocumentEvent(  # 3 entities, one with 200 mentions: 600 slots over a limit of 500
+        doc_id="mentioned",
+        sentences=documents[0].sentences,
+        entities=[documents[0].entities[1], documents[0].entities[2], Entity(mentions=[first] * 200)],
+    )
     broken = json.loads(documents[1].model_dump_json())
     broken["entities"][0]["mentions"][0]["end"] = 10_000
     settings = proposer_settings(
@@ -204,8 +295,9 @@ def test_service_turns_documents_into_candidate_events(
         output_topic=f"{unique}.candidates",
         max_document_tokens=600,
         max_entities=100,
+        max_mention_slots=500,
     )
-    values = [d.model_dump_json().encode() for d in [*documents, big, crowded]] + [
+    values = [d.model_dump_json().encode() for d in [*documents, big, crowded, mentioned]] + [
         json.dumps(broken).encode()
     ]
     with running(build_runtime(settings)):
@@ -220,7 +312,7 @@ def test_service_turns_documents_into_candidate_events(
             for f in [featurizer.featurize(d)]
         }
         out = read_topic(broker.bootstrap_servers, [settings.output_topic], expect=len(documents))
-        dlq = read_topic(broker.bootstrap_servers, [settings.dead_letter_topic], expect=3)
+        dlq = read_topic(broker.bootstrap_servers, [settings.dead_letter_topic], expect=4)
     sets = [CandidateSetEvent.model_validate_json(record.value or b"") for record in out]
     got: dict[str, set[tuple[int, int]]] = {}
     for candidates in sets:  # one per document, its pairs best first
@@ -235,6 +327,8 @@ def test_service_turns_documents_into_candidate_events(
             assert len(shortlist) == config.shortlist_size and shortlist == sorted(shortlist, reverse=True)
             assert all(r.probability >= (config.relation_threshold or 0.5) for r in pair.predicted)
             assert all(r.relation_id in config.relation_ids for r in pair.shortlist)
+            assert pair.evidence and pair.evidence == sorted(set(pair.evidence))  # sentence ids
+            assert max(pair.evidence) < len(candidates.document.sentences)
     assert got == expected
     assert any(pair.predicted for candidates in sets for pair in candidates.pairs)
     assert all(0 < len(pairs) < len(d.entities) ** 2 for d in documents for pairs in [expected[d.doc_id]])
@@ -244,10 +338,12 @@ def test_service_turns_documents_into_candidate_events(
     assert [letter.error_class for letter in letters] == [
         "DocumentTooLarge",
         "TooManyEntities",
+        "TooManyMentions",
         "SchemaValidationError",
     ]
     assert "word pieces (limit 600)" in letters[0].error_message
     assert "has 120 entities (limit 100)" in letters[1].error_message
+    assert "3 entities with up to 200 mentions each (limit 500" in letters[2].error_message
 
 
 @pytest.mark.broker
@@ -272,7 +368,7 @@ def test_encoder_only_mode_emits_the_encoders_relations_as_one_set_per_document(
     for document, record in zip(documents, out, strict=True):
         relation_set = RelationSetEvent.model_validate_json(record.value or b"")
         features = featurizer.featurize(document)
-        _pairs, probabilities = scorer.score_with_relations(features, config.relation_loss)
+        _pairs, probabilities, _evidence = scorer.score_with_relations(features, config.relation_loss)
         expected = {
             (int(h), int(t), config.relation_ids[r])
             for (i, r) in zip(*np.nonzero(probabilities >= threshold), strict=True)
@@ -285,3 +381,41 @@ def test_encoder_only_mode_emits_the_encoders_relations_as_one_set_per_document(
             for r in relation_set.relations
         )
         assert all(r.relation_name == config.relation_names[r.relation_id] for r in relation_set.relations)
+        sentences = len(document.sentences)
+        assert all(r.evidence and max(r.evidence) < sentences for r in relation_set.relations)
+
+
+@pytest.mark.broker
+def test_an_output_larger_than_the_broker_takes_dead_letters_its_input_and_the_partition_moves_on(
+    broker: LocalBroker, unique: str, onnx_file: Path
+) -> None:
+    """A candidate set carries its document and every pair: it can outgrow the input. Past the one
+    message limit the producer raised MSG_SIZE_TOO_LARGE, nothing caught it, the service exited and
+    every restart re-read the batch. Now that input is dead-lettered (whole, it fits) and the
+    documents after it flow."""
+    limit = 12_000
+    big = docred.to_document_event(docred.load_split("holdout")[2])
+    small = small_documents(2, entities=2)
+    settings = proposer_settings(
+        broker, unique, onnx_file, output_topic=f"{unique}.candidates", max_message_bytes=limit
+    )
+    values = [event.model_dump_json().encode() for event in (small[0], big, small[1])]
+    assert len(values[1]) < limit
+    with running(build_runtime(settings)):
+        produce(broker.bootstrap_servers, settings.input_topic, values)
+        out = read_topic(broker.bootstrap_servers, [settings.output_topic], expect=2)
+        dlq = read_topic(broker.bootstrap_servers, [settings.dead_letter_topic], expect=1)
+        wait_for(
+            lambda: (
+                committed_offsets(broker.bootstrap_servers, settings.group_id, settings.input_topic, 1)
+                == {0: 3}
+            ),
+            what="the whole batch committed",
+        )
+    assert [r.key for r in out] == [small[0].doc_id, small[1].doc_id]
+    (letter,) = [DeadLetterEvent.model_validate_json(r.value or b"") for r in dlq]
+    assert letter.error_class == "OutputTooLarge" and letter.origin.offset == 1
+    assert "CandidateSetEvent made from this message is" in letter.error_message
+    assert f"over the message limit of {limit}" in letter.error_message
+    assert letter.payload == values[1].decode() and not letter.payload_truncated
+    assert all(len(r.value or b"") <= limit for r in [*out, *dlq])

@@ -33,6 +33,7 @@ from tests.helpers import (
     produce,
     read_topic,
     running,
+    scaled,
     service_test_fields,
 )
 
@@ -140,6 +141,27 @@ def test_bad_messages_are_dead_lettered_with_reasons_and_the_partition_keeps_flo
         "MessageTooLarge": 1,
     }
     assert committed_offsets(broker.bootstrap_servers, settings.group_id, settings.input_topic, 2) == {0: 6}
+
+
+def test_a_dead_letter_never_exceeds_the_message_limit(
+    broker: LocalBroker, unique: str, documents: list[DocumentEvent]
+) -> None:
+    """Escaped in JSON, a payload of control bytes grows sixfold: the dead letter of an input just
+    under the limit would exceed it and the broker refuse it. The payload is cut until it fits."""
+    limit = 20_000
+    settings = relay_settings(broker, unique, max_message_bytes=limit)
+    hostile = b"\x01" * 19_000  # not JSON
+    with running(build_runtime(settings)):
+        produce(
+            broker.bootstrap_servers, settings.input_topic, [hostile, documents[0].model_dump_json().encode()]
+        )
+        (letter_record,) = read_topic(broker.bootstrap_servers, [settings.dead_letter_topic], expect=1)
+        out = read_topic(broker.bootstrap_servers, [settings.output_topic], expect=1)
+    assert len(letter_record.value or b"") <= limit
+    letter = DeadLetterEvent.model_validate_json(letter_record.value or b"")
+    assert letter.error_class == "MalformedJSON" and letter.payload_truncated
+    assert 1_000 < len(letter.payload) < 19_000 and set(letter.payload) == {"\x01"}
+    assert [r.key for r in out] == [documents[0].doc_id]
 
 
 class _FlakyHandler(Handler[DocumentEvent]):
@@ -254,7 +276,7 @@ def test_health_and_metrics_endpoints(
         while (
             "lmrc_consumer_lag_messages{" not in http_get(port, "/metrics")[1] and time.monotonic() < deadline
         ):
-            time.sleep(0.2)
+            time.sleep(scaled(0.2))
         assert metric_value(port, "lmrc_consumer_lag_messages", **lag_labels) == 0
         text = http_get(port, "/metrics")[1]
         assert f'lmrc_batch_processing_seconds_count{{service="{settings.service_name}"}}' in text

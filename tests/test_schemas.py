@@ -151,3 +151,16 @@ def test_dead_letter_round_trips() -> None:
         payload="{not json",
     )
     assert DeadLetterEvent.model_validate_json(letter.model_dump_json()) == letter
+
+
+def test_a_doc_id_reused_for_other_content_gets_another_content_hash() -> None:
+    from lmrc import docred
+
+    raw = docred.load_split("holdout")[0]
+    document = docred.to_document_event(raw)
+    edited = document.model_copy(update={"sentences": [["Changed", "."], *document.sentences[1:]]})
+    assert document.content_hash() == docred.to_document_event(raw).content_hash()  # stable
+    assert edited.doc_id == document.doc_id and edited.content_hash() != document.content_hash()
+    # Where a document came from is not its content: the same words from elsewhere are the same.
+    moved = document.model_copy(update={"source": None})
+    assert moved.content_hash() == document.content_hash()

@@ -36,6 +36,11 @@ PAIRS = Counter(
     ["service", "outcome"],
 )
 RELATIONS = Counter("lmrc_classifier_relations_total", "Relations emitted.", ["service"])
+DUPLICATES = Counter(
+    "lmrc_classifier_duplicate_documents_total",
+    "Candidate sets seen before (same content, same models): answered from memory, no LLM call.",
+    ["service"],
+)
 DOCUMENTS = Counter(
     "lmrc_classifier_documents_total", "Documents completed (one relation set each).", ["service"]
 )

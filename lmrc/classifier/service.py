@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+from collections import OrderedDict
 from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -50,6 +51,7 @@ from lmrc.classifier.tgi_client import (
     RetryPolicy,
     TgiClient,
     TgiError,
+    TgiMisconfiguredError,
     redact_url,
 )
 from lmrc.contracts import (
@@ -108,6 +110,12 @@ class ClassifierSettings(ServiceSettings):
     circuit_failure_threshold: int = Field(default=20, ge=1, description="Consecutive failures.")
     circuit_reset_seconds: float = Field(default=15.0, gt=0)
     max_new_tokens: int = Field(default=32, ge=4)
+    duplicate_cache_size: int = Field(
+        default=1024,
+        ge=0,
+        description="Documents whose relations are remembered (by content and models), so that a "
+        "republished document costs no LLM call; 0: none.",
+    )
     decision: Literal["tuned", "llm"] = Field(
         default="tuned",
         description="tuned: the adapter's validation-tuned combination of the LLM's answer and the "
@@ -176,6 +184,9 @@ class ClassifierHandler(Handler[CandidateSetEvent]):
         self.max_options = settings.max_options or trained_options
         self.decision = config.decision if settings.decision == "tuned" else Decision()
         self._loop: asyncio.AbstractEventLoop | None = None
+        # candidate set id (document content + proposer) -> its relations, most recent last
+        self._answered: OrderedDict[str, list[Relation]] = OrderedDict()
+        metrics.DUPLICATES.labels(self.service)
         self.client = TgiClient(
             settings.tgi_url,
             self.service,
@@ -233,13 +244,21 @@ class ClassifierHandler(Handler[CandidateSetEvent]):
         )
 
     def handle(self, batch: Sequence[Consumed[CandidateSetEvent]]) -> BatchResult:
-        outcomes = self.run(self._classify_all([item.event for item in batch]))
+        remembered = [self._remembered(item.event) for item in batch]
+        fresh = [item.event for item, known in zip(batch, remembered, strict=True) if known is None]
+        outcomes = iter(self.run(self._classify_all(fresh)))
         result = BatchResult()
-        for item, pair_outcomes in zip(batch, outcomes, strict=True):
+        for item, known in zip(batch, remembered, strict=True):
             candidates = item.event
+            if known is not None:  # the same document again: the same answer, no LLM call
+                metrics.DUPLICATES.labels(self.service).inc()
+                result.outputs.append(
+                    Output(self.relation_set(candidates, known, []), key=candidates.doc_id, source=item)
+                )
+                continue
             relations: list[Relation] = []
             failed: list[FailedPair] = []
-            for pair, outcome in zip(candidates.pairs, pair_outcomes, strict=True):
+            for pair, outcome in zip(candidates.pairs, next(outcomes), strict=True):
                 if isinstance(outcome, CircuitOpenError):
                     raise RetryableError(str(outcome)) from outcome
                 if isinstance(outcome, UnprocessableMessageError):
@@ -266,10 +285,24 @@ class ClassifierHandler(Handler[CandidateSetEvent]):
                 metrics.PAIRS.labels(self.service, "related" if outcome else "unrelated").inc()
                 metrics.RELATIONS.labels(self.service).inc(len(outcome))
                 relations.extend(outcome)
+            if not failed:  # a failed pair may succeed next time: only complete answers are kept
+                self._remember(candidates, relations)
             result.outputs.append(
-                Output(self.relation_set(candidates, relations, failed), key=candidates.doc_id)
+                Output(self.relation_set(candidates, relations, failed), key=candidates.doc_id, source=item)
             )
         return result
+
+    def _remembered(self, candidates: CandidateSetEvent) -> list[Relation] | None:
+        return self._answered.get(candidates.event_id)
+
+    def _remember(self, candidates: CandidateSetEvent, relations: list[Relation]) -> None:
+        """Bounded: the least recently answered document is forgotten first."""
+        if self.settings.duplicate_cache_size == 0:
+            return
+        self._answered[candidates.event_id] = relations
+        self._answered.move_to_end(candidates.event_id)
+        while len(self._answered) > self.settings.duplicate_cache_size:
+            self._answered.popitem(last=False)
 
     async def _classify_all(
         self, batch: list[CandidateSetEvent]
@@ -300,6 +333,9 @@ class ClassifierHandler(Handler[CandidateSetEvent]):
             chosen = parse_answer(response.generated_text, len(options))
         except CircuitOpenError as error:
             return error
+        except TgiMisconfiguredError as error:
+            # Every request would fail alike: the server, not this pair. Pause (the circuit counts it).
+            return CircuitOpenError(f"model server refuses requests: {error}")
         except TgiError as error:
             failures = self.client.breaker.consecutive_failures
             if error.retryable and failures > self.settings.tgi_max_attempts:
@@ -336,7 +372,8 @@ class ClassifierHandler(Handler[CandidateSetEvent]):
 
         return [
             Relation(
-                event_id=event_id(candidates.doc_id, pair.head, pair.tail, relation_id),
+                # The candidate set's id carries the document's content and the proposer.
+                event_id=event_id(candidates.event_id, pair.head, pair.tail, relation_id),
                 doc_id=candidates.doc_id,
                 doc_title=document.title,
                 head=ref(pair.head),
@@ -344,6 +381,7 @@ class ClassifierHandler(Handler[CandidateSetEvent]):
                 relation_id=relation_id,
                 relation_name=self.labels.names[relation_id],
                 confidence=confidence,
+                evidence=pair.evidence,
                 models=self.models(candidates),
                 source=document.source,
                 proposed_at=candidates.proposed_at,

@@ -6,7 +6,12 @@
 - a circuit breaker: after ``failure_threshold`` consecutive failures no request is sent for
   ``reset_seconds``, then one trial request decides; callers get :class:`CircuitOpenError` and
   should pause rather than give up on their input;
-- 4xx answers other than 429 are the request's fault: no retry (:class:`TgiRejectedError`);
+- what an answer means decides what happens (TGI's ``error_type`` first, then the status):
+  ``validation`` (422) and 413 are this request's fault (:class:`TgiRejectedError`, no retry);
+  ``generation`` (424), ``overloaded`` (429), ``incomplete_generation`` and 5xx may pass (retried);
+  401, 403, 404, any other 4xx and a 200 that is not a GenerateResponse mean the server is
+  misconfigured or is not TGI (:class:`TgiMisconfiguredError`): no retry, but it counts towards the
+  circuit and the caller pauses instead of blaming its input;
 - credentials in the URL (``https://user:password@host``) are taken out of it and sent as HTTP
   basic auth, so that no log line, metric or error message (which reaches ``failed_pairs``)
   carries them.
@@ -26,7 +31,10 @@ from pydantic import ValidationError
 from lmrc.classifier import metrics
 from lmrc.contracts.tgi import GenerateRequest, GenerateResponse
 
-RETRYABLE_STATUS = {429, 500, 502, 503, 504}
+RETRYABLE_STATUS = {424, 429, 500, 502, 503, 504}
+#: Answers that are about the request itself: it would fail the same way on a healthy server.
+REQUEST_FAULT_STATUS = {413, 422}
+RETRYABLE_ERROR_TYPES = {"generation", "overloaded", "incomplete_generation"}
 
 
 class TgiError(Exception):
@@ -47,6 +55,12 @@ class TgiTimeoutError(TgiUnavailableError):
 
 class TgiRejectedError(TgiError):
     error_class = "TgiRejected"
+
+
+class TgiMisconfiguredError(TgiError):
+    """The server refuses every request alike (credentials, URL, not TGI): pause, do not blame input."""
+
+    error_class = "TgiMisconfigured"
 
 
 class CircuitOpenError(TgiError):
@@ -141,7 +155,7 @@ class TgiClient:
         self.headers = {"Authorization": f"Bearer {api_token}"} if api_token else {}
         self._http: httpx.AsyncClient | None = None
         self._semaphore: asyncio.Semaphore | None = None
-        errors = (TgiUnavailableError, TgiTimeoutError, TgiRejectedError)
+        errors = (TgiUnavailableError, TgiTimeoutError, TgiRejectedError, TgiMisconfiguredError)
         metrics.initialize_client(
             service,
             error_classes=tuple(e.error_class for e in errors),
@@ -182,6 +196,9 @@ class TgiClient:
                 response = await self._attempt(request)
             except TgiError as error:
                 metrics.TGI_REQUESTS.labels(self.service, error.error_class).inc()
+                if isinstance(error, TgiMisconfiguredError):
+                    self.breaker.record_failure()
+                    raise
                 if not error.retryable:
                     raise
                 self.breaker.record_failure()
@@ -208,14 +225,14 @@ class TgiClient:
             finally:
                 metrics.TGI_REQUEST_SECONDS.labels(self.service).observe(time.perf_counter() - started)
         if answer.status_code != 200:
-            message = _error_message(answer)
-            if answer.status_code in RETRYABLE_STATUS:
-                raise TgiUnavailableError(f"TGI answered {answer.status_code}: {message}")
-            raise TgiRejectedError(f"TGI answered {answer.status_code}: {message}")
+            raise classify_answer(answer)
         try:
             parsed = GenerateResponse.model_validate_json(answer.content)
         except ValidationError as error:
-            raise TgiRejectedError(f"TGI's answer is not a GenerateResponse: {error}") from error
+            raise TgiMisconfiguredError(
+                f"{self.base_url} answered 200 with something that is not a GenerateResponse "
+                f"(is it TGI?): {answer.text[:200]!r}"
+            ) from error
         details = parsed.details
         prompt_tokens = answer.headers.get("x-prompt-tokens")
         if prompt_tokens and prompt_tokens.isdigit():
@@ -225,11 +242,22 @@ class TgiClient:
         return parsed
 
 
-def _error_message(answer: httpx.Response) -> str:
+def classify_answer(answer: httpx.Response) -> TgiError:
+    """What a non-200 answer means: TGI's ``error_type`` when it gives one, else the status."""
+    status = answer.status_code
+    error_type = None
     try:
         payload = answer.json()
     except ValueError:
-        return answer.text[:500]
+        payload = None
     if isinstance(payload, dict) and "error" in payload:
-        return f"{payload.get('error_type', 'error')}: {payload['error']}"[:500]
-    return answer.text[:500]
+        error_type = payload.get("error_type")
+        message = f"TGI answered {status}: {error_type or 'error'}: {payload['error']}"[:500]
+    else:
+        message = f"TGI answered {status}: {answer.text[:300]}"
+    if error_type == "validation" or status in REQUEST_FAULT_STATUS:
+        return TgiRejectedError(message)
+    if error_type in RETRYABLE_ERROR_TYPES or status in RETRYABLE_STATUS or status >= 500:
+        return TgiUnavailableError(message)
+    hint = {401: "credentials", 403: "credentials", 404: "URL or adapter"}.get(status, "server")
+    return TgiMisconfiguredError(f"{message} (check the {hint})")

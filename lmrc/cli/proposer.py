@@ -31,6 +31,13 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         default="bce",
         help="relation head loss: per-relation BCE, or ATLOP's adaptive thresholding (default: bce)",
     )
+    train.add_argument(
+        "--evidence-loss-weight",
+        type=float,
+        default=0.0,
+        help="DREEAM's evidence loss: the pair's context attention learns the gold evidence "
+        "sentences (0: none; DREEAM uses 0.1 on human-annotated data)",
+    )
     train.add_argument("--recall-target", type=float, default=0.95)
     train.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     train.add_argument("--seed", type=int, default=13)
@@ -62,6 +69,17 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--threshold", type=float, help="default: the artifact's")
     evaluate.set_defaults(func=_evaluate)
 
+    memory = verbs.add_parser(
+        "memory", help="peak RSS of the worst documents the proposer's limits admit (JSON)"
+    )
+    memory.add_argument("--artifact", type=Path, default=DEFAULT_ARTIFACT_DIR)
+    memory.add_argument(
+        "--limit-mib", type=int, default=6144, help="the memory limit to compare with (the chart's)"
+    )
+    memory.add_argument("--threads", type=int, default=2)
+    memory.add_argument("--out", type=Path, help="also write the figures here (JSON)")
+    memory.set_defaults(func=_memory)
+
     benchmark = verbs.add_parser("benchmark", help="torch eager vs onnxruntime, printed as a table")
     benchmark.add_argument("--artifact", type=Path, default=DEFAULT_ARTIFACT_DIR)
     benchmark.add_argument("--split", choices=["train", "validation", "holdout"], default="validation")
@@ -83,6 +101,7 @@ def _train(args: argparse.Namespace) -> int:
         type_size=args.type_size,
         relation_loss_weight=args.relation_loss_weight,
         relation_loss=args.relation_loss,
+        evidence_loss_weight=args.evidence_loss_weight,
         recall_target=args.recall_target,
         device=args.device,
         seed=args.seed,
@@ -94,6 +113,40 @@ def _train(args: argparse.Namespace) -> int:
     config = train(options)
     print(json.dumps(config.model_dump(mode="json"), indent=2))
     return 0
+
+
+def _memory(args: argparse.Namespace) -> int:
+    from lmrc.proposer.service import ProposerSettings
+    from lmrc.proposer.training.export import ensure_onnx
+    from lmrc.proposer.training.memory import measure, worst_cases
+
+    settings = ProposerSettings()
+    onnx = ensure_onnx(args.artifact)
+    cases = worst_cases(settings.max_document_tokens, settings.max_entities, settings.max_mention_slots)
+    results = []
+    for case in cases:
+        result = measure(case, args.artifact, onnx, args.threads)
+        print(json.dumps(result), flush=True)
+        results.append(result)
+    peak = max(int(r.get("peak_rss_mib", 0)) for r in results)  # type: ignore[call-overload]
+    figures = {
+        "limits": {
+            "max_document_tokens": settings.max_document_tokens,
+            "max_entities": settings.max_entities,
+            "max_mention_slots": settings.max_mention_slots,
+            "pair_budget_bytes": settings.pair_budget_bytes,
+        },
+        "cases": results,
+        "peak_rss_mib": peak,
+        "limit_mib": args.limit_mib,
+        "headroom": round(1 - peak / args.limit_mib, 3),
+        "threads": args.threads,
+    }
+    print(f"worst admitted document: peak RSS {peak} MiB of a {args.limit_mib} MiB limit")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(figures, indent=2) + "\n")
+    return 0 if peak < args.limit_mib else 1
 
 
 def _export(args: argparse.Namespace) -> int:

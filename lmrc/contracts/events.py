@@ -17,13 +17,18 @@ import hashlib
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+from lmrc.contracts.text import graph_text
 
 DOCUMENT_SCHEMA_VERSION = 1
 SCHEMA_VERSION = 2
 
-DocId = Annotated[str, Field(min_length=1, max_length=512, description="Stable document id.")]
+#: Text that ends up in the graph: line breaks become spaces, other control characters are refused.
+GraphText = Annotated[str, AfterValidator(graph_text)]
+DocId = Annotated[GraphText, Field(min_length=1, max_length=512, description="Stable document id.")]
 EntityIndex = Annotated[int, Field(ge=0, description="Index into the document's entities.")]
+SentenceIndex = Annotated[int, Field(ge=0, description="Index into the document's sentences.")]
 RelationId = Annotated[str, Field(pattern=r"^P[0-9]+$", description="Wikidata property id.")]
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 
@@ -48,8 +53,8 @@ class Mention(_Event):
     sent_id: int = Field(ge=0)
     start: int = Field(ge=0, description="First token of the span within the sentence.")
     end: int = Field(ge=1, description="One past the last token of the span.")
-    name: str = Field(min_length=1, max_length=1024)
-    type: str = Field(min_length=1, max_length=64, description="Entity type, e.g. PER, ORG, LOC.")
+    name: GraphText = Field(min_length=1, max_length=1024)
+    type: GraphText = Field(min_length=1, max_length=64, description="Entity type, e.g. PER, ORG, LOC.")
 
     @model_validator(mode="after")
     def _span_not_empty(self) -> Mention:
@@ -75,7 +80,7 @@ class Entity(_Event):
 class SourceMetadata(_Event):
     """Where a document came from; carried through to the graph as provenance."""
 
-    uri: str | None = None
+    uri: GraphText | None = None
     dataset: str | None = None
     published_at: datetime | None = None
     attributes: dict[str, str] = Field(default_factory=dict)
@@ -86,7 +91,7 @@ class DocumentEvent(_Event):
 
     schema_version: Literal[1] = DOCUMENT_SCHEMA_VERSION
     doc_id: DocId
-    title: str = Field(default="", max_length=4096)
+    title: GraphText = Field(default="", max_length=4096)
     sentences: list[list[str]] = Field(min_length=1, description="Sentences as token lists.")
     entities: list[Entity] = Field(default_factory=list)
     source: SourceMetadata | None = None
@@ -121,13 +126,19 @@ class DocumentEvent(_Event):
         n = len(self.entities)
         return n * (n - 1)
 
+    def content_hash(self) -> str:
+        """What the pipeline reads of the document (title, sentences, entities), hashed: part of
+        every event id made from it, so that a doc_id reused for other content gets other ids."""
+        content = self.model_dump_json(include={"title", "sentences", "entities"})
+        return hashlib.sha256(content.encode("utf-8")).hexdigest()[:16]
+
 
 class EntityRef(_Event):
     """An entity of a document as seen downstream: its index plus a readable name and type."""
 
     index: EntityIndex
-    name: str = Field(min_length=1, max_length=1024)
-    type: str = Field(min_length=1, max_length=64)
+    name: GraphText = Field(min_length=1, max_length=1024)
+    type: GraphText = Field(min_length=1, max_length=64)
 
 
 class ScoredRelation(_Event):
@@ -150,6 +161,11 @@ class CandidatePair(_Event):
     predicted: list[ScoredRelation] = Field(
         default_factory=list,
         description="The relations the encoder alone predicts for the pair (at or above its threshold).",
+    )
+    evidence: list[SentenceIndex] = Field(
+        default_factory=list,
+        description="Sentence ids the pair's relations rest on (the encoder's context attention); "
+        "every relation found for the pair carries them.",
     )
 
 
@@ -184,6 +200,12 @@ class CandidateSetEvent(_Event):
                     raise ValueError(f"{where}: {role} {index} out of range (document has {count} entities)")
             if (pair.head, pair.tail) in seen:
                 raise ValueError(f"{where}: pair ({pair.head}, {pair.tail}) listed twice")
+            outside = [sentence for sentence in pair.evidence if sentence >= len(self.document.sentences)]
+            if outside:
+                raise ValueError(
+                    f"{where}: evidence sentence {outside[0]} out of range "
+                    f"(document has {len(self.document.sentences)} sentences)"
+                )
             seen.add((pair.head, pair.tail))
         return self
 
@@ -200,11 +222,11 @@ class Relation(_Event):
         min_length=1, max_length=64, description="Deterministic: doc, head, tail, relation."
     )
     doc_id: DocId
-    doc_title: str = Field(default="", max_length=4096)
+    doc_title: GraphText = Field(default="", max_length=4096)
     head: EntityRef
     tail: EntityRef
     relation_id: RelationId
-    relation_name: str = Field(min_length=1, max_length=256)
+    relation_name: GraphText = Field(min_length=1, max_length=256)
     confidence: Probability
     evidence: list[int] | None = Field(default=None, description="Supporting sentence ids.")
     models: ModelVersions = Field(default_factory=ModelVersions)

@@ -28,3 +28,23 @@ def printable(text: str) -> str:
 def xml_text(text: str) -> str:
     """``text`` with the characters XML 1.0 cannot carry shown as ``\\xNN`` / ``\\uNNNN`` escapes."""
     return _XML_INVALID.sub(_escape, text)
+
+
+# Control characters (C0, DEL, C1) and lone surrogates: no name, type, id or title needs them, and a
+# graph store may mangle them (FalkorDB's client inlines parameters; a NUL ends the query). Line
+# breaks and tabs occur in real names (DocRED has mentions spanning a line break): they become spaces.
+_WHITESPACE_CONTROL = re.compile("[\t\n\x0b\x0c\r\x85]+")
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def graph_text(text: str) -> str:
+    """``text`` with line breaks and tabs as single spaces; ValueError naming the first other control
+    character and its position: the contract rejects such text (a dead letter with this reason)."""
+    text = _WHITESPACE_CONTROL.sub(" ", text)
+    found = _CONTROL.search(text)
+    if found:
+        raise ValueError(
+            f"control character {_escape(found)} at position {found.start()} is not allowed "
+            f"(names, types, ids and titles are stored in the graph)"
+        )
+    return text

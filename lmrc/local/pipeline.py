@@ -99,12 +99,19 @@ def start_thread(runtime: ServiceRuntime) -> threading.Thread:
     return thread
 
 
-def stop_all(runtimes: list[ServiceRuntime], threads: list[threading.Thread]) -> None:
-    """Stop the in-process services; each runtime closes its handler (TGI client, graph store)."""
+def stop_all(
+    runtimes: list[ServiceRuntime], threads: list[threading.Thread], timeout: float = 60.0
+) -> list[str]:
+    """Stop the in-process services; each runtime closes its handler (TGI client, graph store).
+
+    Waits ``timeout`` seconds in all; returns the services still busy then (their threads are
+    daemons: an interrupted run does not wait for an LLM batch to end)."""
     for runtime in runtimes:
         runtime.stop()
+    deadline = time.monotonic() + timeout
     for thread in threads:
-        thread.join(60)
+        thread.join(max(0.0, deadline - time.monotonic()))
+    return [thread.name for thread in threads if thread.is_alive()]
 
 
 @dataclass

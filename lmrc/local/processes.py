@@ -10,6 +10,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Self
 
+#: How long a child may take to exit on SIGTERM when the user interrupted, before SIGKILL.
+INTERRUPT_GRACE_SECONDS = 1.5
+
 
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
@@ -98,4 +101,6 @@ class LocalProcess:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self.stop()
+        # Interrupted (Ctrl-C, SIGTERM): the user waits, so the child gets a short grace period.
+        interrupted = exc_type is not None and issubclass(exc_type, (KeyboardInterrupt, SystemExit))
+        self.stop(timeout=INTERRUPT_GRACE_SECONDS if interrupted else 10.0)

@@ -37,7 +37,10 @@ class RelayHandler(Handler[BaseModel]):
 
     def handle(self, batch: Sequence[Consumed[BaseModel]]) -> BatchResult:
         return BatchResult(
-            outputs=[Output(value=item.event, key=getattr(item.event, "doc_id", None)) for item in batch]
+            outputs=[
+                Output(value=item.event, key=getattr(item.event, "doc_id", None), source=item)
+                for item in batch
+            ]
         )
 
 

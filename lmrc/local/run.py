@@ -13,9 +13,11 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
+import signal
+import sys
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -41,6 +43,29 @@ from lmrc.sink.settings import SinkSettings, open_store
 
 DEFAULT_DOCUMENTS = 3  # from the holdout split when no input is given: the LLM on CPU is the slow part
 STAGE_TIMEOUT_SECONDS = 3600
+#: On Ctrl-C or SIGTERM the services get this long to finish, then the broker and model server go.
+INTERRUPT_GRACE_SECONDS = 2.0
+EXIT_INTERRUPTED = 130
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM acts as Ctrl-C (KeyboardInterrupt in the main thread), so that every ``with`` block
+    stops what it started: without it the interpreter dies at once and the broker and model server,
+    in sessions of their own, keep running."""
+
+    def _interrupt(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, _interrupt)
+    except ValueError:  # not the main thread (an embedding application): leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _inputs(input_path: Path | None, limit: int | None) -> tuple[list[tuple[str, bytes]], list[dict], str]:
@@ -63,6 +88,23 @@ def run_local(
     graph_path: Path | None = None,
     report_path: Path | None = None,
     encoder_only: bool = False,
+) -> int:
+    """Run the pipeline on the input; 0 when done, 130 when interrupted (Ctrl-C or SIGTERM), with
+    the broker and model server stopped either way."""
+    try:
+        with _sigterm_interrupts():
+            return _run_local(input_path, limit, graph_path, report_path, encoder_only)
+    except KeyboardInterrupt:
+        print("interrupted: the pipeline, the broker and the model server were stopped", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _run_local(
+    input_path: Path | None,
+    limit: int | None,
+    graph_path: Path | None,
+    report_path: Path | None,
+    encoder_only: bool,
 ) -> int:
     payloads, gold, source = _inputs(input_path, limit)
     if graph_path is None:
@@ -98,14 +140,18 @@ def run_local(
         client = pipeline.kafka.client_config()
         started = time.monotonic()
         tracker = CompletionTracker(client, pipeline, {doc_id for doc_id, _payload in payloads})
+        interrupted = False
         try:
             publish(client, pipeline.topics.documents, iter(payloads))
             print(f"published {len(payloads)} documents to {pipeline.topics.documents}", flush=True)
             progress = tracker.wait(STAGE_TIMEOUT_SECONDS, _printer(len(payloads)))
             elapsed = time.monotonic() - started
+        except KeyboardInterrupt:
+            interrupted = True
+            raise
         finally:
             tracker.close()
-            stop_all(runtimes, threads)
+            stop_all(runtimes, threads, timeout=INTERRUPT_GRACE_SECONDS if interrupted else 60.0)
     summary = {
         "mode": "encoder_only" if encoder_only else "encoder_llm",
         **_report(progress, elapsed, gold, graph_path),
@@ -158,7 +204,13 @@ def graph_predictions(stored: list[StoredRelation], gold: list[dict]) -> tuple[l
         heads, tails = by_key.get(edge.head_id, []), by_key.get(edge.tail_id, [])
         ambiguous += len(heads) * len(tails) > 1
         predictions += [
-            {"title": edge.doc_id, "h_idx": h, "t_idx": t, "r": edge.relation_id}
+            {
+                "title": edge.doc_id,
+                "h_idx": h,
+                "t_idx": t,
+                "r": edge.relation_id,
+                "evidence": list(edge.evidence),
+            }
             for h in heads
             for t in tails
             if h != t
@@ -236,6 +288,7 @@ def _report(progress: DocumentProgress, elapsed: float, gold: list[dict], graph_
             "h_idx": r["head"]["index"],
             "t_idx": r["tail"]["index"],
             "r": r["relation_id"],
+            "evidence": r.get("evidence") or [],
         }
         for r in relations
     ]
@@ -247,7 +300,7 @@ def _report(progress: DocumentProgress, elapsed: float, gold: list[dict], graph_
         summary[key] = asdict(result)
         print(
             f"{what}: F1 {result.f1:.4f}, Ign F1 {result.ign_f1 or 0.0:.4f} "
-            f"(P {result.precision:.4f}, R {result.recall:.4f})"
+            f"(P {result.precision:.4f}, R {result.recall:.4f}), evidence F1 {result.evidence_f1:.4f}"
         )
 
     for where, predictions in (("relations topic", from_topic), ("graph", from_graph)):
@@ -260,7 +313,13 @@ def _report(progress: DocumentProgress, elapsed: float, gold: list[dict], graph_
         # The baseline from the same run: the encoder's own predictions that rode along with the
         # candidate pairs the LLM judged (encoder-only mode also judges pairs below the pair threshold).
         encoder = [
-            {"title": s["doc_id"], "h_idx": pair["head"], "t_idx": pair["tail"], "r": scored["relation_id"]}
+            {
+                "title": s["doc_id"],
+                "h_idx": pair["head"],
+                "t_idx": pair["tail"],
+                "r": scored["relation_id"],
+                "evidence": pair.get("evidence") or [],
+            }
             for s in candidate_sets
             for pair in s["pairs"]
             for scored in pair.get("predicted", [])

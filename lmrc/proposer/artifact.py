@@ -61,6 +61,17 @@ class ProposerConfig(BaseModel):
     relation_validation: dict[str, float] = Field(
         default_factory=dict, description="Validation figures of the relation head (F1, shortlist recall)."
     )
+    evidence_threshold: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description="A sentence is evidence of a pair when the pair's context attention on it is at "
+        "least this (chosen on validation; None: the artifact predicts no evidence).",
+    )
+    evidence_validation: dict[str, float] = Field(
+        default_factory=dict,
+        description="Evidence precision, recall and F1 on the validation split's gold relations.",
+    )
     training: dict[str, Any] = Field(default_factory=dict)
 
     @property
@@ -103,7 +114,7 @@ def save_config(config: ProposerConfig, directory: str | Path) -> None:
 
 
 #: Bumped when the exported graph's outputs change, so that an older export is not served.
-ONNX_LAYOUT = "pair-relation"
+ONNX_LAYOUT = "pair-relation-evidence"
 
 
 def onnx_path(directory: str | Path, config: ProposerConfig) -> Path:
@@ -124,3 +135,21 @@ def relation_probabilities(logits: np.ndarray, relation_loss: str) -> np.ndarray
     if relation_loss == "atlop":
         return sigmoid(logits[:, 1:] - logits[:, :1])
     return sigmoid(logits)
+
+
+def sentence_attention(
+    pair_attention: np.ndarray, token_sentences: np.ndarray, sentence_count: int
+) -> np.ndarray:
+    """[pairs, sentences]: each pair's context attention over word pieces summed per sentence."""
+    summed = np.zeros((pair_attention.shape[0], sentence_count), dtype=np.float64)
+    np.add.at(summed.T, token_sentences, pair_attention.T.astype(np.float64))
+    return summed
+
+
+def evidence_sentences(attention_row: np.ndarray, threshold: float) -> list[int]:
+    """The sentences a pair attends to at least ``threshold`` (DREEAM's inference rule), or its
+    most attended sentence when none reaches it: a relation always points at some text."""
+    chosen = np.flatnonzero(attention_row >= threshold)
+    if len(chosen) == 0 and len(attention_row):
+        chosen = np.asarray([int(np.argmax(attention_row))])
+    return [int(sentence) for sentence in chosen]

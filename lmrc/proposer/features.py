@@ -35,6 +35,10 @@ class DocumentFeatures:
     entity_types: np.ndarray  # [entities]: index into ENTITY_TYPES
     pair_heads: np.ndarray  # [pairs]
     pair_tails: np.ndarray  # [pairs]
+    #: Not a model input: the sentence of every word piece (markers count with their mention), so
+    #: a pair's token attention sums to its sentence attention (evidence).
+    token_sentences: np.ndarray  # [tokens]
+    sentence_count: int
 
     @property
     def token_count(self) -> int:
@@ -44,8 +48,9 @@ class DocumentFeatures:
         return {name: getattr(self, name) for name in INPUT_NAMES}
 
 
-#: The exported graph's outputs: pair logits, and relation logits when the artifact has the head.
-OUTPUT_NAMES = ("pair_logits", "relation_logits")
+#: The exported graph's outputs: pair logits, and when the artifact has the relation head also
+#: relation logits and the pairs' context attention over word pieces (evidence).
+OUTPUT_NAMES = ("pair_logits", "relation_logits", "pair_attention")
 
 INPUT_NAMES = (
     "window_input_ids",
@@ -76,8 +81,9 @@ class DocumentFeaturizer:
             raise ValueError(f"tokenizer has no {token} token")
         return token_id
 
-    def word_pieces(self, document: DocumentEvent) -> tuple[list[int], list[list[int]]]:
-        """Word-piece ids of the marked document, and each entity's start-marker positions."""
+    def word_pieces(self, document: DocumentEvent) -> tuple[list[int], list[list[int]], list[int]]:
+        """Word-piece ids of the marked document, each entity's start-marker positions, and the
+        sentence of every word piece."""
         starts: dict[tuple[int, int], list[int]] = {}
         ends: set[tuple[int, int]] = set()
         for entity_index, entity in enumerate(document.entities):
@@ -85,6 +91,7 @@ class DocumentFeaturizer:
                 starts.setdefault((mention.sent_id, mention.start), []).append(entity_index)
                 ends.add((mention.sent_id, mention.end - 1))
         words: list[str] = []
+        sentence_of_word: list[int] = []
         marker_of_word: dict[int, list[int]] = {}
         for sent_id, sentence in enumerate(document.sentences):
             for position, word in enumerate(sentence):
@@ -95,19 +102,22 @@ class DocumentFeaturizer:
                 words.append(word)
                 if key in ends:
                     words.append(MARKER)
+            sentence_of_word.extend([sent_id] * (len(words) - len(sentence_of_word)))
         encoding = self.tokenizer.encode(words, is_pretokenized=True, add_special_tokens=False)
         first_piece: dict[int, int] = {}
+        piece_sentences: list[int] = []
         for piece, word in enumerate(encoding.word_ids):
             if word is not None and word not in first_piece:
                 first_piece[word] = piece
+            piece_sentences.append(sentence_of_word[word] if word is not None else 0)
         positions: list[list[int]] = [[] for _ in document.entities]
         for word, entities in marker_of_word.items():
             for entity_index in entities:
                 positions[entity_index].append(first_piece[word])
-        return list(encoding.ids), positions
+        return list(encoding.ids), positions, piece_sentences
 
     def featurize(self, document: DocumentEvent) -> DocumentFeatures:
-        pieces, positions = self.word_pieces(document)
+        pieces, positions, piece_sentences = self.word_pieces(document)
         content = self.window_length - 2
         offsets = [0]
         while offsets[-1] + content < len(pieces):
@@ -137,4 +147,6 @@ class DocumentFeaturizer:
             entity_types=np.asarray([_TYPE_INDEX.get(e.type, 0) for e in document.entities], dtype=np.int64),
             pair_heads=heads.astype(np.int64),
             pair_tails=tails.astype(np.int64),
+            token_sentences=np.asarray(piece_sentences, dtype=np.int64),
+            sentence_count=len(document.sentences),
         )

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from lmrc.proposer.artifact import relation_probabilities, sigmoid
+from lmrc.proposer.artifact import relation_probabilities, sentence_attention, sigmoid
 from lmrc.proposer.features import DocumentFeatures
 
 
@@ -19,8 +19,32 @@ def preferred_providers() -> list[str]:
     return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
 
 
+#: What one pair costs in activations: a few live float copies of its attention over the text (per
+#: word piece) and of its grouped representation (emb 384 x block 32), measured on CPU.
+PAIR_BYTES_PER_TOKEN = 16
+PAIR_BYTES_FIXED = 4 * 4 * 384 * 32
+#: Activations the pairs of one run may take; a document with more pairs is scored in several runs.
+DEFAULT_PAIR_BUDGET_BYTES = 256 * 1024 * 1024
+
+
+def pairs_per_run(tokens: int, budget_bytes: int = DEFAULT_PAIR_BUDGET_BYTES) -> int:
+    """How many pairs one run of the graph may score within ``budget_bytes``."""
+    return max(1, budget_bytes // (PAIR_BYTES_PER_TOKEN * tokens + PAIR_BYTES_FIXED))
+
+
 class OnnxPairScorer:
-    def __init__(self, model_path: str | Path, providers: list[str] | None = None, threads: int = 0) -> None:
+    """The exported graph on onnxruntime. Memory is bounded whatever the number of entities: the
+    pairs go through in runs of at most :func:`pairs_per_run` (each run re-reads the text, which
+    only documents with hundreds of entities pay)."""
+
+    def __init__(
+        self,
+        model_path: str | Path,
+        providers: list[str] | None = None,
+        threads: int = 0,
+        pair_budget_bytes: int = DEFAULT_PAIR_BUDGET_BYTES,
+    ) -> None:
+        self.pair_budget_bytes = pair_budget_bytes
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
@@ -42,26 +66,44 @@ class OnnxPairScorer:
     def has_relation_head(self) -> bool:
         return "relation_logits" in self.output_names
 
+    def _run(self, outputs: list[str], features: DocumentFeatures) -> list[np.ndarray]:
+        """The graph's ``outputs`` for every pair, in runs of at most ``pairs_per_run`` pairs."""
+        inputs = {name: value for name, value in features.as_inputs().items() if name in self.input_names}
+        step = pairs_per_run(features.token_count, self.pair_budget_bytes)
+        parts: list[list[np.ndarray]] = []
+        for start in range(0, len(features.pair_heads), step):
+            inputs["pair_heads"] = features.pair_heads[start : start + step]
+            inputs["pair_tails"] = features.pair_tails[start : start + step]
+            parts.append(self.session.run(outputs, inputs))
+        return [np.concatenate([part[i] for part in parts]) for i in range(len(outputs))]
+
     def score(self, features: DocumentFeatures) -> np.ndarray:
         """Pair probabilities, in the order of ``features.pair_heads`` / ``pair_tails``."""
         if len(features.pair_heads) == 0:
             return np.zeros(0)
-        inputs = features.as_inputs()
-        (logits,) = self.session.run(["pair_logits"], {name: inputs[name] for name in self.input_names})
+        (logits,) = self._run(["pair_logits"], features)
         return sigmoid(logits)
+
+    @property
+    def has_evidence(self) -> bool:
+        return "pair_attention" in self.output_names
 
     def score_with_relations(
         self, features: DocumentFeatures, relation_loss: str
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Pair probabilities [pairs] and relation probabilities [pairs, relations], one pass."""
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Pair probabilities [pairs], relation probabilities [pairs, relations] and, when the graph
+        has it, each pair's context attention summed per sentence [pairs, sentences]; one pass."""
         if not self.has_relation_head:
             raise ValueError(
                 "this ONNX model has no relation output; export an artifact with a relation head"
             )
         if len(features.pair_heads) == 0:
-            return np.zeros(0), np.zeros((0, 0))
-        inputs = features.as_inputs()
-        pair_logits, relation_logits = self.session.run(
-            ["pair_logits", "relation_logits"], {name: inputs[name] for name in self.input_names}
+            return np.zeros(0), np.zeros((0, 0)), None
+        outputs = ["pair_logits", "relation_logits"] + (["pair_attention"] if self.has_evidence else [])
+        pair_logits, relation_logits, *attention = self._run(outputs, features)
+        sentences = (
+            sentence_attention(attention[0], features.token_sentences, features.sentence_count)
+            if attention
+            else None
         )
-        return sigmoid(pair_logits), relation_probabilities(relation_logits, relation_loss)
+        return sigmoid(pair_logits), relation_probabilities(relation_logits, relation_loss), sentences

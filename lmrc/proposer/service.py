@@ -33,6 +33,7 @@ from lmrc.proposer import metrics
 from lmrc.proposer.artifact import (
     DEFAULT_ARTIFACT_DIR,
     ProposerConfig,
+    evidence_sentences,
     load_config,
     onnx_path,
     threshold_for,
@@ -88,6 +89,17 @@ class ProposerSettings(ServiceSettings):
     )
     max_document_tokens: int = Field(default=8192, ge=16, description="Word pieces, markers included.")
     max_entities: int = Field(default=150, ge=2, description="Pairs grow with the square of this.")
+    max_mention_slots: int = Field(
+        default=512,
+        ge=1,
+        description="Entities times the mentions of the most mentioned one (the padded mention table "
+        "whose attention rows are kept over the whole text).",
+    )
+    pair_budget_bytes: int = Field(
+        default=256 * 1024 * 1024,
+        ge=1024 * 1024,
+        description="Activations one run of the graph may spend on pairs; more pairs take more runs.",
+    )
     execution_provider: Literal["auto", "cuda", "cpu"] = "auto"
     inference_threads: int = Field(default=0, ge=0, description="0: onnxruntime decides.")
 
@@ -134,7 +146,7 @@ class ProposerHandler(Handler[DocumentEvent]):
             output = (
                 self.encoder_relations(candidates) if self.settings.mode == "encoder_only" else candidates
             )
-            result.outputs.append(Output(output, key=candidates.doc_id))
+            result.outputs.append(Output(output, key=candidates.doc_id, source=item))
         metrics.DOCUMENTS.labels(self.service).inc(len(batch) - len(result.rejected))
         metrics.PAIRS_SCORED.labels(self.service).inc(scored)
         metrics.PAIRS_PASSED.labels(self.service).inc(passed)
@@ -149,6 +161,20 @@ class ProposerHandler(Handler[DocumentEvent]):
                 f"document {document.doc_id!r} has {len(document.entities)} entities "
                 f"(limit {self.settings.max_entities})",
             )
+        most_mentions = max((len(entity.mentions) for entity in document.entities), default=0)
+        if len(document.entities) * most_mentions > self.settings.max_mention_slots:
+            raise UnprocessableMessageError(
+                "TooManyMentions",
+                f"document {document.doc_id!r} has {len(document.entities)} entities with up to "
+                f"{most_mentions} mentions each (limit {self.settings.max_mention_slots} "
+                "entity x mention slots)",
+            )
+        if document.token_count > self.settings.max_document_tokens:  # words: at most the word pieces
+            raise UnprocessableMessageError(
+                "DocumentTooLarge",
+                f"document {document.doc_id!r} has {document.token_count} words "
+                f"(limit {self.settings.max_document_tokens} word pieces)",
+            )
         started = time.perf_counter()
         features = self.featurizer.featurize(document)
         if features.token_count > self.settings.max_document_tokens:
@@ -157,8 +183,10 @@ class ProposerHandler(Handler[DocumentEvent]):
                 f"document {document.doc_id!r} has {features.token_count} word pieces "
                 f"(limit {self.settings.max_document_tokens})",
             )
+        evidence: np.ndarray | None = None
         if self.relations:
-            scores, relations = self.scorer.score_with_relations(features, self.config.relation_loss)
+            loss = self.config.relation_loss
+            scores, relations, evidence = self.scorer.score_with_relations(features, loss)
         else:
             scores, relations = self.scorer.score(features), None
         metrics.INFERENCE_SECONDS.labels(self.service).observe(time.perf_counter() - started)
@@ -169,7 +197,7 @@ class ProposerHandler(Handler[DocumentEvent]):
         kept = np.flatnonzero(selected)
         kept = kept[np.argsort(-scores[kept], kind="stable")]  # best first
         return CandidateSetEvent(
-            event_id=event_id(document.doc_id, self.config.version),
+            event_id=event_id(document.doc_id, document.content_hash(), self.config.version),
             doc_id=document.doc_id,
             pairs=[
                 self.pair(
@@ -177,6 +205,7 @@ class ProposerHandler(Handler[DocumentEvent]):
                     int(features.pair_tails[index]),
                     float(scores[index]),
                     None if relations is None else relations[index],
+                    None if evidence is None else evidence[index],
                 )
                 for index in kept
             ],
@@ -185,16 +214,28 @@ class ProposerHandler(Handler[DocumentEvent]):
             document=document,
         )
 
-    def pair(self, head: int, tail: int, score: float, relations: np.ndarray | None) -> CandidatePair:
-        """A candidate pair with its shortlist (top k, best first) and the encoder's predictions."""
+    def pair(
+        self,
+        head: int,
+        tail: int,
+        score: float,
+        relations: np.ndarray | None,
+        sentence_attention: np.ndarray | None = None,
+    ) -> CandidatePair:
+        """A candidate pair with its shortlist (top k, best first), the encoder's predictions and
+        its evidence sentences (when the artifact has an evidence threshold)."""
         if relations is None:
             return CandidatePair(head=head, tail=tail, score=score)
         ids = self.config.relation_ids
         ranked = np.argsort(-relations, kind="stable")
+        threshold = self.config.evidence_threshold
         return CandidatePair(
             head=head,
             tail=tail,
             score=score,
+            evidence=[]
+            if sentence_attention is None or threshold is None
+            else evidence_sentences(sentence_attention, threshold),
             shortlist=[
                 ScoredRelation(relation_id=ids[i], probability=float(relations[i]))
                 for i in ranked[: self.shortlist_size]
@@ -209,6 +250,7 @@ class ProposerHandler(Handler[DocumentEvent]):
     def encoder_relations(self, candidates: CandidateSetEvent) -> RelationSetEvent:
         """The encoder's own predictions as the document's relation set (encoder-only mode)."""
         document = candidates.document
+        content = document.content_hash()
         models = ModelVersions(proposer=self.config.version)
 
         def ref(index: int) -> EntityRef:
@@ -217,7 +259,7 @@ class ProposerHandler(Handler[DocumentEvent]):
 
         relations = [
             Relation(
-                event_id=event_id(document.doc_id, pair.head, pair.tail, scored.relation_id),
+                event_id=event_id(document.doc_id, content, pair.head, pair.tail, scored.relation_id),
                 doc_id=document.doc_id,
                 doc_title=document.title,
                 head=ref(pair.head),
@@ -225,6 +267,7 @@ class ProposerHandler(Handler[DocumentEvent]):
                 relation_id=scored.relation_id,
                 relation_name=self.config.relation_names[scored.relation_id],
                 confidence=scored.probability,
+                evidence=pair.evidence,
                 models=models,
                 source=document.source,
                 proposed_at=candidates.proposed_at,
@@ -262,7 +305,9 @@ def build_runtime(settings: ProposerSettings) -> ServiceRuntime:
         "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
         "cpu": ["CPUExecutionProvider"],
     }[settings.execution_provider]
-    scorer = OnnxPairScorer(onnx_file(settings, config), providers, settings.inference_threads)
+    scorer = OnnxPairScorer(
+        onnx_file(settings, config), providers, settings.inference_threads, settings.pair_budget_bytes
+    )
     handler = ProposerHandler(settings, config, scorer)
     log.info("proposer %s on %s, threshold %.4f", config.version, scorer.provider, handler.threshold)
     return ServiceRuntime(settings, handler)

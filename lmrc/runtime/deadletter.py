@@ -9,6 +9,9 @@ from pydantic import ValidationError
 
 from lmrc.contracts import DeadLetterEvent, ErrorDetail, MessageOrigin
 
+#: Field errors kept in a dead letter (a document can have thousands; the first ones say enough).
+MAX_ERROR_DETAILS = 50
+
 
 class UnprocessableMessageError(Exception):
     """A message that can never be processed (not a transient failure); it goes to the DLQ."""
@@ -66,11 +69,29 @@ def rejection_from_validation(
     )
 
 
-def dead_letter_event(
-    service: str, message: Message, rejection: UnprocessableMessageError, max_payload_bytes: int
-) -> DeadLetterEvent:
+def fitted_dead_letter(
+    service: str,
+    message: Message,
+    rejection: UnprocessableMessageError,
+    max_bytes: int,
+    max_payload_bytes: int | None = None,
+) -> tuple[DeadLetterEvent, bytes]:
+    """The dead letter and its JSON, at most ``max_bytes`` long: the payload is cut (and flagged
+    ``payload_truncated``) until the whole letter fits, since JSON escaping or base64 can make a
+    payload grow and a letter the broker refuses would stall the partition."""
     raw = message.value() or b""
-    kept = raw[:max_payload_bytes]
+    keep = len(raw) if max_payload_bytes is None else min(len(raw), max_payload_bytes)
+    while True:
+        letter = _letter(service, message, rejection, raw, raw[:keep])
+        encoded = letter.model_dump_json().encode()
+        if len(encoded) <= max_bytes or keep == 0:
+            return letter, encoded
+        keep = min(keep - 1, keep * max_bytes // len(encoded) * 9 // 10)
+
+
+def _letter(
+    service: str, message: Message, rejection: UnprocessableMessageError, raw: bytes, kept: bytes
+) -> DeadLetterEvent:
     try:
         payload, encoding = kept.decode("utf-8"), "utf-8"
     except UnicodeDecodeError:
@@ -79,8 +100,8 @@ def dead_letter_event(
         service=service,
         origin=origin_of(message),
         error_class=rejection.error_class,
-        error_message=str(rejection)[:65536],
-        error_details=rejection.details,
+        error_message=str(rejection)[:4096],
+        error_details=rejection.details[:MAX_ERROR_DETAILS],
         payload=payload,
         payload_encoding=encoding,
         payload_truncated=len(kept) < len(raw),

@@ -1,4 +1,9 @@
-"""HTTP endpoints for Kubernetes probes and Prometheus: ``/healthz``, ``/readyz``, ``/metrics``."""
+"""HTTP endpoints for Kubernetes probes and Prometheus: ``/healthz``, ``/readyz``, ``/metrics``.
+
+Bounded: at most ``max_connections`` are served at once (one thread each) and a connection that
+sends nothing is closed after ``read_timeout`` seconds, so idle or slow clients cannot pile up
+threads; connections beyond the bound are closed at once.
+"""
 
 from __future__ import annotations
 
@@ -12,14 +17,54 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 HealthCheck = Callable[[], tuple[bool, dict[str, Any]]]
 
+#: Probes and one Prometheus scrape need a handful; the rest would only be idle or hostile clients.
+MAX_CONNECTIONS = 16
+READ_TIMEOUT_SECONDS = 5.0
+
+
+class _BoundedServer(ThreadingHTTPServer):
+    """A thread per connection, but never more than ``max_connections`` threads."""
+
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], handler: type, max_connections: int) -> None:
+        self._slots = threading.BoundedSemaphore(max_connections)
+        super().__init__(address, handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)  # over the bound: closed, no thread
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
 
 class HealthServer:
     """Serves the endpoints in a daemon thread; ``port`` is the bound port (0 picks one)."""
 
-    def __init__(self, host: str, port: int, liveness: HealthCheck, readiness: HealthCheck) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        liveness: HealthCheck,
+        readiness: HealthCheck,
+        max_connections: int = MAX_CONNECTIONS,
+        read_timeout: float = READ_TIMEOUT_SECONDS,
+    ) -> None:
         checks = {"/healthz": liveness, "/readyz": readiness}
 
         class _Handler(BaseHTTPRequestHandler):
+            timeout = read_timeout  # the socket's timeout: an idle connection is dropped
+
             def do_GET(self) -> None:
                 path = self.path.split("?", 1)[0]
                 if path == "/metrics":
@@ -41,8 +86,7 @@ class HealthServer:
             def log_message(self, format: str, *args: Any) -> None:
                 """Probes every few seconds would drown the service's own log."""
 
-        self._server = ThreadingHTTPServer((host, port), _Handler)
-        self._server.daemon_threads = True
+        self._server = _BoundedServer((host, port), _Handler, max_connections)
         self._thread = threading.Thread(target=self._server.serve_forever, name="health", daemon=True)
 
     @property

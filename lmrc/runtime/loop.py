@@ -33,7 +33,7 @@ from pydantic import BaseModel, ValidationError
 from lmrc.runtime import metrics
 from lmrc.runtime.deadletter import (
     UnprocessableMessageError,
-    dead_letter_event,
+    fitted_dead_letter,
     rejection_from_validation,
 )
 from lmrc.runtime.health import HealthServer
@@ -43,6 +43,10 @@ from lmrc.runtime.topics import ensure_topics
 log = logging.getLogger(__name__)
 
 EventT = TypeVar("EventT", bound=BaseModel)
+
+
+#: What a record adds to its value on the wire (headers, key, framing), within the producer's limit.
+RECORD_OVERHEAD_BYTES = 4096
 
 
 class RetryableError(Exception):
@@ -59,11 +63,14 @@ class Consumed(Generic[EventT]):
 
 @dataclass(frozen=True)
 class Output:
-    """An event to produce; ``topic`` defaults to the service's output topic."""
+    """An event to produce; ``topic`` defaults to the service's output topic. ``source`` is the
+    input it came from: when the output cannot be produced (larger than the broker takes), that
+    input is dead-lettered instead and the partition moves on."""
 
     value: BaseModel
     key: str | None = None
     topic: str | None = None
+    source: Consumed[Any] | None = None
 
 
 @dataclass
@@ -180,6 +187,9 @@ class ServiceRuntime:
                 "compression.type": kafka.compression_type,
                 "linger.ms": 5,
                 "message.timeout.ms": int(self.settings.delivery_timeout_seconds * 1000),
+                # The same limit as the broker's (one setting): a record the broker would refuse is
+                # refused here, synchronously, and dead-letters its input.
+                "message.max.bytes": self.settings.max_message_bytes + RECORD_OVERHEAD_BYTES,
                 "error_cb": self._on_kafka_error,
             }
         )
@@ -311,16 +321,22 @@ class ServiceRuntime:
             else:
                 confirmed.append(message.topic() or "")
 
-        records: list[tuple[str, str | None, bytes]] = [
-            (self._topic_of(output), output.key, output.value.model_dump_json().encode())
-            for output in result.outputs
-        ]
-        for item, rejection in result.rejected:
-            letter = dead_letter_event(
-                self.service, item.message, rejection, self.settings.dead_letter_payload_max_bytes
-            )
-            records.append(
-                (self.settings.dead_letter_topic, letter.origin.key, letter.model_dump_json().encode())
+        limit = self.settings.max_message_bytes
+        rejected = list(result.rejected)
+        for output in result.outputs:
+            value = output.value.model_dump_json().encode()
+            if len(value) > limit:
+                rejected.append(self._output_too_large(output, len(value)))
+                continue
+            try:
+                self._produce(producer, self._topic_of(output), output.key, value, on_delivery)
+            except KafkaException as error:
+                if error.args[0].code() != KafkaError.MSG_SIZE_TOO_LARGE:
+                    raise
+                rejected.append(self._output_too_large(output, len(value)))
+        for item, rejection in rejected:
+            letter, value = fitted_dead_letter(
+                self.service, item.message, rejection, limit, self.settings.dead_letter_payload_max_bytes
             )
             log.warning(
                 "%s: dead-lettered %s[%d]@%d: %s: %s",
@@ -331,21 +347,43 @@ class ServiceRuntime:
                 rejection.error_class,
                 rejection,
             )
-        for topic, key, value in records:
-            while True:
-                try:
-                    producer.produce(topic, value=value, key=key, on_delivery=on_delivery)
-                    break
-                except BufferError:
-                    producer.poll(0.1)
+            self._produce(producer, self.settings.dead_letter_topic, letter.origin.key, value, on_delivery)
         undelivered = producer.flush(self.settings.delivery_timeout_seconds)
         for topic in confirmed:
             metrics.MESSAGES_PRODUCED.labels(self.service, topic).inc()
         if failures or undelivered:
             reason = failures[0].str() if failures else f"{undelivered} messages not confirmed in time"
+            if any(failure.code() == KafkaError.MSG_SIZE_TOO_LARGE for failure in failures):
+                reason += (
+                    f" (the broker refused a record within max_message_bytes={limit}: set it to the "
+                    "broker's message.max.bytes)"
+                )
             raise RetryableError(f"delivery failed: {reason}")
-        for _item, rejection in result.rejected:
+        for _item, rejection in rejected:
             metrics.MESSAGES_DEAD_LETTERED.labels(self.service, rejection.error_class).inc()
+
+    @staticmethod
+    def _produce(producer: Producer, topic: str, key: str | None, value: bytes, on_delivery: Any) -> None:
+        while True:
+            try:
+                producer.produce(topic, value=value, key=key, on_delivery=on_delivery)
+                return
+            except BufferError:
+                producer.poll(0.1)
+
+    def _output_too_large(self, output: Output, size: int) -> tuple[Consumed[Any], UnprocessableMessageError]:
+        """The input whose output the broker cannot take: dead-lettered, so its partition moves on."""
+        if output.source is None:
+            raise RuntimeError(
+                f"{self.service}: an output of {size} bytes exceeds max_message_bytes "
+                f"({self.settings.max_message_bytes}) and names no input to dead-letter"
+            )
+        rejection = UnprocessableMessageError(
+            "OutputTooLarge",
+            f"the {type(output.value).__name__} made from this message is {size} bytes, over the "
+            f"message limit of {self.settings.max_message_bytes} (max_message_bytes)",
+        )
+        return output.source, rejection
 
     def _topic_of(self, output: Output) -> str:
         topic = output.topic or self.settings.output_topic

@@ -53,8 +53,18 @@ class ServiceSettings(BaseSettings):
     dead_letter_topic: str = "lmrc.dead-letter"
     max_batch_size: int = Field(default=64, ge=1, le=10_000)
     max_batch_wait_seconds: float = Field(default=0.5, gt=0, le=60)
-    max_message_bytes: int = Field(default=4_000_000, ge=1024)
-    dead_letter_payload_max_bytes: int = Field(default=1_000_000, ge=0)
+    max_message_bytes: int = Field(
+        default=1_000_000,
+        ge=1024,
+        description="The one message-size limit, the broker's (Kafka's default message.max.bytes): "
+        "larger inputs are dead-lettered, the producer refuses larger records, an output that would "
+        "be larger dead-letters its input, and a dead letter is cut to fit it.",
+    )
+    dead_letter_payload_max_bytes: int | None = Field(
+        default=None,
+        ge=0,
+        description="Cap on the input kept in a dead letter; None: as much as fits max_message_bytes.",
+    )
     delivery_timeout_seconds: float = Field(default=30.0, gt=0)
     retry_backoff_initial_seconds: float = Field(default=0.5, gt=0)
     retry_backoff_max_seconds: float = Field(default=30.0, gt=0)

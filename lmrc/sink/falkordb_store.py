@@ -11,6 +11,17 @@ from redis import exceptions as redis_errors
 from lmrc.sink.graph import CypherGraphStore, StoreUnavailableError
 
 _UNAVAILABLE = (redis_errors.ConnectionError, redis_errors.TimeoutError)
+#: Server replies that mean "the store is sick or misconfigured", not "this input is bad": out of
+#: memory, a read-only replica, loading its data, busy with a script, no master, wrong credentials.
+#: redis-py turns some into classes (dropping the prefix); the others keep their prefix.
+_SICK = (
+    redis_errors.OutOfMemoryError,
+    redis_errors.ReadOnlyError,
+    redis_errors.BusyLoadingError,
+    redis_errors.NoPermissionError,
+    redis_errors.AuthenticationError,
+)
+_SICK_PREFIXES = ("OOM", "READONLY", "LOADING", "BUSY", "MASTERDOWN", "NOAUTH", "WRONGPASS", "NOPERM")
 
 
 class FalkorDBGraphStore(CypherGraphStore):
@@ -69,8 +80,15 @@ class FalkorDBGraphStore(CypherGraphStore):
         try:
             self._ensure_schema()
             return operation()
+        except _SICK as error:
+            name = type(error).__name__
+            raise StoreUnavailableError(f"FalkorDB cannot take the write ({name}): {error}") from error
         except _UNAVAILABLE as error:
             raise StoreUnavailableError(f"FalkorDB unreachable: {error}") from error
+        except redis_errors.ResponseError as error:
+            if str(error).lstrip().upper().startswith(_SICK_PREFIXES):
+                raise StoreUnavailableError(f"FalkorDB cannot take the write: {error}") from error
+            raise
 
     def close(self) -> None:
         self._db.connection.close()

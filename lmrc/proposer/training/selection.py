@@ -68,3 +68,20 @@ def candidate_scores(
         if s >= threshold
     ]
     return evaluate_candidates([raw for raw, _features, _scores in scored], candidates)
+
+
+def evidence_targets(raw_document: dict[str, Any], features: DocumentFeatures) -> np.ndarray:
+    """[pairs, sentences]: each related pair's gold evidence as a distribution over sentences
+    (DREEAM: the evidence of all its relations pooled, then normalised); zero rows for pairs with
+    no relation or no annotated evidence."""
+    pair_index = {
+        (int(h), int(t)): i
+        for i, (h, t) in enumerate(zip(features.pair_heads, features.pair_tails, strict=True))
+    }
+    targets = np.zeros((len(pair_index), features.sentence_count), dtype=np.float32)
+    for label in labels_of(raw_document):
+        for sentence in label.evidence:
+            if 0 <= sentence < features.sentence_count:
+                targets[pair_index[(label.h, label.t)], sentence] += 1.0
+    totals = targets.sum(1, keepdims=True)
+    return np.divide(targets, totals, out=np.zeros_like(targets), where=totals > 0)

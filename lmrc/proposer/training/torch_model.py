@@ -91,3 +91,11 @@ def torch_pair_and_relation_logits(
     if model.relation_classifier is None:
         raise ValueError("this proposer has no relation head")
     return pair_logits.float().cpu().numpy(), model.relation_classifier(pairs).float().cpu().numpy()
+
+
+@torch.no_grad()
+def torch_pair_attention(model: PairScorer, features: DocumentFeatures, device: str = "cpu") -> np.ndarray:
+    """The pairs' context attention over word pieces [pairs, tokens]."""
+    inputs = torch_inputs(features, device)
+    _pairs, attention = model.pair_representations_with_attention(*(inputs[name] for name in INPUT_NAMES))
+    return attention.float().cpu().numpy()

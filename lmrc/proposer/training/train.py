@@ -1,11 +1,14 @@
 """Fine-tuning the proposer on the train split; threshold chosen on the validation split.
 
 Binary cross-entropy on "does any relation hold" for every ordered entity pair, as the paper's
-RCP; AdamW with linear warm-up (6%) and decay; gradients accumulated over ``batch_docs``
-documents. After every epoch the validation split is scored; the epoch with the lowest pass rate
-at the recall target is kept. The artifact is then reloaded from its fp16 file and calibrated on
-validation (thresholds for several recall targets), so the shipped thresholds match the shipped
-weights exactly.
+RCP; the relation head's loss (ATLOP or BCE); and, with ``evidence_loss_weight``, DREEAM's evidence
+loss: the cross-entropy between a related pair's gold evidence sentences and its context attention
+summed per sentence, so that the attention the pair pools its context with also points at its
+evidence (Ma et al., 2023). AdamW with linear warm-up (6%) and decay; gradients accumulated over
+``batch_docs`` documents. After every epoch the validation split is scored; the epoch with the best
+relation F1 (ATLOP) or the lowest pass rate at the recall target (BCE) is kept. The artifact is
+then reloaded from its fp16 file and calibrated on validation (thresholds for several recall
+targets, the relation and evidence thresholds), so what ships matches the shipped weights exactly.
 """
 
 from __future__ import annotations
@@ -26,10 +29,11 @@ from tqdm import tqdm
 from lmrc import docred
 from lmrc.proposer.artifact import ProposerConfig, encoder_package_version, tokenizer_file
 from lmrc.proposer.features import INPUT_NAMES, DocumentFeaturizer
-from lmrc.proposer.training.calibrate import calibrate_model, calibrate_relations
+from lmrc.proposer.training.calibrate import calibrate_evidence, calibrate_model, calibrate_relations
 from lmrc.proposer.training.candidates import in_fold
 from lmrc.proposer.training.selection import (
     candidate_scores,
+    evidence_targets,
     pair_labels,
     relation_labels,
     threshold_for_recall,
@@ -56,6 +60,7 @@ class TrainOptions:
     type_size: int = 32
     relation_loss_weight: float = 1.0
     relation_loss: str = "bce"
+    evidence_loss_weight: float = 0.0
     recall_target: float = 0.95
     device: str = "cpu"
     seed: int = 13
@@ -79,6 +84,20 @@ def adaptive_threshold_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch
     loss_positive = -(torch.log_softmax(positive_side, dim=-1) * labels).sum(1)
     loss_negative = -(torch.log_softmax(negative_side, dim=-1) * threshold).sum(1)
     return (loss_positive + loss_negative).mean()
+
+
+def evidence_loss(
+    pair_attention: torch.Tensor, token_sentences: torch.Tensor, targets: torch.Tensor
+) -> torch.Tensor:
+    """Cross-entropy of the gold evidence distribution [pairs, sentences] against the pairs'
+    attention summed per sentence (KL up to a constant), over the pairs that have evidence."""
+    onehot = torch.nn.functional.one_hot(token_sentences, targets.shape[1]).to(pair_attention.dtype)
+    sentence_attention = pair_attention @ onehot  # [P, S]
+    has_evidence = targets.sum(1) > 0
+    if not bool(has_evidence.any()):
+        return pair_attention.sum() * 0.0
+    log_attention = torch.log(sentence_attention[has_evidence] + 1e-10)
+    return -(targets[has_evidence] * log_attention).sum(1).mean()
 
 
 def _relation_f1(validation: list[tuple[np.ndarray, np.ndarray]], relation_loss: str) -> float:
@@ -130,7 +149,8 @@ def train(options: TrainOptions) -> ProposerConfig:
     for raw in train_docs:
         features = featurizer.featurize(docred.to_document_event(raw))
         relations = relation_labels(raw, features, relation_index) if use_relations else None
-        examples.append((features, torch.from_numpy(pair_labels(raw, features)), relations))
+        evidence = evidence_targets(raw, features) if options.evidence_loss_weight > 0 else None
+        examples.append((features, torch.from_numpy(pair_labels(raw, features)), relations, evidence))
 
     config = ProposerConfig(
         version=options.version,
@@ -167,9 +187,11 @@ def train(options: TrainOptions) -> ProposerConfig:
             losses = []
             progress = tqdm(order, desc=f"epoch {epoch}/{options.epochs}", unit="doc")
             for position, index in enumerate(progress, start=1):
-                features, labels, relations = examples[index]
+                features, labels, relations, evidence = examples[index]
                 inputs = torch_inputs(features, options.device)
-                pairs = model.pair_representations(*(inputs[name] for name in INPUT_NAMES))
+                pairs, pair_attention = model.pair_representations_with_attention(
+                    *(inputs[name] for name in INPUT_NAMES)
+                )
                 logits = model.bilinear(pairs).squeeze(-1)
                 loss = binary_cross_entropy_with_logits(logits, labels.to(options.device))
                 if relations is not None and model.relation_classifier is not None:
@@ -181,6 +203,12 @@ def train(options: TrainOptions) -> ProposerConfig:
                         else binary_cross_entropy_with_logits(relation_logits, target)
                     )
                     loss = loss + options.relation_loss_weight * relation_loss
+                if evidence is not None:
+                    loss = loss + options.evidence_loss_weight * evidence_loss(
+                        pair_attention,
+                        torch.from_numpy(features.token_sentences).to(options.device),
+                        torch.from_numpy(evidence).to(options.device),
+                    )
                 (loss / options.batch_docs).backward()
                 losses.append(loss.item())
                 if position % options.batch_docs == 0 or position == len(order):
@@ -221,6 +249,7 @@ def train(options: TrainOptions) -> ProposerConfig:
         config = calibrate_model(model, config, options.recall_target, device=options.device)
         if config.relation_classes:
             config = calibrate_relations(model, config, device=options.device)
+            config = calibrate_evidence(model, config, device=options.device)
         config = config.model_copy(
             update={
                 "training": {
@@ -231,6 +260,7 @@ def train(options: TrainOptions) -> ProposerConfig:
                     "head_lr": options.head_lr,
                     "relation_loss_weight": options.relation_loss_weight,
                     "relation_loss": options.relation_loss,
+                    "evidence_loss_weight": options.evidence_loss_weight,
                     "train_documents": len(examples),
                     "device": options.device,
                     "seconds": round(elapsed, 1),

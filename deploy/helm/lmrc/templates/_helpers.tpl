@@ -45,6 +45,12 @@ app.kubernetes.io/component: {{ .component }}
 {{- default (printf "%s-credentials" (include "lmrc.fullname" .)) .Values.credentials.existingSecret }}
 {{- end }}
 
+{{/* The Secret the topic Job reads: a hook of its own, made before the Job and deleted after it
+(success or failure), since the chart's ordinary Secret does not exist yet at pre-install. */}}
+{{- define "lmrc.hookSecretName" -}}
+{{- default (printf "%s-credentials-hook" (include "lmrc.fullname" .)) .Values.credentials.existingSecret }}
+{{- end }}
+
 {{/* True when the chart has a Secret to reference (an existing one or one it writes). */}}
 {{- define "lmrc.hasCredentials" -}}
 {{- $c := .Values.credentials }}
@@ -56,15 +62,16 @@ app.kubernetes.io/component: {{ .component }}
 - name: {{ .name }}
   valueFrom:
     secretKeyRef:
-      name: {{ include "lmrc.secretName" .root }}
+      name: {{ ternary (include "lmrc.hookSecretName" .root) (include "lmrc.secretName" .root) (default false .hook) }}
       key: {{ .key }}
       optional: {{ .optional }}
 {{- end }}
 {{- end }}
 
-{{/* KAFKA_* variables (lmrc/runtime/settings.py, KafkaSettings). */}}
+{{/* KAFKA_* variables (lmrc/runtime/settings.py, KafkaSettings); dict "root", "hook" (the Job). */}}
 {{- define "lmrc.kafkaEnv" -}}
-{{- $kafka := .Values.kafka -}}
+{{- $root := .root -}}
+{{- $kafka := $root.Values.kafka -}}
 - name: KAFKA_BOOTSTRAP_SERVERS
   value: {{ $kafka.bootstrapServers | quote }}
 - name: KAFKA_SECURITY_PROTOCOL
@@ -74,8 +81,8 @@ app.kubernetes.io/component: {{ .component }}
 {{- if $kafka.saslMechanism }}
 - name: KAFKA_SASL_MECHANISM
   value: {{ $kafka.saslMechanism | quote }}
-{{- include "lmrc.secretEnv" (dict "root" . "name" "KAFKA_SASL_USERNAME" "key" "kafka-sasl-username" "optional" false) }}
-{{- include "lmrc.secretEnv" (dict "root" . "name" "KAFKA_SASL_PASSWORD" "key" "kafka-sasl-password" "optional" false) }}
+{{- include "lmrc.secretEnv" (dict "root" $root "hook" .hook "name" "KAFKA_SASL_USERNAME" "key" "kafka-sasl-username" "optional" false) }}
+{{- include "lmrc.secretEnv" (dict "root" $root "hook" .hook "name" "KAFKA_SASL_PASSWORD" "key" "kafka-sasl-password" "optional" false) }}
 {{- end }}
 {{- if $kafka.tls.secretName }}
 - name: KAFKA_SSL_CA_LOCATION
