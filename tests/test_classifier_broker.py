@@ -152,8 +152,9 @@ def test_a_candidate_set_becomes_one_relation_set(
             and relation.relation_name == labels.names[relation.relation_id]
         )
         assert relation.head.name == candidates.document.entities[relation.head.index].name
+        # The candidate set's id (document content, proposer) roots its relations' ids.
         assert relation.event_id == event_id(
-            candidates.doc_id, relation.head.index, relation.tail.index, relation.relation_id
+            candidates.event_id, relation.head.index, relation.tail.index, relation.relation_id
         )
         assert relation.models.classifier == ADAPTER.version and relation.models.proposer == "rcp-test"
         assert 0.0 < relation.confidence <= 1.0

@@ -187,7 +187,9 @@ def test_a_request_whose_client_left_while_queued_is_dropped_not_computed(tmp_pa
     """A slow server used to compute every answer whose client had timed out, so retries piled up
     behind them and nothing got through. Now a request whose client left before its turn is
     dropped (counted as ``client_disconnected``); the one being computed still completes."""
-    long = {"inputs": "Write a long story about a cat.", "parameters": {"max_new_tokens": 80}}
+    # A grammar that allows no early end: the long answer takes a while on any CPU.
+    forced = {"type": "regex", "value": "(cat ){60}"}
+    long = {"inputs": "Say cat.", "parameters": {"max_new_tokens": 200, "grammar": forced}}
     short = {"inputs": "Say yes.", "parameters": {"max_new_tokens": 2}}
     dropped = 'tgi_request_failure{err="client_disconnected"}'
     with (

@@ -49,23 +49,25 @@ EXIT_INTERRUPTED = 130
 
 
 @contextlib.contextmanager
-def _sigterm_interrupts() -> Iterator[None]:
-    """SIGTERM acts as Ctrl-C (KeyboardInterrupt in the main thread), so that every ``with`` block
-    stops what it started: without it the interpreter dies at once and the broker and model server,
-    in sessions of their own, keep running."""
+def _signals_interrupt() -> Iterator[None]:
+    """SIGTERM and SIGINT raise KeyboardInterrupt in the main thread, so that every ``with`` block
+    stops what it started: without it SIGTERM ends the interpreter at once and the broker and
+    model server, in sessions of their own, keep running; and SIGINT does nothing when the shell
+    that started us ignored it (a background job), since Python then keeps it ignored."""
 
     def _interrupt(_signum: int, _frame: object) -> None:
         raise KeyboardInterrupt
 
     try:
-        previous = signal.signal(signal.SIGTERM, _interrupt)
+        previous = {signum: signal.signal(signum, _interrupt) for signum in (signal.SIGTERM, signal.SIGINT)}
     except ValueError:  # not the main thread (an embedding application): leave signals alone
         yield
         return
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _inputs(input_path: Path | None, limit: int | None) -> tuple[list[tuple[str, bytes]], list[dict], str]:
@@ -92,7 +94,7 @@ def run_local(
     """Run the pipeline on the input; 0 when done, 130 when interrupted (Ctrl-C or SIGTERM), with
     the broker and model server stopped either way."""
     try:
-        with _sigterm_interrupts():
+        with _signals_interrupt():
             return _run_local(input_path, limit, graph_path, report_path, encoder_only)
     except KeyboardInterrupt:
         print("interrupted: the pipeline, the broker and the model server were stopped", file=sys.stderr)
