@@ -302,14 +302,21 @@ def test_service_turns_documents_into_candidate_events(
     ]
     with running(build_runtime(settings)):
         produce(broker.bootstrap_servers, settings.input_topic, values)
-        expected = {
-            d.doc_id: {
-                (int(h), int(t))
-                for h, t, s in zip(f.pair_heads, f.pair_tails, scorer.score(f), strict=True)
-                if s >= config.threshold
-            }
+        scored = {  # as the service scores them: pair and relation outputs in one run
+            d.doc_id: list(zip(f.pair_heads, f.pair_tails, probabilities, strict=True))
             for d in documents
             for f in [featurizer.featurize(d)]
+            for probabilities in [scorer.score_with_relations(f, config.relation_loss)[0]]
+        }
+        expected = {
+            doc_id: {(int(h), int(t)) for h, t, s in pairs if s >= config.threshold}
+            for doc_id, pairs in scored.items()
+        }
+        # Scores within the ONNX parity tolerance of the threshold may fall either way between two
+        # runs (the graph's scatter-adds sum in no fixed order): those pairs are not compared.
+        borderline = {
+            doc_id: {(int(h), int(t)) for h, t, s in pairs if abs(s - config.threshold) < 1e-3}
+            for doc_id, pairs in scored.items()
         }
         out = read_topic(broker.bootstrap_servers, [settings.output_topic], expect=len(documents))
         dlq = read_topic(broker.bootstrap_servers, [settings.dead_letter_topic], expect=4)
@@ -329,7 +336,7 @@ def test_service_turns_documents_into_candidate_events(
             assert all(r.relation_id in config.relation_ids for r in pair.shortlist)
             assert pair.evidence and pair.evidence == sorted(set(pair.evidence))  # sentence ids
             assert max(pair.evidence) < len(candidates.document.sentences)
-    assert got == expected
+    assert {d: got[d] - borderline[d] for d in got} == {d: expected[d] - borderline[d] for d in expected}
     assert any(pair.predicted for candidates in sets for pair in candidates.pairs)
     assert all(0 < len(pairs) < len(d.entities) ** 2 for d in documents for pairs in [expected[d.doc_id]])
     letters = sorted(
