@@ -11,6 +11,7 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, Producer, TopicPartition
 
 from lmrc.docred import to_document_event
+from lmrc.runtime import produce_when_room
 
 
 def iter_document_payloads(path: str | Path, dataset: str | None = None) -> Iterator[tuple[str, bytes]]:
@@ -55,12 +56,7 @@ def publish(
             ends[message.partition()] = max(ends.get(message.partition(), 0), message.offset() + 1)
 
     for key, value in payloads:
-        while True:
-            try:
-                producer.produce(topic, key=key, value=value, on_delivery=on_delivery)
-                break
-            except BufferError:
-                producer.poll(0.1)
+        produce_when_room(producer, topic, key, value, on_delivery)
         sent += 1
     remaining = producer.flush(60)
     if failures or remaining:

@@ -49,6 +49,18 @@ EventT = TypeVar("EventT", bound=BaseModel)
 RECORD_OVERHEAD_BYTES = 4096
 
 
+def produce_when_room(
+    producer: Producer, topic: str, key: str | None, value: bytes, on_delivery: Any
+) -> None:
+    """``producer.produce``, waiting (serving delivery reports) while its local queue is full."""
+    while True:
+        try:
+            producer.produce(topic, value=value, key=key, on_delivery=on_delivery)
+            return
+        except BufferError:
+            producer.poll(0.1)
+
+
 class RetryableError(Exception):
     """A failure that may go away (dependency down, broker did not confirm): retry the batch."""
 
@@ -329,7 +341,7 @@ class ServiceRuntime:
                 rejected.append(self._output_too_large(output, len(value)))
                 continue
             try:
-                self._produce(producer, self._topic_of(output), output.key, value, on_delivery)
+                produce_when_room(producer, self._topic_of(output), output.key, value, on_delivery)
             except KafkaException as error:
                 if error.args[0].code() != KafkaError.MSG_SIZE_TOO_LARGE:
                     raise
@@ -347,7 +359,9 @@ class ServiceRuntime:
                 rejection.error_class,
                 rejection,
             )
-            self._produce(producer, self.settings.dead_letter_topic, letter.origin.key, value, on_delivery)
+            produce_when_room(
+                producer, self.settings.dead_letter_topic, letter.origin.key, value, on_delivery
+            )
         undelivered = producer.flush(self.settings.delivery_timeout_seconds)
         for topic in confirmed:
             metrics.MESSAGES_PRODUCED.labels(self.service, topic).inc()
@@ -361,15 +375,6 @@ class ServiceRuntime:
             raise RetryableError(f"delivery failed: {reason}")
         for _item, rejection in rejected:
             metrics.MESSAGES_DEAD_LETTERED.labels(self.service, rejection.error_class).inc()
-
-    @staticmethod
-    def _produce(producer: Producer, topic: str, key: str | None, value: bytes, on_delivery: Any) -> None:
-        while True:
-            try:
-                producer.produce(topic, value=value, key=key, on_delivery=on_delivery)
-                return
-            except BufferError:
-                producer.poll(0.1)
 
     def _output_too_large(self, output: Output, size: int) -> tuple[Consumed[Any], UnprocessableMessageError]:
         """The input whose output the broker cannot take: dead-lettered, so its partition moves on."""
