@@ -120,6 +120,19 @@ def wait_for(condition: Callable[[], bool], timeout: float = 30.0, what: str = "
         time.sleep(0.1)
 
 
+def wait_for_rewinds(
+    port: int, service: str, error_class: str, count: int, timeout: float = 30.0, what: str = ""
+) -> None:
+    """Until ``service`` has rewound a batch ``count`` times for ``error_class`` (its metric)."""
+    wait_for(
+        lambda: (
+            metric_value(port, "lmrc_batch_retries_total", service=service, error_class=error_class) >= count
+        ),
+        timeout=timeout,
+        what=what or f"{count} batches rewound for {error_class}",
+    )
+
+
 def wait_committed(
     bootstrap: str, group: str, topic: str, ends: dict[int, int], timeout: float = 30.0, what: str = "commit"
 ) -> None:

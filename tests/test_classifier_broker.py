@@ -29,6 +29,7 @@ from tests.helpers import (
     service_test_fields,
     wait_committed,
     wait_for,
+    wait_for_rewinds,
 )
 
 pytestmark = pytest.mark.broker
@@ -93,23 +94,6 @@ def encoded(event: CandidateSetEvent) -> list[bytes | None]:
 def relation_set(broker: LocalBroker, settings: ClassifierSettings) -> RelationSetEvent:
     (record,) = read_topic(broker.bootstrap_servers, [settings.output_topic], expect=1, settle=0.5)
     return RelationSetEvent.model_validate_json(record.value or b"")
-
-
-def wait_for_rewinds(port: int, settings: ClassifierSettings, count: int, timeout: float) -> None:
-    """Until the classifier has rewound a batch ``count`` times because the circuit was open."""
-    wait_for(
-        lambda: (
-            metric_value(
-                port,
-                "lmrc_batch_retries_total",
-                service=settings.service_name,
-                error_class="CircuitOpenError",
-            )
-            >= count
-        ),
-        timeout=timeout,
-        what=f"{count} rewound batches",
-    )
 
 
 def pairs_done(port: int, service: str) -> float:
@@ -242,7 +226,7 @@ def test_an_open_circuit_pauses_the_service_and_loses_nothing(
     runtime = build_runtime(settings)
     with running(runtime):
         produce(broker.bootstrap_servers, settings.input_topic, encoded(first_pairs(candidates, 2)))
-        wait_for_rewinds(runtime.http_port, settings, 2, timeout=180)
+        wait_for_rewinds(runtime.http_port, settings.service_name, "CircuitOpenError", 2, timeout=180)
         assert committed_offsets(broker.bootstrap_servers, settings.group_id, settings.input_topic, 1) == {}
         proxy.always = None  # TGI is back
         wait_for(
@@ -289,7 +273,7 @@ def test_a_sick_or_misconfigured_model_server_pauses_the_service_and_blames_no_i
     runtime = build_runtime(settings)
     with running(runtime):
         produce(broker.bootstrap_servers, settings.input_topic, encoded(first_pairs(candidates, 2)))
-        wait_for_rewinds(runtime.http_port, settings, 2, timeout=120)
+        wait_for_rewinds(runtime.http_port, settings.service_name, "CircuitOpenError", 2, timeout=120)
         assert committed_offsets(broker.bootstrap_servers, settings.group_id, settings.input_topic, 1) == {}
         proxy.always = None  # fixed
         wait_committed(broker.bootstrap_servers, settings.group_id, settings.input_topic, {0: 1}, timeout=180)
@@ -309,7 +293,7 @@ def test_an_outage_before_the_circuit_opens_rewinds_instead_of_failing_pairs(
     runtime = build_runtime(settings)
     with running(runtime):
         produce(broker.bootstrap_servers, settings.input_topic, encoded(first_pairs(candidates, 2)))
-        wait_for_rewinds(runtime.http_port, settings, 1, timeout=120)
+        wait_for_rewinds(runtime.http_port, settings.service_name, "CircuitOpenError", 1, timeout=120)
         assert committed_offsets(broker.bootstrap_servers, settings.group_id, settings.input_topic, 1) == {}
         proxy.always = None
         wait_committed(broker.bootstrap_servers, settings.group_id, settings.input_topic, {0: 1}, timeout=180)

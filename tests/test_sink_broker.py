@@ -31,6 +31,7 @@ from tests.helpers import (
     service_test_fields,
     wait_committed,
     wait_for,
+    wait_for_rewinds,
 )
 
 pytestmark = pytest.mark.broker
@@ -122,16 +123,11 @@ def test_store_outage_retries_without_commit_and_loses_nothing(
             wait_for(lambda: offsets() == {0: half}, what="first half committed")
             server.stop()
             produce(bootstrap, settings.input_topic, encoded(sets[half:]))
-            wait_for(
-                lambda: (
-                    metric_value(
-                        port,
-                        "lmrc_batch_retries_total",
-                        service=settings.service_name,
-                        error_class="StoreUnavailableError",
-                    )
-                    >= 2
-                ),
+            wait_for_rewinds(
+                port,
+                settings.service_name,
+                "StoreUnavailableError",
+                2,
                 what="retries while the store is down",
             )
             assert offsets() == {0: half}, "nothing is committed while the store is down"
