@@ -69,7 +69,16 @@ EVERYTHING_VALUES: dict[str, Any] = {
     "prometheusRule": {"enabled": True},
     "grafanaDashboards": {"enabled": True},
 }
-VALUE_SETS = {"default": {}, "gpu": GPU_VALUES, "everything": EVERYTHING_VALUES}
+CREDENTIAL_FILES_VALUES: dict[str, Any] = {
+    **EVERYTHING_VALUES,
+    "credentials": {**EVERYTHING_VALUES["credentials"], "asFiles": True},
+}
+VALUE_SETS = {
+    "default": {},
+    "gpu": GPU_VALUES,
+    "everything": EVERYTHING_VALUES,
+    "credential-files": CREDENTIAL_FILES_VALUES,
+}
 
 
 def render(values: dict[str, Any]) -> list[dict[str, Any]]:
@@ -127,6 +136,8 @@ def test_every_variable_the_chart_sets_is_a_setting_the_service_reads(rendered: 
     for name, deployment in service_deployments(rendered).items():
         prefix = f"{name.upper()}_"
         for variable in env_of(deployment):
+            if variable == "LMRC_SECRETS_DIR":  # where every settings class looks for secret files
+                continue
             owner = next((p for p in SETTINGS if variable.startswith(p)), None)
             assert owner in ("KAFKA_", prefix), f"{name} gets {variable}, read by no settings of its own"
             fields = SETTINGS[owner].model_fields
@@ -224,9 +235,14 @@ def test_topic_job_creates_every_topic_the_services_use(rendered: list[dict[str,
         d["spec"].get("replicas", 1) for d in service_deployments(rendered).values()
     )
     assert job["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"
-    assert env_of(job).keys() == {
-        k for k in env_of(service_deployments(rendered)["sink"]) if k.startswith("KAFKA_")
-    }
+    sink = service_deployments(rendered)["sink"]
+    files = [  # credentials the services read as files (credentials.asFiles), the Job as variables
+        item["path"]
+        for volume in sink["spec"]["template"]["spec"]["volumes"]
+        if volume["name"] == "credentials"
+        for item in volume["secret"]["items"]
+    ]
+    assert env_of(job).keys() == {k for k in [*env_of(sink), *files] if k.startswith("KAFKA_")}
 
 
 def test_credentials_come_from_the_secret_the_chart_writes() -> None:
@@ -306,6 +322,54 @@ def test_network_policies_open_only_the_metrics_ports_and_tgi_to_the_classifier(
         (rule,) = policy["spec"]["ingress"]
         assert scrapers[0] in rule["from"]
     assert of_kind(render({"networkPolicy": {"enabled": False}}), "NetworkPolicy") == {}
+
+
+def test_credentials_as_files_are_mounted_where_the_settings_read_them(tmp_path: Path) -> None:
+    """``credentials.asFiles``: no credential in any service's environment; the Secret mounted
+    read-only under the names the settings read, which they do read (a real process)."""
+    documents = render(CREDENTIAL_FILES_VALUES)
+    secret_name = next(
+        name
+        for name, secret in of_kind(documents, "Secret").items()
+        if "helm.sh/hook" not in secret["metadata"].get("annotations", {})
+    )
+    files: set[str] = set()
+    for name, deployment in service_deployments(documents).items():
+        env = env_of(deployment)
+        assert not [k for k, entry in env.items() if "valueFrom" in entry], name
+        mounts = {m["name"]: m for m in container(deployment)["volumeMounts"]}
+        volume = next(
+            v for v in deployment["spec"]["template"]["spec"]["volumes"] if v["name"] == "credentials"
+        )
+        assert mounts["credentials"]["readOnly"] is True
+        assert env["LMRC_SECRETS_DIR"]["value"] == mounts["credentials"]["mountPath"]
+        assert volume["secret"]["secretName"] == secret_name
+        files |= {item["path"] for item in volume["secret"]["items"]}
+    for job in of_kind(documents, "Job").values():  # the hook Job keeps its environment
+        assert "KAFKA_SASL_PASSWORD" in env_of(job)
+    for file_name in files:
+        (tmp_path / file_name).write_text(f"from-{file_name}", encoding="utf-8")
+    read = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from lmrc.classifier.service import ClassifierSettings; from lmrc.sink.settings import "
+            "SinkSettings; c, s = ClassifierSettings(), SinkSettings(); print(c.kafka.sasl_username, "
+            "c.kafka.sasl_password.get_secret_value(), c.tgi_api_token.get_secret_value(), "
+            "s.falkordb_username, s.falkordb_password.get_secret_value())",
+        ],
+        env={"PATH": "/usr/bin:/bin", "LMRC_SECRETS_DIR": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert read == [
+        "from-KAFKA_SASL_USERNAME",
+        "from-KAFKA_SASL_PASSWORD",
+        "from-CLASSIFIER_TGI_API_TOKEN",
+        "from-SINK_FALKORDB_USERNAME",
+        "from-SINK_FALKORDB_PASSWORD",
+    ]
 
 
 def test_an_existing_secret_is_referenced_and_none_is_written() -> None:

@@ -143,6 +143,40 @@ def test_pairs_of_one_document_reuse_the_cached_prefix(tgi_server: LocalTgiServe
     assert reused() - before >= shared - 2  # the last token or two may merge across the boundary
 
 
+def test_concurrent_requests_are_decoded_together(tgi_server: LocalTgiServer, document) -> None:
+    """Requests in flight together form one batch (the pairs of a document, as the classifier sends
+    them), and every answer is still a valid option list."""
+    adapter_id = load_config(DEFAULT_ADAPTER_DIR).version
+    bodies = [
+        {
+            "inputs": build_prompt(document, head, tail, OPTIONS, LABELS),
+            "parameters": {
+                "adapter_id": adapter_id,
+                "grammar": {"type": "regex", "value": answer_regex(len(OPTIONS))},
+                "max_new_tokens": 16,
+            },
+        }
+        for head, tail in [(0, 1), (0, 2), (1, 0), (1, 2), (2, 0), (2, 1)]
+    ]
+
+    async def together() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=tgi_server.url, timeout=scaled(120)) as client:
+            return list(await asyncio.gather(*(client.post("/generate", json=body) for body in bodies)))
+
+    with httpx.Client(base_url=tgi_server.url) as metrics:
+        before = (
+            _counter(metrics, "tgi_batch_next_size_sum"),
+            _counter(metrics, "tgi_batch_next_size_count"),
+        )
+        answers = asyncio.run(together())
+        after = (_counter(metrics, "tgi_batch_next_size_sum"), _counter(metrics, "tgi_batch_next_size_count"))
+    for answer in answers:
+        assert answer.status_code == 200, answer.text
+        parse_answer(answer.json()["generated_text"], len(OPTIONS))
+    requests, batches = after[0] - before[0], after[1] - before[1]
+    assert requests == len(bodies) and batches < len(bodies), (requests, batches)
+
+
 def test_bad_requests_get_tgi_validation_errors(tgi_server: LocalTgiServer, openapi) -> None:
     bad = [
         {"inputs": "x", "parameters": {"max_new_tokens": -1}},
@@ -202,8 +236,8 @@ def test_a_request_whose_client_left_while_queued_is_dropped_not_computed(tmp_pa
         )
         first.start()
         deadline = time.monotonic() + scaled(30)
-        while _counter(client, "tgi_request_count") < 1:  # the long one is being computed
-            assert time.monotonic() < deadline, "the long request never arrived"
+        while _counter(client, "tgi_batch_current_size") < 1:  # the long one is being computed
+            assert time.monotonic() < deadline, "the long request was never computed"
         with pytest.raises(httpx.TimeoutException):  # waits behind it, then gives up and leaves
             httpx.post(f"{server.url}/generate", json=short, timeout=0.3)
         first.join(scaled(120))

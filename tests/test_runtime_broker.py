@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 
@@ -230,6 +231,47 @@ def test_the_runtime_starts_the_handler_before_its_first_batch_and_closes_it_onc
     assert handler.calls[0] == "start" and handler.calls[-1] == "close"
     assert handler.calls.count("start") == handler.calls.count("close") == 1
     assert set(handler.calls[1:-1]) == {"handle"}
+
+
+class _SlowHandler(Handler[DocumentEvent]):
+    """Takes ``seconds`` over its first batch (a model server answering slowly), then forwards."""
+
+    input_model = DocumentEvent
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.batches: list[list[str]] = []
+        self.busy = threading.Event()
+
+    def handle(self, batch: Sequence[Consumed[DocumentEvent]]) -> BatchResult:
+        self.batches.append([item.event.doc_id for item in batch])
+        if len(self.batches) == 1:
+            self.busy.set()
+            time.sleep(self.seconds)
+        return BatchResult(outputs=[Output(item.event, key=item.event.doc_id) for item in batch])
+
+
+def test_a_batch_slower_than_the_poll_interval_keeps_the_group_and_the_liveness_probe(
+    broker: LocalBroker, unique: str, documents: list[DocumentEvent]
+) -> None:
+    """A batch used to block the loop: past max.poll.interval.ms the consumer left its group, the
+    batch's commit failed and it was handled again (duplicates), and /healthz failed meanwhile."""
+    settings = relay_settings(
+        broker, unique, max_poll_interval_ms=4000, liveness_timeout_seconds=4.0, max_batch_size=5
+    )
+    handler = _SlowHandler(seconds=9.0)  # over twice the poll interval and the liveness timeout
+    runtime = ServiceRuntime(settings, handler)
+    with running(runtime):
+        produce(broker.bootstrap_servers, settings.input_topic, encoded(documents[:5]))
+        assert handler.busy.wait(scaled(60)), "the batch never started"
+        time.sleep(5.0)  # past the liveness timeout, inside the batch
+        status, body = http_get(runtime.http_port, "/healthz")
+        assert status == 200 and json.loads(body)["seconds_in_batch"] >= 4.0, body
+        out = read_topic(broker.bootstrap_servers, [settings.output_topic], expect=5)
+        committed = committed_offsets(broker.bootstrap_servers, settings.group_id, settings.input_topic, 2)
+    assert sorted(r.key or "" for r in out) == sorted(d.doc_id for d in documents[:5])
+    assert sum(len(batch) for batch in handler.batches) == 5, handler.batches  # none handled twice
+    assert committed == {0: 5}
 
 
 class _PoisonSensitiveHandler(Handler[DocumentEvent]):

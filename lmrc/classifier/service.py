@@ -27,7 +27,7 @@ from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from lmrc.classifier import metrics
@@ -75,6 +75,7 @@ from lmrc.runtime import (
     ServiceSettings,
     UnprocessableMessageError,
 )
+from lmrc.runtime.settings import SECRETS_DIR
 from lmrc.topology import TOPICS
 
 log = logging.getLogger(__name__)
@@ -83,7 +84,7 @@ T = TypeVar("T")
 
 
 class ClassifierSettings(ServiceSettings):
-    model_config = SettingsConfigDict(env_prefix="CLASSIFIER_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="CLASSIFIER_", extra="ignore", secrets_dir=SECRETS_DIR)
 
     service_name: str = "classifier"
     group_id: str = TOPICS.stage("classifier").group_id
@@ -103,7 +104,7 @@ class ClassifierSettings(ServiceSettings):
         default=None, description="LoRA adapter id TGI serves the classifier as (None: TGI's base model)."
     )
     tgi_timeout_seconds: float = Field(default=60.0, gt=0)
-    tgi_max_concurrency: int = Field(default=8, ge=1, le=1024)
+    tgi_max_concurrency: int = Field(default=32, ge=1, le=1024)
     tgi_max_attempts: int = Field(default=4, ge=1)
     tgi_backoff_initial_seconds: float = Field(default=0.5, gt=0)
     tgi_backoff_max_seconds: float = Field(default=8.0, gt=0)
@@ -127,6 +128,18 @@ class ClassifierSettings(ServiceSettings):
         le=len(OPTION_LETTERS),
         description="Shortlist entries shown per pair (None: as many as the adapter was trained with).",
     )
+
+    @model_validator(mode="after")
+    def _pair_fits_a_batch(self) -> ClassifierSettings:
+        """A pair's worst case (every attempt timing out, the longest backoff between) must end
+        well inside a batch's liveness bound, or a slow but healthy server would look stuck."""
+        worst = self.tgi_max_attempts * (self.tgi_timeout_seconds + self.tgi_backoff_max_seconds)
+        if worst * 2 > self.max_batch_seconds:
+            raise ValueError(
+                f"tgi_max_attempts x (tgi_timeout_seconds + tgi_backoff_max_seconds) = {worst:.0f} s "
+                f"must be at most half of max_batch_seconds ({self.max_batch_seconds:.0f} s)"
+            )
+        return self
 
 
 def label_confidences(response: GenerateResponse, names: list[str]) -> dict[str, float]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
+import threading
 from pathlib import Path
 
 
@@ -25,6 +27,23 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--max-total-tokens", type=int, default=4608)
     serve.add_argument("--max-concurrent-requests", type=int, default=128)
     serve.add_argument("--threads", type=int, help="torch CPU threads")
+    serve.add_argument(
+        "--engine",
+        choices=["batching", "reference"],
+        default="batching",
+        help="batching (default): requests in flight decoded together, shared document prefixes, "
+        "adapter merged, bf16 where the CPU has it; reference: one request at a time in fp32 "
+        "(the engine before batching, for comparisons)",
+    )
+    serve.add_argument(
+        "--dtype",
+        choices=["auto", "float32", "bfloat16"],
+        default="auto",
+        help="weights of the batching engine (default auto: bf16 if the CPU has AMX or AVX-512 BF16)",
+    )
+    serve.add_argument(
+        "--max-batch-size", type=int, default=32, help="requests decoded together (default 32)"
+    )
     serve.set_defaults(func=_serve)
 
 
@@ -39,18 +58,40 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from lmrc.classifier.training.base_model import materialize
-    from lmrc.local.llm.engine import GenerationEngine
-    from lmrc.local.llm.server import create_app, parse_adapters
+    from lmrc.local.llm.engine import EngineOptions, GenerationEngine
+    from lmrc.local.llm.server import GenerationWorker, create_app, parse_adapters
 
     logging.getLogger().setLevel(logging.INFO)
     model_dir = args.model or materialize()
-    engine = GenerationEngine(
-        model_dir,
-        parse_adapters(args.lora_adapters),
-        max_input_tokens=args.max_input_tokens,
-        max_total_tokens=args.max_total_tokens,
-        threads=args.threads,
+    sizes = {
+        "max_input_tokens": args.max_input_tokens,
+        "max_total_tokens": args.max_total_tokens,
+        "threads": args.threads,
+        "max_batch_size": args.max_batch_size,
+    }
+    reference = args.engine == "reference"
+    options = EngineOptions.reference(**sizes) if reference else EngineOptions(dtype=args.dtype, **sizes)
+    engine = GenerationEngine(model_dir, parse_adapters(args.lora_adapters), options)
+    worker = GenerationWorker(engine, batching=not reference)
+    app = create_app(worker, args.model_id or model_dir.name, args.max_concurrent_requests)
+    config = uvicorn.Config(
+        app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=2
     )
-    app = create_app(engine, args.model_id or model_dir.name, args.max_concurrent_requests)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    server = uvicorn.Server(config)
+    stop = threading.Event()
+
+    def _stop(_signum: int, _frame: object) -> None:
+        stop.set()
+        server.should_exit = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    http = threading.Thread(target=server.run, name="http", daemon=True)
+    http.start()
+    # The model computes on this (the main) thread; the HTTP server ends the loop if it stops.
+    watcher = threading.Thread(target=lambda: (http.join(), stop.set()), name="http-watch", daemon=True)
+    watcher.start()
+    worker.run(stop)
+    server.should_exit = True
+    http.join(timeout=10)
     return 0

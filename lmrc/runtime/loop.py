@@ -22,7 +22,7 @@ import random
 import signal
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any, Generic, Self, TypeVar
@@ -37,12 +37,13 @@ from lmrc.runtime.deadletter import (
     rejection_from_validation,
 )
 from lmrc.runtime.health import HealthServer
-from lmrc.runtime.settings import ServiceSettings
+from lmrc.runtime.settings import BUSY_POLL_SECONDS, ServiceSettings
 from lmrc.runtime.topics import ensure_topics
 
 log = logging.getLogger(__name__)
 
 EventT = TypeVar("EventT", bound=BaseModel)
+ResultT = TypeVar("ResultT")
 
 
 #: What a record adds to its value on the wire (headers, key, framing), within the producer's limit.
@@ -134,6 +135,7 @@ class ServiceRuntime:
         metrics.initialize(self.service)
         self._stop = threading.Event()
         self._last_heartbeat = time.monotonic()
+        self._batch_started: float | None = None
         self._running = False
         self._assignment: set[tuple[str, int]] = set()
         self._last_lag_update = 0.0
@@ -283,6 +285,45 @@ class ServiceRuntime:
             result.extend(self._handle(decoded))
         return result
 
+    def _while_polling(self, work: Callable[[], ResultT]) -> ResultT:
+        """Run ``work`` (the handler) on a helper thread while this thread keeps polling the
+        consumer, its partitions paused, and beating the heartbeat: a batch that takes minutes (a
+        slow model server) neither leaves the consumer group (``max.poll.interval.ms``) nor fails
+        the liveness probe. Only a batch past ``max_batch_seconds`` does."""
+        consumer = self._consumer_or_fail()
+        finished = threading.Event()
+        outcome: dict[str, Any] = {}
+
+        def target() -> None:
+            try:
+                outcome["result"] = work()
+            except BaseException as error:  # re-raised on the loop's thread
+                outcome["error"] = error
+            finally:
+                finished.set()
+
+        paused = consumer.assignment()
+        consumer.pause(paused)
+        self._batch_started = time.monotonic()
+        helper = threading.Thread(target=target, name=f"{self.service}-batch", daemon=True)
+        helper.start()
+        try:
+            while not finished.wait(BUSY_POLL_SECONDS):
+                message = consumer.poll(0)  # serves the group protocol; the partitions are paused
+                if message is not None and not self._is_error(message):
+                    # A partition assigned during the batch is not paused: put the message back.
+                    partition = TopicPartition(message.topic() or "", message.partition() or 0)
+                    consumer.seek(TopicPartition(partition.topic, partition.partition, message.offset() or 0))
+                    consumer.pause([partition])
+                    paused.append(partition)
+                self._heartbeat()
+        finally:
+            self._batch_started = None
+            consumer.resume(consumer.assignment())
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["result"]
+
     def _decode(self, message: Message) -> BaseModel:
         value = message.value()
         if not value:  # a tombstone (null) or zero bytes
@@ -301,7 +342,7 @@ class ServiceRuntime:
     def _handle(self, batch: list[Consumed[Any]]) -> BatchResult:
         """Run the handler; if it fails on a batch, isolate the message(s) that make it fail."""
         try:
-            return self.handler.handle(batch)
+            return self._while_polling(lambda: self.handler.handle(batch))
         except RetryableError:
             raise
         except Exception as error:
@@ -494,9 +535,18 @@ class ServiceRuntime:
         self._last_heartbeat = time.monotonic()
 
     def _liveness(self) -> tuple[bool, dict[str, Any]]:
-        silent = time.monotonic() - self._last_heartbeat
-        alive = not self._running or silent < self.settings.liveness_timeout_seconds
-        return alive, {"service": self.service, "seconds_since_poll": round(silent, 3)}
+        now = time.monotonic()
+        silent = now - self._last_heartbeat
+        started = self._batch_started
+        busy = now - started if started is not None else 0.0
+        alive = not self._running or (
+            silent < self.settings.liveness_timeout_seconds and busy < self.settings.max_batch_seconds
+        )
+        return alive, {
+            "service": self.service,
+            "seconds_since_poll": round(silent, 3),
+            "seconds_in_batch": round(busy, 3),
+        }
 
     def _readiness(self) -> tuple[bool, dict[str, Any]]:
         ready = self._running and not self._stop.is_set()

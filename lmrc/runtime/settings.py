@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: A directory of secret files, one per setting, named as its environment variable
+#: (``KAFKA_SASL_PASSWORD``, ``CLASSIFIER_TGI_API_TOKEN``...): how Kubernetes mounts a Secret as
+#: files (the chart's ``credentials.asFiles``). An environment variable still wins over a file.
+SECRETS_DIR: str | None = os.environ.get("LMRC_SECRETS_DIR") or None
 
 
 class KafkaSettings(BaseSettings):
     """How every service reaches Kafka; shared by all services (``KAFKA_*`` variables)."""
 
-    model_config = SettingsConfigDict(env_prefix="KAFKA_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="KAFKA_", extra="ignore", secrets_dir=SECRETS_DIR)
 
     bootstrap_servers: str = "127.0.0.1:9092"
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
@@ -39,6 +45,11 @@ class KafkaSettings(BaseSettings):
         }
         config.update({key: value for key, value in optional.items() if value is not None})
         return config
+
+
+#: While a batch runs, the loop polls the (paused) consumer and beats the liveness heartbeat this
+#: often: a batch may take as long as it must without leaving the group or failing /healthz.
+BUSY_POLL_SECONDS = 1.0
 
 
 class ServiceSettings(BaseSettings):
@@ -74,5 +85,28 @@ class ServiceSettings(BaseSettings):
     topic_partitions: int = Field(default=4, ge=1)
     http_host: str = "0.0.0.0"
     http_port: int = Field(default=9100, ge=0, le=65535, description="0 picks a free port.")
-    liveness_timeout_seconds: float = Field(default=120.0, gt=0)
+    liveness_timeout_seconds: float = Field(
+        default=120.0,
+        gt=0,
+        description="/healthz fails when the loop has not polled for this long (it polls while a "
+        "batch runs too, every BUSY_POLL_SECONDS).",
+    )
+    max_batch_seconds: float = Field(
+        default=3600.0,
+        gt=0,
+        description="/healthz fails when one batch has run this long (a handler stuck for good; "
+        "every dependency call has its own timeout well below it).",
+    )
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ServiceSettings:
+        """Limits that only work together (librdkafka refuses the first; the others would make a
+        healthy but busy service look dead or leave its group)."""
+        if self.max_poll_interval_ms < self.session_timeout_ms:
+            raise ValueError("max_poll_interval_ms must be at least session_timeout_ms")
+        if self.liveness_timeout_seconds * 1000 < 4 * BUSY_POLL_SECONDS * 1000:
+            raise ValueError(f"liveness_timeout_seconds must be at least {4 * BUSY_POLL_SECONDS}")
+        if self.max_poll_interval_ms < 4 * BUSY_POLL_SECONDS * 1000:
+            raise ValueError(f"max_poll_interval_ms must be at least {int(4 * BUSY_POLL_SECONDS * 1000)}")
+        return self

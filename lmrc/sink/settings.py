@@ -9,12 +9,13 @@ from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from lmrc.runtime import ServiceSettings
+from lmrc.runtime.settings import SECRETS_DIR
 from lmrc.sink.graph import GraphStore
 from lmrc.topology import TOPICS
 
 
 class SinkSettings(ServiceSettings):
-    model_config = SettingsConfigDict(env_prefix="SINK_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="SINK_", extra="ignore", secrets_dir=SECRETS_DIR)
 
     service_name: str = "sink"
     group_id: str = TOPICS.stage("sink").group_id

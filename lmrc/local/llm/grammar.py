@@ -2,7 +2,8 @@
 
 A grammar (regex, or JSON Schema turned into a regex) is compiled once against the tokenizer's
 vocabulary into an index of allowed tokens per state; compiled indexes are cached, since a
-client sends the same grammar with every request.
+client sends the same grammar with every request, and so are the allowed-token tensors of each
+state (one per state of a grammar, not one per request and step).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import threading
 from collections import OrderedDict
 from typing import Any
 
+import torch
 from outlines_core import Guide, Index, Vocabulary
 from outlines_core.json_schema import build_regex_from_schema
 
@@ -66,12 +68,48 @@ def grammar_regex(kind: str, value: Any) -> str:
     raise GrammarError(f"unknown grammar type {kind!r}")
 
 
+class Constraint:
+    """One request's walk through its grammar: the tokens allowed now, and the step taken."""
+
+    def __init__(self, compiler: GrammarCompiler, regex: str, guide: Guide) -> None:
+        self._compiler = compiler
+        self._regex = regex
+        self._guide = guide
+
+    def allowed(self) -> torch.Tensor:
+        """Token ids allowed in the current state (shared, read-only)."""
+        return self._compiler.allowed(self._regex, self._guide)
+
+    def advance(self, token_id: int) -> None:
+        self._guide.advance(token_id)
+
+
 class GrammarCompiler:
-    def __init__(self, vocabulary: Vocabulary, cache_size: int = 32) -> None:
+    def __init__(self, vocabulary: Vocabulary, cache_size: int = 32, state_cache_size: int = 4096) -> None:
         self.vocabulary = vocabulary
         self.cache_size = cache_size
+        self.state_cache_size = state_cache_size
         self._indexes: OrderedDict[str, Index] = OrderedDict()
+        self._allowed: OrderedDict[tuple[str, int], torch.Tensor] = OrderedDict()
         self._lock = threading.Lock()
+
+    def constraint(self, kind: str, value: Any) -> Constraint:
+        regex = grammar_regex(kind, value)
+        return Constraint(self, regex, self.guide(kind, value))
+
+    def allowed(self, regex: str, guide: Guide) -> torch.Tensor:
+        key = (regex, guide.get_state())
+        with self._lock:
+            tokens = self._allowed.get(key)
+            if tokens is not None:
+                self._allowed.move_to_end(key)
+                return tokens
+        tokens = torch.tensor(guide.get_tokens(), dtype=torch.long)
+        with self._lock:
+            self._allowed[key] = tokens
+            if len(self._allowed) > self.state_cache_size:
+                self._allowed.popitem(last=False)
+        return tokens
 
     def guide(self, kind: str, value: Any) -> Guide:
         regex = grammar_regex(kind, value)

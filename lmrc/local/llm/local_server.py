@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
@@ -22,11 +23,13 @@ class LocalTgiServer(LocalProcess):
         threads: int | None = None,
         log_path: Path | None = None,
         max_concurrent_requests: int | None = None,
+        extra_arguments: Sequence[str] = (),
     ) -> None:
         super().__init__(port, host, log_path)
         self.adapters = adapters or {}
         self.threads = threads
         self.max_concurrent_requests = max_concurrent_requests
+        self.extra_arguments = list(extra_arguments)  # e.g. ["--engine", "reference"]
 
     @property
     def url(self) -> str:
@@ -50,7 +53,7 @@ class LocalTgiServer(LocalProcess):
             command += ["--threads", str(self.threads)]
         if self.max_concurrent_requests:
             command += ["--max-concurrent-requests", str(self.max_concurrent_requests)]
-        return command
+        return command + self.extra_arguments
 
     def is_ready(self) -> bool:
         return httpx.get(f"{self.url}/health", timeout=1.0).status_code == 200

@@ -51,6 +51,25 @@ app.kubernetes.io/component: {{ .component }}
 {{- default (printf "%s-credentials-hook" (include "lmrc.fullname" .)) .Values.credentials.existingSecret }}
 {{- end }}
 
+{{/* The services' credentials as files: the Secret's keys under the settings' variable names. */}}
+{{- define "lmrc.credentialFiles" -}}
+- key: kafka-sasl-username
+  path: KAFKA_SASL_USERNAME
+- key: kafka-sasl-password
+  path: KAFKA_SASL_PASSWORD
+- key: tgi-api-token
+  path: CLASSIFIER_TGI_API_TOKEN
+- key: falkordb-username
+  path: SINK_FALKORDB_USERNAME
+- key: falkordb-password
+  path: SINK_FALKORDB_PASSWORD
+{{- end }}
+
+{{/* True when the services read credentials from mounted files. */}}
+{{- define "lmrc.credentialsAsFiles" -}}
+{{- if and (include "lmrc.hasCredentials" .) .Values.credentials.asFiles }}true{{ end }}
+{{- end }}
+
 {{/* True when the chart has a Secret to reference (an existing one or one it writes). */}}
 {{- define "lmrc.hasCredentials" -}}
 {{- $c := .Values.credentials }}
@@ -58,7 +77,7 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 
 {{- define "lmrc.secretEnv" -}}
-{{- if include "lmrc.hasCredentials" .root }}
+{{- if and (include "lmrc.hasCredentials" .root) (or .hook (not .root.Values.credentials.asFiles)) }}
 - name: {{ .name }}
   valueFrom:
     secretKeyRef:
