@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import signal
+import socket
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -16,9 +19,30 @@ from lmrc.docred import evaluation
 from lmrc.topology import TOPICS
 
 
+class UserError(Exception):
+    """A mistake the user can fix (a file, a value): one line on stderr, exit status 2."""
+
+
 def _eval(args: argparse.Namespace) -> int:
     gold = docred.load_raw(args.gold)
-    predictions = evaluation.load_predictions(args.pred)
+    try:
+        predictions = evaluation.load_predictions(args.pred)
+    except json.JSONDecodeError as error:
+        raise UserError(f"{args.pred} is not JSON (a list, or JSON lines): {error}") from error
+    missing = [i for i, p in enumerate(predictions) if not isinstance(p, dict) or "title" not in p]
+    if missing:
+        raise UserError(
+            f'{args.pred}: prediction {missing[0]} has no "title" (each needs title, h_idx, t_idx, '
+            "and r for relations)"
+        )
+    titles = {document["title"] for document in gold}
+    unknown = [p["title"] for p in predictions if p["title"] not in titles]
+    if unknown:
+        print(
+            f"lmrc eval: {len(unknown)} prediction(s) name titles not in {args.gold} (counted as wrong), "
+            f"e.g. {unknown[0]!r}",
+            file=sys.stderr,
+        )
     if predictions and all("r" not in p for p in predictions):
         scores = evaluation.evaluate_candidates(gold, predictions)
         print(json.dumps(asdict(scores), indent=2) if args.json else evaluation.format_candidates(scores))
@@ -47,6 +71,14 @@ def _broker(args: argparse.Namespace) -> int:
     from lmrc.local.broker import LocalBroker, S3Storage
 
     storage = S3Storage(args.s3_endpoint, args.s3_bucket) if args.s3_endpoint else None
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", args.port))
+        except OSError as error:
+            raise UserError(
+                f"port {args.port} is in use (another broker or program holds it); choose another with --port"
+            ) from error
+    signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM stops the broker child as Ctrl-C does
     broker = LocalBroker(port=args.port, storage=storage).start()
     where = f"bucket {args.s3_bucket} on {args.s3_endpoint}" if storage else "in memory"
     print(f"Kafka-protocol broker (Tansu, {where}) on {broker.bootstrap_servers}; Ctrl-C stops it")
@@ -58,6 +90,10 @@ def _broker(args: argparse.Namespace) -> int:
     finally:
         broker.stop()
     return 0
+
+
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _publish(args: argparse.Namespace) -> int:
@@ -243,7 +279,32 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except BrokenPipeError:
+        # The reader left early (`| head`): not an error. Point stdout at /dev/null so that the
+        # interpreter's last flush does not fail again on exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except KeyboardInterrupt:
+        return 130
+    except UserError as error:
+        print(f"lmrc: error: {error}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as error:
+        print(f"lmrc: error: {_missing(error)}", file=sys.stderr)
+        return 2
+
+
+def _missing(error: FileNotFoundError) -> str:
+    """What is missing and, for the shared data, where it is looked for."""
+    from lmrc.paths import shared_dir
+
+    name = str(error.filename or error)
+    message = f"no such file: {name}"
+    if error.filename and str(shared_dir()) in str(error.filename):
+        message += " (data from ../shared beside the checkout; set LMRC_SHARED_DIR to where it is)"
+    return message
 
 
 if __name__ == "__main__":

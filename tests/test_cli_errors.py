@@ -1,0 +1,97 @@
+"""The command line as a user meets it, run as a subprocess: errors they can cause are one clear
+line and a non-zero exit, never a traceback; pipes that close early are not errors."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+from lmrc import docred
+from lmrc.sink.ladybug_store import LadybugGraphStore
+from tests.helpers import gold_relation_events, scaled
+
+T0 = datetime(2026, 11, 26, tzinfo=UTC)
+
+
+def lmrc(*arguments: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "lmrc", *arguments],
+        capture_output=True,
+        text=True,
+        timeout=scaled(timeout),
+    )
+
+
+def _holdout_file(tmp_path: Path) -> Path:
+    path = tmp_path / "holdout.json"
+    path.write_text(json.dumps(docred.load_split("holdout")[:5]), encoding="utf-8")
+    return path
+
+
+def test_a_missing_file_is_one_line_naming_it(tmp_path: Path) -> None:
+    gold = _holdout_file(tmp_path)
+    missing = tmp_path / "nowhere" / "predictions.json"
+    for arguments in (
+        ["eval", "--gold", str(gold), "--pred", str(missing)],
+        ["eval", "--gold", str(missing), "--pred", str(gold)],
+    ):
+        result = lmrc(*arguments)
+        assert result.returncode == 2, result
+        assert "Traceback" not in result.stderr
+        (line,) = result.stderr.strip().splitlines()
+        assert line.startswith("lmrc: error:") and str(missing) in line
+
+
+def test_malformed_predictions_are_one_line_saying_what_is_wrong(tmp_path: Path) -> None:
+    gold = _holdout_file(tmp_path)
+    bad = tmp_path / "bad.json"
+    bad.write_text('[{"h_idx": 0, "t_idx": 1, "r": "P17"}]', encoding="utf-8")  # no title
+    result = lmrc("eval", "--gold", str(gold), "--pred", str(bad))
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result
+    assert "title" in result.stderr and str(bad) in result.stderr
+
+
+def test_predictions_for_titles_the_gold_file_lacks_are_reported(tmp_path: Path) -> None:
+    gold = _holdout_file(tmp_path)
+    predictions = tmp_path / "predictions.json"
+    predictions.write_text(
+        json.dumps([{"title": "No Such Document", "h_idx": 0, "t_idx": 1, "r": "P17", "evidence": []}]),
+        encoding="utf-8",
+    )
+    result = lmrc("eval", "--gold", str(gold), "--pred", str(predictions))
+    assert result.returncode == 0, result
+    assert "1 prediction" in result.stderr and "No Such Document" in result.stderr
+
+
+def test_output_into_a_pipe_that_closes_early_is_not_an_error(tmp_path: Path) -> None:
+    graph = tmp_path / "graph.lbug"
+    store = LadybugGraphStore(graph)
+    events = gold_relation_events(docred.load_split("holdout"), docred.load_relation_names(), T0)
+    store.upsert(events)
+    store.close()
+    process = subprocess.Popen(  # far more than a pipe buffer holds (about 1,700 lines)
+        [sys.executable, "-m", "lmrc", "graph", "--path", str(graph), "relations", "--limit", "100000"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None and process.stderr is not None
+    assert process.stdout.readline()
+    process.stdout.close()  # as `| head -1` does
+    stderr = process.stderr.read()
+    assert process.wait(timeout=scaled(120)) == 0, stderr
+    assert "Traceback" not in stderr and "BrokenPipe" not in stderr, stderr
+
+
+def test_the_broker_refuses_a_port_in_use(tmp_path: Path) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        result = lmrc("broker", "--port", str(port), timeout=60)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result
+    assert f"port {port} is in use" in result.stderr
