@@ -71,8 +71,9 @@ class EngineOptions:
     #: Upper bound on the key/value positions a batch holds (rows x their prompt + new tokens).
     max_batch_tokens: int = 32_768
     prefix_cache_bytes: int = 512 * 2**20
-    #: RMSNorm as PyTorch's one fused kernel instead of transformers' five element-wise steps.
-    fused_norm: bool = True
+    #: The fused Llama decoder for plain weights (``fused.py``) and its one-reduction RMSNorm in
+    #: transformers' modules otherwise; off: transformers' own arithmetic throughout.
+    fused_kernels: bool = True
     max_input_tokens: int = 4096
     max_total_tokens: int = 4608
     threads: int | None = None
@@ -80,7 +81,7 @@ class EngineOptions:
     @classmethod
     def reference(cls, **overrides: Any) -> EngineOptions:
         """fp32, adapters unmerged: the engine as it was before batching (the benchmark's baseline)."""
-        return cls(dtype="float32", merge_single_adapter=False, fused_norm=False, **overrides)
+        return cls(dtype="float32", merge_single_adapter=False, fused_kernels=False, **overrides)
 
 
 def cpu_has_native_bf16() -> bool:
@@ -149,10 +150,10 @@ def _fused_rms_norm(module: torch.nn.Module, hidden: torch.Tensor) -> torch.Tens
 class _Model:
     """One set of weights and the way to run its decoder and vocabulary projection apart."""
 
-    def __init__(self, model: Any, fused_norm: bool) -> None:
+    def __init__(self, model: Any, fused_kernels: bool) -> None:
         self.model = model
         inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-        if fused_norm:
+        if fused_kernels:
             for module in inner.modules():
                 if type(module).__name__.endswith("RMSNorm") and hasattr(module, "variance_epsilon"):
                     module.forward = functools.partial(_fused_rms_norm, module)
@@ -160,7 +161,7 @@ class _Model:
         self.decoder = inner.get_decoder()
         # Only plain weights (a merged adapter or none): the fused decoder knows nothing of LoRA.
         plain = inner is model
-        self.fused = FusedLlamaDecoder(inner) if fused_norm and plain and fused.supports(inner) else None
+        self.fused = FusedLlamaDecoder(inner) if fused_kernels and plain and fused.supports(inner) else None
         self.lm_head = inner.get_output_embeddings()
         self.config = inner.config
 
@@ -174,16 +175,15 @@ class _Batch:
         model: _Model,
         prefix: list[tuple[torch.Tensor, torch.Tensor]],
         prefix_length: int,
-        rows: list[_Request],
+        rows: int,
     ) -> None:
         self.model = model
         self.prefix = prefix
-        self.rows = rows
         self.cache = DynamicCache(config=model.config)
         self.fused_cache = model.fused.new_cache() if model.fused is not None else []
         self.cache_length = 0
-        self.cached: list[list[int]] = [[] for _ in rows]  # each row's own tokens' cache positions
-        self.next_position = [prefix_length] * len(rows)
+        self.cached: list[list[int]] = [[] for _ in range(rows)]  # each row's own tokens' cache positions
+        self.next_position = [prefix_length] * rows
 
     def extend(self, chunks: Sequence[Sequence[int]]) -> dict[int, torch.Tensor]:
         """Run each row's tokens (none for a finished row): logits after each active row's last."""
@@ -305,7 +305,7 @@ class GenerationEngine:
         if self.adapters:
             self._models[self.adapter_ids[0] if self.merged else None] = self._load_adapters()
         else:
-            self._models[None] = _Model(self._load_base(), options.fused_norm)
+            self._models[None] = _Model(self._load_base(), options.fused_kernels)
         self.eos_token_id = int(self.tokenizer.eos_token_id)
         self.pad_token_id = (
             self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_token_id
@@ -333,10 +333,10 @@ class GenerationEngine:
         items = list(self.adapters.items())
         model = PeftModel.from_pretrained(base, items[0][1], adapter_name=items[0][0])
         if self.merged:  # merged in fp32, then cast: as exact as the unmerged fp32 product
-            return _Model(model.merge_and_unload().to(self.dtype).eval(), self.options.fused_norm)
+            return _Model(model.merge_and_unload().to(self.dtype).eval(), self.options.fused_kernels)
         for adapter_id, path in items[1:]:
             model.load_adapter(path, adapter_name=adapter_id)
-        return _Model(model.to(self.dtype).eval(), self.options.fused_norm)
+        return _Model(model.to(self.dtype).eval(), self.options.fused_kernels)
 
     def _model_for(self, adapter_id: str | None) -> _Model:
         if not self.adapters or not self.merged:
@@ -344,7 +344,7 @@ class GenerationEngine:
         with self._models_lock:
             if adapter_id not in self._models:  # the base model beside a merged adapter, on demand
                 log.info("loading the base model for requests without an adapter")
-                self._models[adapter_id] = _Model(self._load_base(), self.options.fused_norm)
+                self._models[adapter_id] = _Model(self._load_base(), self.options.fused_kernels)
             return self._models[adapter_id]
 
     def _adapter(self, adapter_id: str | None) -> Any:
@@ -433,7 +433,7 @@ class GenerationEngine:
         prefix, from_cache = self._prefix_cache(model, adapter_id, rows[0].prompt_ids[:shared])
         for row in rows:
             row.reused = shared if len(rows) > 1 else from_cache
-        batch = _Batch(model, prefix, shared, rows)
+        batch = _Batch(model, prefix, shared, len(rows))
         rests = [row.prompt_ids[shared:] for row in rows]
         logits = batch.start(rests, _segments(rests, MIN_SEGMENT_TOKENS))
         while logits:
@@ -559,29 +559,20 @@ class GenerationEngine:
     ) -> tuple[GenerateResponse, GenerationStats]:
         """One request, one forward pass per token, the previous prompt's cache reused in place."""
         started = time.perf_counter()
-        prompt_ids = self._prompt_ids(inputs, parameters)
-        max_new_tokens = self._max_new_tokens(prompt_ids, parameters)
-        guide = (
-            self.grammars.constraint(parameters.grammar.type, parameters.grammar.value)
-            if parameters.grammar is not None
-            else None
-        )
-        generator = torch.Generator().manual_seed(parameters.seed) if parameters.seed is not None else None
+        row = self._prepare(0, inputs, parameters)
         model = self._model_for(parameters.adapter_id)
         with torch.inference_mode(), self._adapter(parameters.adapter_id):
-            logits, cache, reused = self._prefill(model, prompt_ids, parameters.adapter_id)
-            row = _Request(0, inputs, parameters, prompt_ids, max_new_tokens, guide, None)
+            logits, cache, row.reused = self._prefill(model, row.prompt_ids, parameters.adapter_id)
             while row.finish_reason is None:
-                token_id, logprob = self._choose(logits, parameters, guide, generator)
+                token_id, logprob = self._choose(logits, parameters, row.constraint, row.generator)
                 self._append(row, token_id, logprob)
                 if row.finish_reason is None:
                     output = model.model(input_ids=torch.tensor([[token_id]]), cache=cache, use_cache=True)
                     logits = output.logits[0, -1]
-            row.reused = reused
-            excess = cache.get_seq_length() - len(prompt_ids)
+            excess = cache.get_seq_length() - len(row.prompt_ids)
             if excess > 0:
                 cache.crop(-excess)
-            self._previous = (parameters.adapter_id, list(prompt_ids), cache)
+            self._previous = (parameters.adapter_id, list(row.prompt_ids), cache)
         return self._response(row, time.perf_counter() - started)
 
     def _prefill(
