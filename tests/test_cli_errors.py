@@ -10,6 +10,8 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
+
 from lmrc import docred
 from lmrc.sink.ladybug_store import LadybugGraphStore
 from tests.helpers import gold_relation_events, scaled
@@ -67,12 +69,31 @@ def test_predictions_for_titles_the_gold_file_lacks_are_reported(tmp_path: Path)
     assert "1 prediction" in result.stderr and "No Such Document" in result.stderr
 
 
-def test_output_into_a_pipe_that_closes_early_is_not_an_error(tmp_path: Path) -> None:
-    graph = tmp_path / "graph.lbug"
-    store = LadybugGraphStore(graph)
-    events = gold_relation_events(docred.load_split("holdout"), docred.load_relation_names(), T0)
-    store.upsert(events)
+@pytest.fixture(scope="module")
+def graph(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An embedded graph holding the gold relations of the 50 holdout documents."""
+    path = tmp_path_factory.mktemp("graph") / "graph.lbug"
+    store = LadybugGraphStore(path)
+    store.upsert(gold_relation_events(docred.load_split("holdout"), docred.load_relation_names(), T0))
     store.close()
+    return path
+
+
+def test_tables_say_when_they_are_cut_and_show_names_in_full(graph: Path) -> None:
+    total = int(lmrc("graph", "--path", str(graph), "counts").stdout.split()[3])
+    cut = lmrc("graph", "--path", str(graph), "relations", "--limit", "5", "--relation", "P131")
+    assert cut.returncode == 0, cut
+    lines = cut.stdout.strip().splitlines()
+    assert len(lines) == 2 + 5 + 1 and lines[-1].startswith("showing 5 of ")
+    assert "--all" in lines[-1]
+    assert "located in the administrative territorial entity" in cut.stdout  # not cut to 32 characters
+    everything = lmrc("graph", "--path", str(graph), "relations", "--all")
+    assert len(everything.stdout.strip().splitlines()) == 2 + total  # no "showing" line
+    zero = lmrc("graph", "--path", str(graph), "relations", "--limit", "0")
+    assert zero.returncode == 2 and "must be 1 or more" in zero.stderr and "Traceback" not in zero.stderr
+
+
+def test_output_into_a_pipe_that_closes_early_is_not_an_error(graph: Path) -> None:
     process = subprocess.Popen(  # far more than a pipe buffer holds (about 1,700 lines)
         [sys.executable, "-m", "lmrc", "graph", "--path", str(graph), "relations", "--limit", "100000"],
         stdout=subprocess.PIPE,

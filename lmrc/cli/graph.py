@@ -81,13 +81,26 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     relations.add_argument("--entity", help="entity name (any case) or id, as head or tail")
     relations.add_argument("--relation", help="P-id or relation name")
     relations.add_argument("--doc", help="document id")
-    relations.add_argument("--limit", type=int, default=50)
+    relations.add_argument(
+        "--limit",
+        type=_positive,
+        default=50,
+        help="show at most N relations (default 50; the table says when it cuts)",
+    )
+    relations.add_argument("--all", action="store_true", help="show every relation that matches")
     relations.add_argument("--json", action="store_true", help="JSON lines instead of a table")
     verbs.add_parser("counts", help="entities, relations, documents")
     export = verbs.add_parser("export", help="the whole graph")
     export.add_argument("--format", choices=["jsonl", "graphml"], default="jsonl")
     export.add_argument("--out", type=Path, required=True)
     graph.set_defaults(func=run)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value} (--all shows every relation)")
+    return value
 
 
 def _store(args: argparse.Namespace) -> GraphStore:
@@ -107,13 +120,12 @@ def run(args: argparse.Namespace) -> int:
             counts = store.counts()
             print(f"entities {counts.entities}  relations {counts.relations}  documents {counts.documents}")
         elif args.verb == "relations":
-            found = store.relations(
-                entity=args.entity, relation=args.relation, doc_id=args.doc, limit=args.limit
-            )
+            found = store.relations(entity=args.entity, relation=args.relation, doc_id=args.doc, limit=None)
+            shown = found if args.all else found[: args.limit]
             if args.json:
-                write_jsonl(found, sys.stdout)
+                write_jsonl(shown, sys.stdout)
             else:
-                print(format_table(found))
+                print(format_table(shown, total=len(found), more="--all shows every one"))
         else:
             relations = store.relations(limit=None)
             with open(args.out, "w", encoding="utf-8") as out:

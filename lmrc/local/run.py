@@ -249,8 +249,9 @@ def _report(progress: DocumentProgress, elapsed: float, gold: list[dict], graph_
     store = open_store(SinkSettings(ladybug_path=graph_path), read_only=True)
     try:
         counts = store.counts()
-        print(format_table(store.relations(limit=40)))
         stored = store.relations(limit=None)
+        more = f"`lmrc graph --path {graph_path} relations --all` shows every one"
+        print(format_table(stored[:40], total=len(stored), more=more))
     finally:
         store.close()
     print(

@@ -183,20 +183,34 @@ class GraphCounts:
     documents: int
 
 
-def format_table(relations: list[StoredRelation]) -> str:
-    """Relations as a fixed-width table for a terminal (control characters shown escaped)."""
-    header = f"{'head':<28} {'P-id':<6} {'relation':<32} {'tail':<28} {'conf':>5}  document"
-    lines = [header, "-" * len(header)]
-    for r in relations:
-        head, name, tail = (
-            printable(r.head_name)[:28],
-            printable(r.relation_name)[:32],
-            printable(r.tail_name)[:28],
+def format_table(relations: list[StoredRelation], total: int | None = None, more: str = "") -> str:
+    """Relations as a table for a terminal: names in full (columns as wide as their longest),
+    control characters shown escaped; when ``total`` says more exist, a last line says how many
+    are shown and ``more`` how to see them all."""
+    rows = [
+        (
+            printable(r.head_name),
+            printable(r.relation_id),
+            printable(r.relation_name),
+            printable(r.tail_name),
+            f"{r.confidence:.2f}",
+            printable(r.doc_id),
         )
-        lines.append(
-            f"{head:<28} {printable(r.relation_id):<6} {name:<32} {tail:<28} {r.confidence:5.2f}  "
-            f"{printable(r.doc_id)}"
-        )
+        for r in relations
+    ]
+    titles = ("head", "P-id", "relation", "tail", "conf", "document")
+    widths = [max([len(title), *(len(row[column]) for row in rows)]) for column, title in enumerate(titles)]
+
+    def line(cells: tuple[str, ...]) -> str:
+        padded = [
+            cell.rjust(width) if column == 4 else cell.ljust(width)
+            for column, (cell, width) in enumerate(zip(cells, widths, strict=True))
+        ]
+        return "  ".join(padded).rstrip()
+
+    lines = [line(titles), "-" * len(line(titles)), *(line(row) for row in rows)]
+    if total is not None and total > len(relations):
+        lines.append(f"showing {len(relations)} of {total} relations{'; ' + more if more else ''}")
     return "\n".join(lines)
 
 
