@@ -44,8 +44,13 @@ class TopicNames:
     prefix: str = DEFAULT_PREFIX
 
     @property
+    def texts(self) -> str:
+        """Users publish plain-text TextDocumentEvents here; the annotator reads them."""
+        return f"{self.prefix}.texts"
+
+    @property
     def documents(self) -> str:
-        """Users publish DocumentEvents here."""
+        """Users publish annotated DocumentEvents here, and the annotator its annotated texts."""
         return f"{self.prefix}.documents"
 
     @property
@@ -67,6 +72,7 @@ class TopicNames:
     def stages(self) -> tuple[Stage, ...]:
         """The services in pipeline order."""
         return (
+            Stage("annotator", self.texts, self.documents),
             Stage("proposer", self.documents, self.candidates),
             Stage("classifier", self.candidates, self.relations),
             Stage("sink", self.relations, None),
@@ -81,7 +87,7 @@ class TopicNames:
     @property
     def all(self) -> list[str]:
         """Every topic the pipeline uses: data topics first, then their dead-letter topics."""
-        data = [self.documents, self.candidates, self.relations]
+        data = [self.texts, self.documents, self.candidates, self.relations]
         return data + [dead_letter_topic(topic) for topic in data]
 
 

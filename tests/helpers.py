@@ -17,6 +17,7 @@ from confluent_kafka import Consumer, Producer
 
 from lmrc import docred
 from lmrc.contracts import DocumentEvent, EntityRef, ModelVersions, Relation, RelationSetEvent, event_id
+from lmrc.contracts.text import sentence_text
 from lmrc.local import publish as lmrc_publish
 from lmrc.local.publish import beginning_of
 from lmrc.runtime import KafkaSettings, ServiceRuntime
@@ -222,6 +223,7 @@ def gold_relation_events(
                     relation_name=relation_names[label.r],
                     confidence=1.0,
                     evidence=list(label.evidence),
+                    evidence_text=[sentence_text(doc["sents"][i]) for i in label.evidence],
                     models=ModelVersions(proposer="gold", classifier="gold"),
                     classified_at=classified_at,
                 )

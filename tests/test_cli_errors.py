@@ -116,3 +116,59 @@ def test_the_broker_refuses_a_port_in_use(tmp_path: Path) -> None:
         result = lmrc("broker", "--port", str(port), timeout=60)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result
     assert f"port {port} is in use" in result.stderr
+
+
+def test_text_input_a_user_must_fix_is_one_line(tmp_path: Path) -> None:
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("Café in Zürich".encode("latin-1"))
+    empty_folder = tmp_path / "nothing"
+    empty_folder.mkdir()
+    bad_lines = tmp_path / "texts.jsonl"
+    bad_lines.write_text('{"id": "a", "text": "fine"}\n{"id": "b"}\n', encoding="utf-8")
+    blank = tmp_path / "blank.txt"
+    blank.write_text("  \n", encoding="utf-8")
+    cases = {
+        latin1: "is not UTF-8 text (byte 3",
+        empty_folder: "holds no text files",
+        bad_lines: 'texts.jsonl:2: not a text record {"id", "title", "text"} (no \'text\')',
+        blank: "blank.txt: the text is empty",
+    }
+    for path, expected in cases.items():
+        for command in (("run", "--text", str(path)), ("publish", "--text", str(path))):
+            done = lmrc(*command)
+            assert done.returncode == 2, (command, done.stderr)
+            assert done.stderr.startswith("lmrc: error: ") and expected in done.stderr, done.stderr
+            assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_every_option_of_every_command_says_what_it_does() -> None:
+    import argparse
+
+    from lmrc.cli import build_parser
+
+    undocumented: list[str] = []
+
+    def walk(parser: argparse.ArgumentParser, path: str) -> None:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    walk(sub, f"{path} {name}")
+            elif not isinstance(action, argparse._HelpAction) and not action.help:
+                undocumented.append(f"{path} {'/'.join(action.option_strings) or action.dest}")
+
+    walk(build_parser(), "lmrc")
+    assert not undocumented, undocumented
+    top = lmrc("--help")
+    assert top.returncode == 0 and "``" not in top.stdout and "KAFKA_BOOTSTRAP_SERVERS" in top.stdout
+    train = lmrc("proposer", "train", "--help").stdout
+    assert "passes over the train split (default: 12)" in " ".join(train.split())
+
+
+def test_kafka_commands_without_a_broker_say_so_in_one_line() -> None:
+    for command in (("tail", "--timeout", "1"), ("topics",), ("publish", "--text", __file__)):
+        done = lmrc(*command, "--bootstrap-servers", "127.0.0.1:9")
+        assert done.returncode == 2, (command, done.stderr)
+        assert done.stderr.strip().splitlines() == [
+            "lmrc: error: no Kafka broker answers at 127.0.0.1:9 within 10s (set KAFKA_BOOTSTRAP_SERVERS "
+            "or --bootstrap-servers; `lmrc broker` starts a local one)"
+        ], done.stderr

@@ -127,3 +127,35 @@ def test_tail_without_from_beginning_shows_only_new_events(broker: LocalBroker, 
     shown = json.loads(out)
     assert shown["event_id"] != old.event_id
     assert shown["event_id"] in {e.event_id for e in new}
+
+
+def test_publish_text_sends_each_file_as_a_text_event(
+    broker: LocalBroker, unique: str, tmp_path: Path
+) -> None:
+    folder = tmp_path / "articles"
+    folder.mkdir()
+    (folder / "kafka.txt").write_text("Jay Kreps founded Confluent in 2014.\n", encoding="utf-8")
+    (folder / "notes.md").write_text("Neha Narkhede was born in Pune.", encoding="utf-8")
+    (folder / "image.png").write_bytes(b"\x89PNG")  # not a text file: left out
+    done = _lmrc(broker, "publish", "--text", str(folder), "--topic", f"{unique}.texts")
+    assert done.returncode == 0, done.stderr
+    assert f"published 2 texts to {unique}.texts" in done.stdout
+    records = read_topic(broker.bootstrap_servers, [f"{unique}.texts"], expect=2)
+    events = {r.key: r.json() for r in records}
+    assert set(events) == {"kafka", "notes"}
+    assert events["kafka"]["text"] == "Jay Kreps founded Confluent in 2014.\n"
+    assert events["notes"]["title"] == "notes" and events["notes"]["schema_version"] == 1
+
+
+def test_tail_says_what_it_reads_and_when_nothing_came(broker: LocalBroker, unique: str) -> None:
+    ensure_topics({"bootstrap.servers": broker.bootstrap_servers}, [f"{unique}.empty"], partitions=1)
+    done = _lmrc(broker, "tail", "--topic", f"{unique}.empty", "--from-beginning", "--timeout", "2")
+    assert done.returncode == 0 and done.stdout == ""
+    assert done.stderr.splitlines() == [
+        f"reading {unique}.empty from the beginning; Ctrl-C stops",
+        f"no message on {unique}.empty within 2s",
+    ], done.stderr
+    missing = _lmrc(broker, "tail", "--topic", f"{unique}.missing", "--timeout", "2")
+    assert missing.stderr.splitlines()[0] == (
+        f"reading {unique}.missing from now on (it does not exist yet: waiting for it); Ctrl-C stops"
+    ), missing.stderr

@@ -16,6 +16,7 @@ import pytest
 import yaml
 from pydantic_settings import BaseSettings
 
+from lmrc.annotator.service import AnnotatorSettings
 from lmrc.classifier.service import ClassifierSettings
 from lmrc.cli import build_parser
 from lmrc.paths import REPO_ROOT
@@ -30,6 +31,7 @@ KUBE_VERSION = "1.30.0"  # the oldest Kubernetes the chart is validated against 
 CUSTOM_KINDS = {"ScaledObject", "TriggerAuthentication", "ServiceMonitor", "PrometheusRule"}
 SETTINGS: dict[str, type[BaseSettings]] = {
     "KAFKA_": KafkaSettings,
+    "ANNOTATOR_": AnnotatorSettings,
     "PROPOSER_": ProposerSettings,
     "CLASSIFIER_": ClassifierSettings,
     "SINK_": SinkSettings,
@@ -303,8 +305,8 @@ def test_network_policies_open_only_the_metrics_ports_and_tgi_to_the_classifier(
     selected = {
         p["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"]: p for p in policies.values()
     }
-    assert set(selected) == {"proposer", "classifier", "sink", "tgi"}
-    for component in ("proposer", "classifier", "sink"):
+    assert set(selected) == {"annotator", "proposer", "classifier", "sink", "tgi"}
+    for component in ("annotator", "proposer", "classifier", "sink"):
         (rule,) = selected[component]["spec"]["ingress"]
         assert rule["ports"] == [{"port": "metrics", "protocol": "TCP"}]
     (tgi_rule,) = selected["tgi"]["spec"]["ingress"]
@@ -443,6 +445,7 @@ def test_service_monitor_scrapes_every_service_and_keeps_their_service_label() -
         if selector.items() <= s["metadata"]["labels"].items()
     ]
     assert {s["metadata"]["name"] for s in selected} == {
+        "demo-lmrc-annotator",
         "demo-lmrc-proposer",
         "demo-lmrc-classifier",
         "demo-lmrc-sink",
@@ -494,7 +497,7 @@ def dockerfile_instructions(path: Path) -> list[tuple[str, str]]:
     ]
 
 
-@pytest.mark.parametrize("service", ["proposer", "classifier", "sink"])
+@pytest.mark.parametrize("service", ["annotator", "proposer", "classifier", "sink"])
 def test_container_file_runs_the_service_as_a_non_root_user(service: str) -> None:
     instructions = dockerfile_instructions(REPO / "deploy" / "containers" / f"{service}.Dockerfile")
     final_stage = instructions[max(i for i, (op, _) in enumerate(instructions) if op == "FROM") :]

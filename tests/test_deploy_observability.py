@@ -1,5 +1,5 @@
 """Dashboards and alerting rules against real tools: promtool parses and unit-tests the rules, and a
-real Prometheus scrapes the three services (separate processes, as in a cluster) and the local TGI
+real Prometheus scrapes the four services (separate processes, as in a cluster) and the local TGI
 server while documents flow, then answers every dashboard query with data."""
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ from tests.observability import (
 # Series that exist only once their fault happens (a Kafka client error, a graph store failure),
 # which this run does not cause. Their queries must still run; they need not return data.
 FAULT_ONLY = {"lmrc_kafka_errors_total", "lmrc_sink_store_errors_total"}
+SERVICES = ("annotator", "proposer", "classifier", "sink")
 
 
 # ---- static checks ---------------------------------------------------------------------------
@@ -179,8 +180,11 @@ def scraped(
     work = tmp_path_factory.mktemp("observability")
     bootstrap = broker.bootstrap_servers
     stem = f"obs{time.time_ns() % 10**8}"
+    texts = f"{stem}.texts"
     documents, candidates, relations = f"{stem}.documents", f"{stem}.candidates", f"{stem}.relations"
     topics = [
+        texts,
+        f"{texts}.dead-letter",
         documents,
         candidates,
         relations,
@@ -194,7 +198,7 @@ def scraped(
 
         onnx = export_onnx(DEFAULT_ARTIFACT_DIR, work / "proposer.onnx")
 
-    ports = {name: free_port() for name in ("proposer", "classifier", "sink", "prometheus")}
+    ports = {name: free_port() for name in (*SERVICES, "prometheus")}
     tgi_target = tgi_server.url.removeprefix("http://").rstrip("/")
     config = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
@@ -204,9 +208,7 @@ def scraped(
             {
                 "job_name": "lmrc",
                 "honor_labels": True,
-                "static_configs": [
-                    {"targets": [f"127.0.0.1:{ports[s]}" for s in ("proposer", "classifier", "sink")]}
-                ],
+                "static_configs": [{"targets": [f"127.0.0.1:{ports[s]}" for s in SERVICES]}],
             },
             {"job_name": "tgi", "static_configs": [{"targets": [tgi_target]}]},
         ],
@@ -232,6 +234,15 @@ def scraped(
         proxy.faults.extend(["503"] * 3)
         adapter_id = load_config(DEFAULT_ADAPTER_DIR).version
         settings = {
+            "lmrc.annotator": {
+                "ANNOTATOR_INPUT_TOPIC": texts,
+                "ANNOTATOR_OUTPUT_TOPIC": documents,
+                "ANNOTATOR_DEAD_LETTER_TOPIC": f"{texts}.dead-letter",
+                "ANNOTATOR_GROUP_ID": f"{stem}-annotator",
+                "ANNOTATOR_ENGINE": "spacy",  # the tagger's metrics are the same; no export needed
+                "ANNOTATOR_HTTP_PORT": str(ports["annotator"]),
+                "ANNOTATOR_MAX_BATCH_WAIT_SECONDS": "0.2",
+            },
             "lmrc.proposer": {
                 "PROPOSER_INPUT_TOPIC": documents,
                 "PROPOSER_OUTPUT_TOPIC": candidates,
@@ -267,7 +278,7 @@ def scraped(
         for module, env in settings.items():
             processes.append(_service(module, {**common, **env}, work / f"{module}.log"))
         try:
-            for name in ("proposer", "classifier", "sink"):
+            for name in SERVICES:
                 url = f"http://127.0.0.1:{ports[name]}/readyz"
                 wait_for(lambda u=url: _ready(u), timeout=120, what=f"{name} ready")
             wait_for(lambda: _ready(f"{prometheus_url}/-/ready"), timeout=60, what="Prometheus ready")
@@ -279,6 +290,14 @@ def scraped(
             # that the dead-letter counter is seen rising.
             produce(bootstrap, candidates, [b"{not json"])
             produce(bootstrap, relations, [b'{"event_type": "relation_event"}'])
+            # One plain text through the annotator (and on through the others), and a poison one.
+            text = {"doc_id": "text", "text": "Jay Kreps founded Confluent in Mountain View in 2014."}
+            text_ends = publish(
+                {"bootstrap.servers": bootstrap},
+                texts,
+                iter([("text", json.dumps(text).encode()), ("poison", b'{"doc_id": "x"}')]),
+            )
+            wait_committed(bootstrap, f"{stem}-annotator", texts, text_ends, timeout=240)
             payloads = [d.model_dump_json().encode() for d in small_documents(2)] + [b"{not json"]
             ends = publish(
                 {"bootstrap.servers": bootstrap},
@@ -298,10 +317,7 @@ def scraped(
             yield Scraped(
                 prometheus=prometheus_url,
                 metrics_urls={
-                    **{
-                        name: f"http://127.0.0.1:{ports[name]}/metrics"
-                        for name in ("proposer", "classifier", "sink")
-                    },
+                    **{name: f"http://127.0.0.1:{ports[name]}/metrics" for name in SERVICES},
                     "tgi": f"{tgi_server.url}/metrics",
                 },
                 candidates=sum(candidate_ends.values()) - 1,  # less the poison message
@@ -338,9 +354,9 @@ def test_every_metric_the_dashboards_and_rules_use_is_one_the_services_export(sc
 def test_prometheus_scrapes_every_service(scraped: Scraped) -> None:
     with urllib.request.urlopen(f"{scraped.prometheus}/api/v1/targets", timeout=scaled(10)) as response:
         targets = json.loads(response.read())["data"]["activeTargets"]
-    assert len(targets) == 4 and all(t["health"] == "up" for t in targets), targets
+    assert len(targets) == 5 and all(t["health"] == "up" for t in targets), targets
     services = _prometheus_query(scraped.prometheus, "count by (service) (lmrc_messages_consumed_total)")
-    assert {r["metric"]["service"] for r in services["data"]["result"]} == {"proposer", "classifier", "sink"}
+    assert {r["metric"]["service"] for r in services["data"]["result"]} == set(SERVICES)
 
 
 @pytest.mark.broker
@@ -353,11 +369,15 @@ def test_prometheus_answers_every_dashboard_query_with_data(scraped: Scraped) ->
         if not answer["data"]["result"] and not metric_names(query.expr) <= FAULT_ONLY:
             empty.append(query)
     assert not empty, "no data for:\n" + "\n".join(f"{q.source}: {q.expr}" for q in empty)
-    # The figures are the run's: two documents in, their candidates out, the poison dead-lettered.
+    # The figures are the run's: two documents and one text in, their candidates out, the poison
+    # dead-lettered.
     documents = _prometheus_query(scraped.prometheus, "sum(lmrc_proposer_documents_total)")
-    assert float(documents["data"]["result"][0]["value"][1]) == 2
+    assert float(documents["data"]["result"][0]["value"][1]) == 3
+    annotated = _prometheus_query(scraped.prometheus, "sum(lmrc_annotator_documents_total)")
+    assert float(annotated["data"]["result"][0]["value"][1]) == 1
     letters = _prometheus_query(scraped.prometheus, "sum by (service) (lmrc_messages_dead_lettered_total)")
     assert {r["metric"]["service"]: float(r["value"][1]) for r in letters["data"]["result"]} == {
+        "annotator": 1,
         "proposer": 2,
         "classifier": 1,
         "sink": 1,

@@ -17,7 +17,7 @@ from lmrc.paths import REPO_ROOT
 
 PACKAGE = REPO_ROOT / "lmrc"
 LAYERS = ("contracts", "paths", "topology", "docred", "runtime", "stages", "local", "cli")
-STAGES = ("proposer", "classifier", "sink")
+STAGES = ("annotator", "proposer", "classifier", "sink")
 
 
 def module_name(path: Path) -> str:

@@ -96,3 +96,28 @@ def test_an_interrupted_run_stops_within_seconds_and_leaves_no_process_behind(
     assert took < scaled(5), f"took {took:.1f}s to stop"
     _gone, alive = psutil.wait_procs(children, timeout=scaled(2))
     assert not alive, f"still running: {[p.name() for p in alive]}"
+
+
+def test_local_run_reads_plain_text_and_shows_the_words_relations_come_from(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.test_annotator import PARAGRAPH
+
+    text = tmp_path / "kafka.txt"
+    text.write_text(PARAGRAPH, encoding="utf-8")
+    graph, report = tmp_path / "graph.lbug", tmp_path / "report.json"
+    assert run_local(text, graph_path=graph, report_path=report, encoder_only=True, text=True) == 0
+    output = capsys.readouterr().out
+    assert "1 text from" in output and "published 1 text to lmrc.texts" in output
+    assert "annotator: 1/1 texts" in output and "sink: 1/1 documents" in output
+    found = re.findall(
+        r"^kafka: (.+?) \[(\d+):(\d+)\] --(.+?)--> (.+?) \[(\d+):(\d+)\] \([\d.]+\)$", output, re.M
+    )
+    assert found, output
+    for head, head_start, head_end, _relation, tail, tail_start, tail_end in found:
+        assert PARAGRAPH[int(head_start) : int(head_end)] == head
+        assert PARAGRAPH[int(tail_start) : int(tail_end)] == tail
+    assert re.search(r"^    sentence \d+: ", output, re.M)
+    figures = json.loads(report.read_text())
+    assert figures["relation_sets"] == 1 and len(found) == min(figures["relation_events"], 20)
+    assert figures["dead_letters"]["texts"] == {}

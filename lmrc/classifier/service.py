@@ -395,6 +395,7 @@ class ClassifierHandler(Handler[CandidateSetEvent]):
                 relation_name=self.labels.names[relation_id],
                 confidence=confidence,
                 evidence=pair.evidence,
+                evidence_text=document.sentence_texts(pair.evidence),
                 models=self.models(candidates),
                 source=document.source,
                 proposed_at=candidates.proposed_at,

@@ -18,6 +18,82 @@ from lmrc.contracts.text import printable
 from lmrc.docred import evaluation
 from lmrc.topology import TOPICS
 
+DESCRIPTION = """lmrc: document-level relation extraction on Kafka (LMRC).
+
+Run the whole pipeline on this machine (lmrc run), publish documents or plain texts to your own
+Kafka (lmrc publish), follow the relations (lmrc tail), query the graph (lmrc graph), and train,
+export and measure the models (lmrc proposer | classifier | annotator | llm)."""
+
+EPILOG = """environment:
+  KAFKA_BOOTSTRAP_SERVERS   brokers of publish, tail and topics (or --bootstrap-servers);
+                            KAFKA_SECURITY_PROTOCOL, KAFKA_SASL_*, KAFKA_SSL_* as the services
+  SINK_*                    the graph store of lmrc graph (SINK_STORE_BACKEND, SINK_LADYBUG_PATH, ...)
+  LMRC_SHARED_DIR           the data directory (default: ../shared beside the checkout)"""
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Shows each option's default (when it has one) and keeps the descriptions' line breaks."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "%(default)" in text or "default:" in text:
+            return text
+        if action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def _format_every_parser(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = HelpFormatter
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _format_every_parser(sub)
+
+
+def add_bootstrap_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--bootstrap-servers",
+        metavar="HOST:PORT",
+        help="Kafka brokers (default: $KAFKA_BOOTSTRAP_SERVERS, else 127.0.0.1:9092)",
+    )
+
+
+def kafka_client(args: argparse.Namespace) -> dict[str, Any]:
+    """The Kafka client settings of a command: KAFKA_* variables, --bootstrap-servers first; a
+    broker that does not answer is one line, not a stream of connection errors."""
+    from lmrc.runtime import KafkaSettings
+
+    settings = KafkaSettings()
+    if getattr(args, "bootstrap_servers", None):
+        settings = settings.model_copy(update={"bootstrap_servers": args.bootstrap_servers})
+    config = settings.client_config()
+    _check_broker(config)
+    return config
+
+
+def _check_broker(config: dict[str, Any], timeout: float = 10.0) -> None:
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient
+
+    quiet = logging.getLogger("lmrc.kafka-client")
+    quiet.setLevel(logging.CRITICAL)
+    admin = AdminClient({**config, "log_level": 0}, logger=quiet)
+    try:
+        admin.list_topics(timeout=timeout)
+    except KafkaException as error:
+        raise UserError(
+            f"no Kafka broker answers at {config['bootstrap.servers']} within {timeout:.0f}s "
+            "(set KAFKA_BOOTSTRAP_SERVERS or --bootstrap-servers; `lmrc broker` starts a local one)"
+        ) from error
+
+
+def _topic_exists(config: dict[str, Any], topic: str) -> bool:
+    from confluent_kafka.admin import AdminClient
+
+    metadata = AdminClient({**config, "log_level": 5}).list_topics(timeout=10)
+    return topic in metadata.topics and not metadata.topics[topic].error
+
 
 class UserError(Exception):
     """A mistake the user can fix (a file, a value): one line on stderr, exit status 2."""
@@ -97,12 +173,15 @@ def _interrupt(_signum: int, _frame: object) -> None:
 
 
 def _publish(args: argparse.Namespace) -> int:
-    from lmrc.local.publish import iter_document_payloads, publish
-    from lmrc.runtime import KafkaSettings
+    from lmrc.local.publish import TextInputError, iter_document_payloads, iter_text_payloads, publish
 
-    payloads = list(iter_document_payloads(args.file))
-    publish(KafkaSettings().client_config(), args.topic, iter(payloads))
-    print(f"published {len(payloads)} documents to {args.topic}")
+    topic = args.topic or (TOPICS.texts if args.text else TOPICS.documents)
+    try:
+        payloads = list(iter_text_payloads(args.file) if args.text else iter_document_payloads(args.file))
+    except TextInputError as error:
+        raise UserError(str(error)) from error
+    publish(kafka_client(args), topic, iter(payloads))
+    print(f"published {len(payloads)} {'texts' if args.text else 'documents'} to {topic}")
     return 0
 
 
@@ -131,8 +210,11 @@ def format_relations(value: Any) -> str:
 def _tail(args: argparse.Namespace) -> int:
     """Print events as they arrive; Ctrl-C (or --max-messages, --timeout) stops."""
     from lmrc.local.publish import tail
-    from lmrc.runtime import KafkaSettings
 
+    client = kafka_client(args)
+    where = "from the beginning" if args.from_beginning else "from now on"
+    exists = "" if _topic_exists(client, args.topic) else " (it does not exist yet: waiting for it)"
+    print(f"reading {args.topic} {where}{exists}; Ctrl-C stops", file=sys.stderr, flush=True)
     seen = 0
 
     def show(_topic: str, value: Any) -> bool:
@@ -143,7 +225,7 @@ def _tail(args: argparse.Namespace) -> int:
 
     try:
         tail(
-            KafkaSettings().client_config(),
+            client,
             [args.topic],
             show,
             timeout=args.timeout,
@@ -152,6 +234,8 @@ def _tail(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     except TimeoutError:
+        if not seen:
+            print(f"no message on {args.topic} within {args.timeout:g}s", file=sys.stderr)
         if args.max_messages is not None:
             print(f"{seen} of {args.max_messages} messages before the timeout", file=sys.stderr)
             return 1
@@ -160,12 +244,11 @@ def _tail(args: argparse.Namespace) -> int:
 
 def _topics(args: argparse.Namespace) -> int:
     """Create the pipeline's topics (the Helm chart's Job runs this); existing ones stay as they are."""
-    from lmrc.runtime import KafkaSettings
     from lmrc.runtime.topics import ensure_topics
 
     topics = args.topic or TOPICS.all
     created = ensure_topics(
-        KafkaSettings().client_config(), topics, args.partitions, replication_factor=args.replication_factor
+        kafka_client(args), topics, args.partitions, replication_factor=args.replication_factor
     )
     for topic in topics:
         print(f"{topic:<32} {'created' if topic in created else 'exists'}")
@@ -173,9 +256,25 @@ def _topics(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from lmrc.local.publish import TextInputError, iter_text_events
     from lmrc.local.run import run_local
 
-    return run_local(args.input, args.limit, args.graph, args.report, encoder_only=args.encoder_only)
+    if args.text is not None:
+        if args.input is not None:
+            raise UserError("--text and --input name the input twice; give one")
+        try:  # every record checked before anything starts
+            if not list(iter_text_events(args.text)):
+                raise UserError(f"{args.text} holds no text records")
+        except TextInputError as error:
+            raise UserError(str(error)) from error
+    return run_local(
+        args.text or args.input,
+        args.limit,
+        args.graph,
+        args.report,
+        encoder_only=args.encoder_only,
+        text=args.text is not None,
+    )
 
 
 def _benchmark(args: argparse.Namespace) -> int:
@@ -187,7 +286,7 @@ def _benchmark(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lmrc", description=__doc__)
+    parser = argparse.ArgumentParser(prog="lmrc", description=DESCRIPTION, epilog=EPILOG)
     commands = parser.add_subparsers(dest="command", required=True)
 
     ev = commands.add_parser("eval", help="official DocRED scores (F1, Ign F1) or proposer recall")
@@ -200,35 +299,49 @@ def build_parser() -> argparse.ArgumentParser:
     ev.set_defaults(func=_eval)
 
     split = commands.add_parser("split", help="write the fixed train/validation/holdout files")
-    split.add_argument("--out", type=Path, default=Path("var/data"))
+    split.add_argument(
+        "--out",
+        type=Path,
+        default=Path("var/data"),
+        help="directory for train.json, validation.json, holdout.json",
+    )
     split.add_argument("--source", type=Path, help="dev_revised.json (default: ../shared)")
     split.set_defaults(func=_split)
 
     broker = commands.add_parser("broker", help="run the local Kafka-protocol broker")
-    broker.add_argument("--port", type=int, default=9092)
+    broker.add_argument("--port", type=int, default=9092, help="port to listen on (127.0.0.1)")
     broker.add_argument(
         "--s3-endpoint", help="keep data in S3 (an S3-compatible URL; AWS_* credentials) instead of memory"
     )
     broker.add_argument("--s3-bucket", default="tansu", help="an existing bucket")
     broker.set_defaults(func=_broker)
 
-    pub = commands.add_parser("publish", help="publish documents (KAFKA_* settings)")
-    pub.add_argument("file", type=Path, help="DocRED JSON or JSON lines of DocumentEvents")
-    pub.add_argument("--topic", default=TOPICS.documents, help="default: %(default)s")
+    pub = commands.add_parser("publish", help="publish documents or plain texts (KAFKA_* settings)")
+    pub.add_argument(
+        "file",
+        type=Path,
+        help="DocRED JSON or JSON lines of DocumentEvents; with --text a text file, a folder of them, "
+        'or JSON lines of {"id", "title", "text"}',
+    )
+    pub.add_argument("--text", action="store_true", help=f"plain text for the annotator (to {TOPICS.texts})")
+    pub.add_argument("--topic", help=f"default: {TOPICS.documents}, or {TOPICS.texts} with --text")
+    add_bootstrap_option(pub)
     pub.set_defaults(func=_publish)
 
     tl = commands.add_parser("tail", help="print relation sets as they arrive (KAFKA_* settings)")
-    tl.add_argument("--topic", default=TOPICS.relations, help="default: %(default)s")
+    tl.add_argument("--topic", default=TOPICS.relations, help="the topic to read (default: %(default)s)")
     tl.add_argument("--from-beginning", action="store_true", help="start at the first offset, not the end")
     tl.add_argument("--json", action="store_true", help="print each event as JSON")
     tl.add_argument("--max-messages", type=int, help="stop after this many")
     tl.add_argument("--timeout", type=float, help="stop after this many seconds")
+    add_bootstrap_option(tl)
     tl.set_defaults(func=_tail)
 
     topics = commands.add_parser("topics", help="create the pipeline's topics (KAFKA_* settings)")
-    topics.add_argument("topic", nargs="*", help="topics to create (default: the pipeline's six)")
-    topics.add_argument("--partitions", type=int, default=4)
+    topics.add_argument("topic", nargs="*", help="topics to create (default: the pipeline's eight)")
+    topics.add_argument("--partitions", type=int, default=4, help="partitions of each topic created")
     topics.add_argument("--replication-factor", type=int, default=-1, help="-1: the broker's default")
+    add_bootstrap_option(topics)
     topics.set_defaults(func=_topics)
 
     from lmrc.cli.graph import add_commands as add_graph_commands
@@ -243,12 +356,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_classifier_commands(commands)
 
+    from lmrc.cli.annotator import add_commands as add_annotator_commands
+
+    add_annotator_commands(commands)
+
     from lmrc.cli.llm import add_commands as add_llm_commands
 
     add_llm_commands(commands)
 
     run = commands.add_parser("run", help="run the whole pipeline locally (broker, TGI, services, graph)")
     run.add_argument("--input", type=Path, help="DocRED JSON or JSON lines (default: holdout split)")
+    run.add_argument(
+        "--text",
+        type=Path,
+        help="plain text, annotated first: a text file, a folder of .txt/.md files, or JSON lines of "
+        '{"id", "title", "text"}',
+    )
     run.add_argument("--limit", type=int, help="only the first N documents (holdout default: 3)")
     run.add_argument(
         "--graph",
@@ -267,12 +390,18 @@ def build_parser() -> argparse.ArgumentParser:
         "benchmark", help="end-to-end and per-stage documents/s, publish-to-graph latency, bottleneck"
     )
     bench.add_argument("--documents", type=int, default=3, help="how many documents of the split")
-    bench.add_argument("--split", default="holdout", choices=["train", "validation", "holdout"])
+    bench.add_argument(
+        "--split",
+        default="holdout",
+        choices=["train", "validation", "holdout"],
+        help="which split of Re-DocRED dev",
+    )
     bench.add_argument(
         "--interval", type=float, default=0.0, help="seconds between publications (0: all at once)"
     )
     bench.add_argument("--json", action="store_true", help="print JSON")
     bench.set_defaults(func=_benchmark)
+    _format_every_parser(parser)
     return parser
 
 

@@ -20,7 +20,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     verbs = classifier.add_subparsers(dest="verb", required=True)
 
     train = verbs.add_parser("train", help="LoRA fine-tuning on the train split's out-of-fold candidates")
-    train.add_argument("--out", type=Path, default=DEFAULT_ADAPTER_DIR)
+    train.add_argument("--out", type=Path, default=DEFAULT_ADAPTER_DIR, help="where the adapter is written")
     train.add_argument(
         "--fold-proposers",
         type=Path,
@@ -28,17 +28,23 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         required=True,
         help="proposer artifacts trained with --fold 0, 1, ... (in fold order)",
     )
-    train.add_argument("--version", default=defaults["version"])
+    train.add_argument(
+        "--version",
+        default=defaults["version"],
+        help="the adapter's version name (the adapter id TGI serves it as)",
+    )
     train.add_argument("--base-model", type=Path, help="checkpoint dir (default: the local SmolLM2)")
     train.add_argument("--base-model-id", default=defaults["base_model_id"], help="recorded name")
     train.add_argument(
         "--shortlist-size", type=int, default=defaults["shortlist_size"], help="options per pair"
     )
-    train.add_argument("--rank", type=int, default=defaults["rank"])
-    train.add_argument("--alpha", type=int, default=defaults["alpha"])
-    train.add_argument("--dropout", type=float, default=defaults["dropout"])
-    train.add_argument("--lr", type=float, default=defaults["lr"])
-    train.add_argument("--epochs", type=int, default=defaults["epochs"])
+    train.add_argument("--rank", type=int, default=defaults["rank"], help="LoRA rank")
+    train.add_argument("--alpha", type=int, default=defaults["alpha"], help="LoRA alpha")
+    train.add_argument("--dropout", type=float, default=defaults["dropout"], help="LoRA dropout")
+    train.add_argument("--lr", type=float, default=defaults["lr"], help="learning rate")
+    train.add_argument(
+        "--epochs", type=int, default=defaults["epochs"], help="passes over the training pairs"
+    )
     train.add_argument("--batch-pairs", type=int, default=defaults["batch_pairs"], help="pairs per step")
     train.add_argument("--max-docs", type=int, help="train on N documents only")
     train.add_argument("--max-minutes", type=float, help="stop after this long")
@@ -48,48 +54,75 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     train.add_argument(
         "--validation-candidates", type=Path, help="candidates file: keep the epoch with the best offline F1"
     )
-    train.add_argument("--device", default="cpu")
-    train.add_argument("--seed", type=int, default=defaults["seed"])
+    train.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
+    train.add_argument("--seed", type=int, default=defaults["seed"], help="random seed")
     train.add_argument("--threads", type=int, help="torch CPU threads")
     train.set_defaults(func=_train)
 
     candidates = verbs.add_parser(
         "candidates", help="a proposer's candidates and shortlists for a split (file)"
     )
-    candidates.add_argument("--split", choices=["validation", "holdout"], default="validation")
+    candidates.add_argument(
+        "--split",
+        choices=["validation", "holdout"],
+        default="validation",
+        help="which split of Re-DocRED dev",
+    )
     candidates.add_argument("--proposer", type=Path, help="proposer artifact (default: the shipped one)")
-    candidates.add_argument("--shortlist-size", type=int, default=defaults["shortlist_size"])
-    candidates.add_argument("--out", type=Path, required=True)
+    candidates.add_argument(
+        "--shortlist-size",
+        type=int,
+        default=defaults["shortlist_size"],
+        help="relations per pair in its shortlist",
+    )
+    candidates.add_argument("--out", type=Path, required=True, help="the candidates file to write (JSON)")
     candidates.set_defaults(func=_candidates)
 
     offline = verbs.add_parser(
         "offline", help="an adapter's F1 on a candidates file, in-process, beside the encoder"
     )
-    offline.add_argument("--adapter", type=Path, default=DEFAULT_ADAPTER_DIR)
-    offline.add_argument("--candidates", type=Path, required=True)
-    offline.add_argument("--base-model", type=Path)
-    offline.add_argument("--device", default="cpu")
+    offline.add_argument("--adapter", type=Path, default=DEFAULT_ADAPTER_DIR, help="the adapter to evaluate")
+    offline.add_argument(
+        "--candidates", type=Path, required=True, help="a file from `lmrc classifier candidates`"
+    )
+    offline.add_argument(
+        "--base-model",
+        type=Path,
+        help="the base model's directory (default: the local small LLM, prepared once)",
+    )
+    offline.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
     offline.add_argument("--limit", type=int, help="first N documents only")
     offline.set_defaults(func=_offline)
 
     merge = verbs.add_parser("merge", help="fold an adapter into the base model (one checkpoint)")
-    merge.add_argument("--adapter", type=Path, default=DEFAULT_ADAPTER_DIR)
-    merge.add_argument("--out", type=Path, required=True)
-    merge.add_argument("--base-model", type=Path)
+    merge.add_argument("--adapter", type=Path, default=DEFAULT_ADAPTER_DIR, help="the adapter to merge")
+    merge.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="directory of the merged checkpoint (what TGI can serve without LoRA)",
+    )
+    merge.add_argument(
+        "--base-model",
+        type=Path,
+        help="the base model's directory (default: the local small LLM, prepared once)",
+    )
     merge.set_defaults(func=_merge)
 
     evaluate = verbs.add_parser("evaluate", help="RC scores on a candidates file through TGI")
-    evaluate.add_argument("--adapter", type=Path, default=DEFAULT_ADAPTER_DIR)
+    evaluate.add_argument(
+        "--adapter", type=Path, default=DEFAULT_ADAPTER_DIR, help="the adapter (its classifier.json)"
+    )
     evaluate.add_argument("--candidates", type=Path, required=True, help="from lmrc classifier candidates")
     evaluate.add_argument("--limit", type=int, help="first N documents only")
     evaluate.add_argument("--tgi-url", help="a running TGI (default: start the local server)")
     evaluate.add_argument("--adapter-id", help="TGI adapter id (default: the adapter's version)")
-    evaluate.add_argument("--concurrency", type=int, default=4)
+    evaluate.add_argument("--concurrency", type=int, default=4, help="requests in flight")
     evaluate.add_argument("--outcomes", type=Path, help="write every pair's answer here (JSON lines)")
     evaluate.add_argument(
         "--decision", choices=["tuned", "llm"], default="tuned", help="llm: the LLM's answer alone"
     )
-    evaluate.add_argument("--json", action="store_true")
+    evaluate.add_argument("--json", action="store_true", help="print the report as JSON")
 
     tune = verbs.add_parser("tune", help="choose how LLM answers and encoder probabilities combine")
     tune.add_argument("--adapter", type=Path, default=DEFAULT_ADAPTER_DIR, help="gets the decision")

@@ -23,6 +23,7 @@ EDGE_KEYS = (
     ("doc_title", "string"),
     ("confidence", "double"),
     ("evidence", "string"),
+    ("evidence_text", "string"),
     ("proposer_model", "string"),
     ("classifier_model", "string"),
     ("source_uri", "string"),
@@ -91,8 +92,18 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     relations.add_argument("--json", action="store_true", help="JSON lines instead of a table")
     verbs.add_parser("counts", help="entities, relations, documents")
     export = verbs.add_parser("export", help="the whole graph")
-    export.add_argument("--format", choices=["jsonl", "graphml"], default="jsonl")
-    export.add_argument("--out", type=Path, required=True)
+    export.add_argument(
+        "--format",
+        choices=["jsonl", "graphml"],
+        default="jsonl",
+        help="JSON lines (one relation each) or GraphML (entities and relations)",
+    )
+    export.add_argument("--out", type=Path, required=True, help="the file to write")
+    serve = verbs.add_parser(
+        "serve", help="a read-only page to look at the graph: search entities, open documents, see evidence"
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    serve.add_argument("--port", type=int, default=8050, help="port to listen on")
     graph.set_defaults(func=run)
 
 
@@ -113,10 +124,32 @@ def _store(args: argparse.Namespace) -> GraphStore:
     return open_store(settings, read_only=True)
 
 
+def _serve(store: GraphStore, host: str, port: int) -> None:
+    import signal
+
+    from lmrc.local.graph_page import serve
+
+    server = serve(store, host, port)
+
+    def stop(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    print(f"the graph on http://{host}:{server.server_port}/ (read-only); Ctrl-C stops", flush=True)
+    try:
+        server.serve_forever(poll_interval=0.2)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
 def run(args: argparse.Namespace) -> int:
     store = _store(args)
     try:
-        if args.verb == "counts":
+        if args.verb == "serve":
+            _serve(store, args.host, args.port)
+        elif args.verb == "counts":
             counts = store.counts()
             print(f"entities {counts.entities}  relations {counts.relations}  documents {counts.documents}")
         elif args.verb == "relations":

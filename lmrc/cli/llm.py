@@ -18,14 +18,21 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     prepare.set_defaults(func=_prepare)
 
     serve = verbs.add_parser("serve", help="serve TGI's /generate, /info, /health, /metrics locally")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    serve.add_argument("--port", type=int, default=8080, help="port to listen on")
     serve.add_argument("--model", type=Path, help="checkpoint dir (default: the prepared SmolLM2)")
     serve.add_argument("--model-id", help="name reported by /info (default: the directory name)")
     serve.add_argument("--lora-adapters", help="id=path[,id=path...] as TGI's LORA_ADAPTERS")
-    serve.add_argument("--max-input-tokens", type=int, default=4096)
-    serve.add_argument("--max-total-tokens", type=int, default=4608)
-    serve.add_argument("--max-concurrent-requests", type=int, default=128)
+    serve.add_argument(
+        "--max-input-tokens", type=int, default=4096, help="longest prompt accepted (422 above, as TGI)"
+    )
+    serve.add_argument("--max-total-tokens", type=int, default=4608, help="prompt plus new tokens at most")
+    serve.add_argument(
+        "--max-concurrent-requests",
+        type=int,
+        default=128,
+        help="requests in flight at most (429 above, as TGI)",
+    )
     serve.add_argument("--threads", type=int, help="torch CPU threads")
     serve.add_argument(
         "--engine",

@@ -14,12 +14,18 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     verbs = proposer.add_subparsers(dest="verb", required=True)
 
     train = verbs.add_parser("train", help="fine-tune on the train split, threshold on validation")
-    train.add_argument("--out", type=Path, default=DEFAULT_ARTIFACT_DIR)
-    train.add_argument("--version", default="rcp-minilm-l6-v1")
-    train.add_argument("--epochs", type=int, default=12)
-    train.add_argument("--batch-docs", type=int, default=4)
-    train.add_argument("--encoder-lr", type=float, default=8e-5)
-    train.add_argument("--head-lr", type=float, default=3e-4)
+    train.add_argument("--out", type=Path, default=DEFAULT_ARTIFACT_DIR, help="where the artifact is written")
+    train.add_argument(
+        "--version", default="rcp-minilm-l6-v1", help="the artifact's version name (in every event it scores)"
+    )
+    train.add_argument("--epochs", type=int, default=12, help="passes over the train split")
+    train.add_argument(
+        "--batch-docs", type=int, default=4, help="documents per optimizer step (gradients accumulated)"
+    )
+    train.add_argument("--encoder-lr", type=float, default=8e-5, help="the encoder's learning rate")
+    train.add_argument(
+        "--head-lr", type=float, default=3e-4, help="the pair and relation heads' learning rate"
+    )
     train.add_argument("--frozen-layers", type=int, default=0, help="lower encoder layers kept frozen")
     train.add_argument("--type-size", type=int, default=32, help="entity type embedding size (0: none)")
     train.add_argument(
@@ -38,9 +44,14 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         help="DREEAM's evidence loss: the pair's context attention learns the gold evidence "
         "sentences (0: none; DREEAM uses 0.1 on human-annotated data)",
     )
-    train.add_argument("--recall-target", type=float, default=0.95)
+    train.add_argument(
+        "--recall-target",
+        type=float,
+        default=0.95,
+        help="pair recall the artifact's default threshold keeps on validation",
+    )
     train.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
-    train.add_argument("--seed", type=int, default=13)
+    train.add_argument("--seed", type=int, default=13, help="random seed")
     train.add_argument("--max-train-docs", type=int, help="train on the first N documents only")
     train.add_argument(
         "--fold",
@@ -48,23 +59,39 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         help="leave out the train documents of this fold (their position modulo --folds): a proposer "
         "whose shortlists on those documents are out-of-fold, for the classifier's training data",
     )
-    train.add_argument("--folds", type=int, default=4)
+    train.add_argument(
+        "--folds", type=int, default=4, help="with --fold: how many folds the train split is cut into"
+    )
     train.add_argument("--threads", type=int, help="torch CPU threads")
     train.set_defaults(func=_train)
 
     calibrate = verbs.add_parser("calibrate", help="re-choose thresholds on validation (no retraining)")
-    calibrate.add_argument("--artifact", type=Path, default=DEFAULT_ARTIFACT_DIR)
+    calibrate.add_argument(
+        "--artifact", type=Path, default=DEFAULT_ARTIFACT_DIR, help="the artifact to calibrate"
+    )
     calibrate.add_argument("--recall-target", type=float, default=0.95, help="the default threshold's target")
     calibrate.set_defaults(func=_calibrate)
 
     export = verbs.add_parser("export", help="export the artifact to ONNX (dynamic axes)")
-    export.add_argument("--artifact", type=Path, default=DEFAULT_ARTIFACT_DIR)
+    export.add_argument(
+        "--artifact",
+        type=Path,
+        default=DEFAULT_ARTIFACT_DIR,
+        help="the artifact to export (the .onnx is written beside it)",
+    )
     export.add_argument("--out", type=Path, help="default: <artifact>/<version>.onnx")
     export.set_defaults(func=_export)
 
     evaluate = verbs.add_parser("evaluate", help="pair recall and pass rate with the ONNX model")
-    evaluate.add_argument("--artifact", type=Path, default=DEFAULT_ARTIFACT_DIR)
-    evaluate.add_argument("--split", choices=["train", "validation", "holdout"], default="holdout")
+    evaluate.add_argument(
+        "--artifact", type=Path, default=DEFAULT_ARTIFACT_DIR, help="the artifact to evaluate"
+    )
+    evaluate.add_argument(
+        "--split",
+        choices=["train", "validation", "holdout"],
+        default="holdout",
+        help="which split of Re-DocRED dev",
+    )
     evaluate.add_argument("--recall-target", type=float, help="use the artifact's threshold for this target")
     evaluate.add_argument("--threshold", type=float, help="default: the artifact's")
     evaluate.set_defaults(func=_evaluate)
@@ -72,17 +99,24 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     memory = verbs.add_parser(
         "memory", help="peak RSS of the worst documents the proposer's limits admit (JSON)"
     )
-    memory.add_argument("--artifact", type=Path, default=DEFAULT_ARTIFACT_DIR)
+    memory.add_argument("--artifact", type=Path, default=DEFAULT_ARTIFACT_DIR, help="the artifact to measure")
     memory.add_argument(
         "--limit-mib", type=int, default=6144, help="the memory limit to compare with (the chart's)"
     )
-    memory.add_argument("--threads", type=int, default=2)
+    memory.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads")
     memory.add_argument("--out", type=Path, help="also write the figures here (JSON)")
     memory.set_defaults(func=_memory)
 
     benchmark = verbs.add_parser("benchmark", help="torch eager vs onnxruntime, printed as a table")
-    benchmark.add_argument("--artifact", type=Path, default=DEFAULT_ARTIFACT_DIR)
-    benchmark.add_argument("--split", choices=["train", "validation", "holdout"], default="validation")
+    benchmark.add_argument(
+        "--artifact", type=Path, default=DEFAULT_ARTIFACT_DIR, help="the artifact to benchmark"
+    )
+    benchmark.add_argument(
+        "--split",
+        choices=["train", "validation", "holdout"],
+        default="validation",
+        help="which split of Re-DocRED dev",
+    )
     benchmark.add_argument("--limit", type=int, help="first N documents only")
     benchmark.set_defaults(func=_benchmark)
 

@@ -4,6 +4,7 @@ wire types (``lmrc.contracts.tgi``)."""
 from lmrc.contracts.events import (
     DOCUMENT_SCHEMA_VERSION,
     EVENT_MODELS,
+    MAX_TEXT_CHARS,
     SCHEMA_VERSION,
     CandidatePair,
     CandidateSetEvent,
@@ -20,6 +21,7 @@ from lmrc.contracts.events import (
     RelationSetEvent,
     ScoredRelation,
     SourceMetadata,
+    TextDocumentEvent,
     event_id,
     json_schema,
     schema_version_of,
@@ -28,6 +30,7 @@ from lmrc.contracts.events import (
 __all__ = [
     "DOCUMENT_SCHEMA_VERSION",
     "EVENT_MODELS",
+    "MAX_TEXT_CHARS",
     "SCHEMA_VERSION",
     "CandidatePair",
     "CandidateSetEvent",
@@ -44,6 +47,7 @@ __all__ = [
     "RelationSetEvent",
     "ScoredRelation",
     "SourceMetadata",
+    "TextDocumentEvent",
     "event_id",
     "json_schema",
     "schema_version_of",

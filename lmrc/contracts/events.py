@@ -19,7 +19,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
-from lmrc.contracts.text import graph_text
+from lmrc.contracts.text import graph_text, sentence_text
 
 DOCUMENT_SCHEMA_VERSION = 1
 SCHEMA_VERSION = 2
@@ -55,11 +55,19 @@ class Mention(_Event):
     end: int = Field(ge=1, description="One past the last token of the span.")
     name: GraphText = Field(min_length=1, max_length=1024)
     type: GraphText = Field(min_length=1, max_length=64, description="Entity type, e.g. PER, ORG, LOC.")
+    start_char: int | None = Field(
+        default=None, ge=0, description="Where the mention starts in the original text (annotated text only)."
+    )
+    end_char: int | None = Field(default=None, ge=1, description="One past its last character in that text.")
 
     @model_validator(mode="after")
     def _span_not_empty(self) -> Mention:
         if self.end <= self.start:
             raise ValueError(f"empty token span [{self.start}, {self.end})")
+        if (self.start_char is None) != (self.end_char is None):
+            raise ValueError("start_char and end_char come together")
+        if self.start_char is not None and self.end_char is not None and self.end_char <= self.start_char:
+            raise ValueError(f"empty character span [{self.start_char}, {self.end_char})")
         return self
 
 
@@ -126,11 +134,45 @@ class DocumentEvent(_Event):
         n = len(self.entities)
         return n * (n - 1)
 
+    def sentence_texts(self, sentence_ids: list[int] | None) -> list[str]:
+        """The text of these sentences, in that order (what a relation's ``evidence_text`` carries)."""
+        return [sentence_text(self.sentences[i]) for i in sentence_ids or [] if i < len(self.sentences)]
+
     def content_hash(self) -> str:
         """What the pipeline reads of the document (title, sentences, entities), hashed: part of
         every event id made from it, so that a doc_id reused for other content gets other ids."""
         content = self.model_dump_json(include={"title", "sentences", "entities"})
         return hashlib.sha256(content.encode("utf-8")).hexdigest()[:16]
+
+
+#: The largest text the annotator takes (characters): about 40 DocRED documents, far beyond what
+#: the proposer's window merging is measured on. Longer texts are dead-lettered: split them.
+MAX_TEXT_CHARS = 100_000
+
+
+def _readable_text(text: str) -> str:
+    """Refuse what is not text: NUL and other C0/C1 control characters besides tab and line ends."""
+    for position, char in enumerate(text):
+        code = ord(char)
+        if (code < 32 and char not in "\t\n\r\f") or 0x7F <= code < 0xA0:
+            raise ValueError(f"control character U+{code:04X} at offset {position}: binary data, not text")
+    if not text.strip():
+        raise ValueError("the text is empty")
+    return text
+
+
+class TextDocumentEvent(_Event):
+    """A plain-text document, published by users to the texts topic; the annotator finds its
+    sentences, tokens and entities and passes it on as a DocumentEvent with the same ``doc_id``."""
+
+    schema_version: Literal[1] = DOCUMENT_SCHEMA_VERSION
+    doc_id: DocId
+    title: GraphText = Field(default="", max_length=4096)
+    text: Annotated[str, AfterValidator(_readable_text)] = Field(max_length=MAX_TEXT_CHARS)
+    language: str | None = Field(
+        default=None, max_length=16, description="BCP 47 tag (``en``); absent: assumed English."
+    )
+    source: SourceMetadata | None = None
 
 
 class EntityRef(_Event):
@@ -229,6 +271,12 @@ class Relation(_Event):
     relation_name: GraphText = Field(min_length=1, max_length=256)
     confidence: Probability
     evidence: list[int] | None = Field(default=None, description="Supporting sentence ids.")
+    evidence_text: list[Annotated[str, Field(max_length=8192)]] = Field(
+        default_factory=list,
+        max_length=64,
+        description="The evidence sentences' text, in ``evidence`` order (tokens joined by spaces), "
+        "so that whoever reads the relation or the graph sees the words it rests on.",
+    )
     models: ModelVersions = Field(default_factory=ModelVersions)
     source: SourceMetadata | None = None
     proposed_at: datetime | None = None
@@ -313,6 +361,7 @@ class DeadLetterEvent(_Event):
 
 
 EVENT_MODELS: dict[str, type[BaseModel]] = {
+    "text_document_event": TextDocumentEvent,
     "document_event": DocumentEvent,
     "candidate_set_event": CandidateSetEvent,
     "relation_set_event": RelationSetEvent,

@@ -37,6 +37,12 @@ _WHITESPACE_CONTROL = re.compile("[\t\n\x0b\x0c\r\x85]+")
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
+def sentence_text(tokens: list[str]) -> str:
+    """A sentence's tokens as one line of text for the graph: joined by spaces, control characters
+    (which a document's tokens may carry) as spaces."""
+    return _CONTROL.sub(" ", _WHITESPACE_CONTROL.sub(" ", " ".join(tokens)))
+
+
 def graph_text(text: str) -> str:
     """``text`` with line breaks and tabs as single spaces; ValueError naming the first other control
     character and its position: the contract rejects such text (a dead letter with this reason)."""

@@ -99,5 +99,5 @@ class LocalBroker(LocalProcess):
 
     def is_ready(self) -> bool:
         socket.create_connection((self.host, self.port), timeout=0.2).close()
-        AdminClient({"bootstrap.servers": self.bootstrap_servers}).list_topics(timeout=5)
+        AdminClient({"bootstrap.servers": self.bootstrap_servers, "log_level": 5}).list_topics(timeout=5)
         return True

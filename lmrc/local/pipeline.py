@@ -1,26 +1,33 @@
 """The one assembly of the pipeline on this machine, shared by ``lmrc run``, ``lmrc benchmark`` and
-the tests: the three stages' settings on one set of topics, their runtimes, and following each
+the tests: the stages' settings on one set of topics, their runtimes, and following each
 document to the end through the pipeline's own per-document records.
 
 A document is through a stage when that stage's record of it exists: a CandidateSetEvent (or a
-proposer dead letter keyed by its ``doc_id``) for the proposer, a RelationSetEvent (or a classifier
-dead letter) for the classifier. The sink writes to the graph and produces nothing, so it is
+proposer or annotator dead letter keyed by its ``doc_id``) for the proposer, a RelationSetEvent (or
+a classifier dead letter) for the classifier. The sink writes to the graph and produces nothing, so it is
 through when its group has committed the relation records (it commits only after the store
 confirmed the write).
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import logging
 import threading
 import time
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from confluent_kafka import Consumer
 
+from lmrc.annotator.service import AnnotatorSettings
+from lmrc.annotator.service import build_runtime as build_annotator
+from lmrc.annotator.training.export import ensure_tagger_onnx
 from lmrc.classifier.service import ClassifierSettings
 from lmrc.classifier.service import build_runtime as build_classifier
 from lmrc.local.publish import beginning_of, committed_offsets
@@ -49,11 +56,18 @@ class LocalPipeline:
     batch_wait_seconds: float = 0.2
     partitions: int = 4
     encoder_only: bool = False  # the proposer writes relation sets; no classifier, no LLM
+    annotate: bool = False  # plain texts in: the annotator stage runs first
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # per stage
 
     @property
     def stages(self) -> tuple[str, ...]:
-        return ("proposer", "sink") if self.encoder_only else STAGES
+        stages = ("proposer", "sink") if self.encoder_only else STAGES
+        return ("annotator", *stages) if self.annotate else stages
+
+    @property
+    def input_topic(self) -> str:
+        """Where the run's input is published: texts when annotating, else documents."""
+        return self.topics.texts if self.annotate else self.topics.documents
 
     def settings(self, stage: str) -> ServiceSettings:
         placed = self.topics.stage(stage)
@@ -71,6 +85,8 @@ class LocalPipeline:
             "session_timeout_ms": 2000,
             **self.overrides.get(stage, {}),
         }
+        if stage == "annotator":
+            return AnnotatorSettings(**common)
         if stage == "proposer":
             if self.encoder_only:
                 common.update(output_topic=self.topics.relations, mode="encoder_only")
@@ -84,13 +100,34 @@ class LocalPipeline:
     def build(self, stage: str, store: GraphStore | None = None) -> ServiceRuntime:
         """A stage's runtime; the proposer's ONNX model is exported first when it is missing."""
         settings = self.settings(stage)
+        if isinstance(settings, AnnotatorSettings):
+            if settings.engine == "tagger":
+                with quiet_export():
+                    ensure_tagger_onnx(settings.tagger_dir, settings.onnx_path)
+            return build_annotator(settings)
         if isinstance(settings, ProposerSettings):
-            ensure_onnx(settings.artifact_dir, settings.onnx_path)
+            with quiet_export():
+                ensure_onnx(settings.artifact_dir, settings.onnx_path)
             return build_proposer(settings)
         if isinstance(settings, ClassifierSettings):
             return build_classifier(settings)
         assert isinstance(settings, SinkSettings)
         return build_sink(settings, store=store)
+
+
+@contextlib.contextmanager
+def quiet_export() -> Iterator[None]:
+    """torch's ONNX exporter prints its passes and warnings; the run says what it prepares instead
+    (an export that fails still raises)."""
+    exporter = logging.getLogger("torch.onnx")  # "torchvision is not installed. Skipping ..."
+    level = exporter.level
+    exporter.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        exporter.setLevel(level)
 
 
 def start_thread(runtime: ServiceRuntime) -> threading.Thread:
@@ -120,6 +157,7 @@ class DocumentProgress:
 
     documents: set[str]
     encoder_only: bool = False  # the proposer's record of a document is its relation set
+    annotated: dict[str, Any] = field(default_factory=dict)  # doc_id -> the document annotated from its text
     proposed: dict[str, Any] = field(default_factory=dict)  # doc_id -> its candidate set
     classified: dict[str, Any] = field(default_factory=dict)  # doc_id -> its relation set
     dead_letters: dict[str, list[Any]] = field(default_factory=dict)  # stage -> dead letters
@@ -135,8 +173,13 @@ class DocumentProgress:
         return set(self.classified if self.encoder_only else self.proposed) & self.documents
 
     @property
+    def through_annotator(self) -> set[str]:
+        """Texts the annotator turned into documents or dead-lettered (when it runs)."""
+        return (set(self.annotated) | self.rejected_at("annotator")) & self.documents
+
+    @property
     def through_proposer(self) -> set[str]:
-        return (self.accepted | self.rejected_at("proposer")) & self.documents
+        return (self.accepted | self.rejected_at("proposer") | self.rejected_at("annotator")) & self.documents
 
     @property
     def through_classifier(self) -> set[str]:
@@ -171,12 +214,15 @@ class CompletionTracker:
         self.pipeline = pipeline
         topics = pipeline.topics
         self.by_topic = {
+            dead_letter_topic(topics.texts): "annotator",
             topics.candidates: "proposed",
             topics.relations: "classified",
             dead_letter_topic(topics.documents): "proposer",
             dead_letter_topic(topics.candidates): "classifier",
             dead_letter_topic(topics.relations): "sink",
         }
+        if pipeline.annotate:
+            self.by_topic[topics.documents] = "annotated"
         self.progress = DocumentProgress(documents, encoder_only=pipeline.encoder_only)
         # The stages create their topics as they start; create them here too, so that the reader
         # is assigned every partition from the beginning whichever comes first.
@@ -200,7 +246,9 @@ class CompletionTracker:
                 value = json.loads(message.value() or b"null")
             except ValueError:
                 continue  # poison a user published; the stage dead-letters it
-            if kind == "proposed" and isinstance(value, dict) and "doc_id" in value:
+            if kind == "annotated" and isinstance(value, dict) and "doc_id" in value:
+                self.progress.annotated[value["doc_id"]] = value
+            elif kind == "proposed" and isinstance(value, dict) and "doc_id" in value:
                 self.progress.proposed[value["doc_id"]] = value
             elif kind == "classified" and isinstance(value, dict) and "doc_id" in value:
                 self.progress.classified[value["doc_id"]] = value

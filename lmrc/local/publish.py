@@ -10,6 +10,7 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, Producer, TopicPartition
 
+from lmrc.contracts import TextDocumentEvent
 from lmrc.docred import to_document_event
 from lmrc.runtime import produce_when_room
 
@@ -34,6 +35,71 @@ def iter_document_payloads(path: str | Path, dataset: str | None = None) -> Iter
         except (json.JSONDecodeError, AttributeError):
             key = f"{path.name}:{number}"
         yield key, line.encode()
+
+
+TEXT_SUFFIXES = (".txt", ".text", ".md")
+
+
+class TextInputError(ValueError):
+    """A text input the user must fix (not UTF-8, no texts in a folder, a bad JSON line)."""
+
+
+def _read_utf8(path: Path) -> str:
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise TextInputError(
+            f"{path} is not UTF-8 text (byte {error.start}: {data[error.start : error.start + 1]!r}); "
+            "convert it, e.g. iconv -t UTF-8"
+        ) from error
+
+
+def iter_text_events(path: str | Path) -> Iterator[TextDocumentEvent]:
+    """TextDocumentEvents from a plain text file (one document, named after the file), a folder of
+    them (``*.txt``, ``*.text``, ``*.md``), or JSON lines of ``{"id", "title", "text"}``
+    (``doc_id`` also accepted). Invalid texts (empty, binary) are refused here, by name."""
+    path = Path(path)
+    files = sorted(p for p in path.iterdir() if p.suffix in TEXT_SUFFIXES) if path.is_dir() else [path]
+    if path.is_dir() and not files:
+        raise TextInputError(f"{path} holds no text files ({', '.join(TEXT_SUFFIXES)})")
+    for file in files:
+        text = _read_utf8(file)
+        if file.suffix in (".jsonl", ".ndjson") or (file.suffix == ".json" and text.lstrip().startswith("{")):
+            for number, line in enumerate(text.splitlines(), start=1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                    yield TextDocumentEvent(
+                        doc_id=str(record.get("doc_id") or record["id"]),
+                        title=str(record.get("title", "")),
+                        text=record["text"],
+                        language=record.get("language"),
+                    )
+                except (json.JSONDecodeError, KeyError, AttributeError, ValueError) as error:
+                    reason = f"no {error}" if isinstance(error, KeyError) else str(error).splitlines()[0]
+                    raise TextInputError(
+                        f'{file}:{number}: not a text record {{"id", "title", "text"}} ({reason})'
+                    ) from error
+            continue
+        try:
+            yield TextDocumentEvent(doc_id=file.stem, title=file.stem, text=text)
+        except ValueError as error:
+            raise TextInputError(f"{file}: {_first_error(error)}") from error
+
+
+def _first_error(error: ValueError) -> str:
+    errors = getattr(error, "errors", None)
+    if callable(errors):
+        first = errors()[0]
+        return str(first.get("msg", error)).removeprefix("Value error, ")
+    return str(error)
+
+
+def iter_text_payloads(path: str | Path) -> Iterator[tuple[str, bytes]]:
+    for event in iter_text_events(path):
+        yield event.doc_id, event.model_dump_json().encode()
 
 
 def publish(

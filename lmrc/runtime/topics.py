@@ -20,7 +20,9 @@ def ensure_topics(
 
     Returns the topics created. ``replication_factor`` -1 takes the broker's default.
     """
-    admin = AdminClient(client_config)
+    # log_level 5: librdkafka's informational lines ("Purging 1 unserved events from background
+    # queue" when the client goes) are not for the user; warnings and errors still are.
+    admin = AdminClient({**client_config, "log_level": 5})
     existing = set(admin.list_topics(timeout=timeout).topics)
     wanted = [
         NewTopic(topic, num_partitions=partitions, replication_factor=replication_factor)

@@ -60,6 +60,7 @@ def relation_row(event: Relation) -> dict[str, Any]:
         "doc_title": event.doc_title,
         "confidence": float(event.confidence),
         "evidence": list(event.evidence or []),
+        "evidence_text": "\n".join(event.evidence_text),
         "proposer_model": event.models.proposer or "",
         "classifier_model": event.models.classifier or "",
         "source_uri": (event.source.uri or "") if event.source else "",
@@ -115,15 +116,17 @@ UNWIND $rows AS row
 MATCH (h:Entity {id: row.head_id}), (t:Entity {id: row.tail_id})
 MERGE (h)-[e:RELATION {relation_id: row.relation_id, doc_id: row.doc_id}]->(t)
   ON CREATE SET e.relation_name = row.relation_name, e.doc_title = row.doc_title,
-    e.confidence = row.confidence, e.evidence = __EVIDENCE__, e.proposer_model = row.proposer_model,
-    e.classifier_model = row.classifier_model, e.source_uri = row.source_uri,
-    e.event_id = row.event_id, e.first_seen = row.first_seen, e.last_seen = row.last_seen
+    e.confidence = row.confidence, e.evidence = __EVIDENCE__, e.evidence_text = row.evidence_text,
+    e.proposer_model = row.proposer_model, e.classifier_model = row.classifier_model,
+    e.source_uri = row.source_uri, e.event_id = row.event_id, e.first_seen = row.first_seen,
+    e.last_seen = row.last_seen
 SET e.first_seen = CASE WHEN row.first_seen < e.first_seen THEN row.first_seen ELSE e.first_seen END
 WITH e, row WHERE row.last_seen > e.last_seen
   OR (row.last_seen = e.last_seen AND row.event_id > e.event_id)
 SET e.last_seen = row.last_seen, e.relation_name = row.relation_name, e.doc_title = row.doc_title,
-  e.confidence = row.confidence, e.evidence = __EVIDENCE__, e.proposer_model = row.proposer_model,
-  e.classifier_model = row.classifier_model, e.source_uri = row.source_uri, e.event_id = row.event_id
+  e.confidence = row.confidence, e.evidence = __EVIDENCE__, e.evidence_text = row.evidence_text,
+  e.proposer_model = row.proposer_model, e.classifier_model = row.classifier_model,
+  e.source_uri = row.source_uri, e.event_id = row.event_id
 """
 
 # Every edge of a batch, found again after the write (same transaction where the backend allows).
@@ -137,7 +140,7 @@ RETURN count(e)
 RELATION_COLUMNS = (
     "h.id, h.name, h.type, t.id, t.name, t.type, e.relation_id, e.relation_name, e.doc_id, "
     "e.doc_title, e.confidence, e.evidence, e.proposer_model, e.classifier_model, e.source_uri, "
-    "e.event_id, e.first_seen, e.last_seen"
+    "e.event_id, e.first_seen, e.last_seen, e.evidence_text"
 )
 
 
@@ -161,11 +164,14 @@ class StoredRelation:
     event_id: str
     first_seen: str
     last_seen: str
+    #: The evidence sentences' text, one per line ("" for edges written before it was stored).
+    evidence_text: str = ""
 
     @classmethod
     def from_row(cls, row: Sequence[Any]) -> StoredRelation:
         values = list(row)
         values[11] = tuple(values[11] or ())
+        values[18] = values[18] or ""
         return cls(*values)
 
 

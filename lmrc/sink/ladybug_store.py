@@ -16,7 +16,9 @@ SCHEMA = (
     "CREATE REL TABLE IF NOT EXISTS RELATION(FROM Entity TO Entity, "
     "relation_id STRING, relation_name STRING, doc_id STRING, doc_title STRING, confidence DOUBLE, "
     "evidence INT64[], proposer_model STRING, classifier_model STRING, source_uri STRING, "
-    "event_id STRING, first_seen STRING, last_seen STRING)",
+    "event_id STRING, first_seen STRING, last_seen STRING, evidence_text STRING)",
+    # A database made before evidence_text was stored gains the column (empty for old edges).
+    "ALTER TABLE RELATION ADD IF NOT EXISTS evidence_text STRING DEFAULT ''",
 )
 
 

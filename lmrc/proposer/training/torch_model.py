@@ -8,11 +8,11 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from lmrc.paths import encoder_dir
 from lmrc.proposer.artifact import (
     CONFIG_FILE,
     WEIGHTS_FILE,
     ProposerConfig,
-    encoder_dir,
     load_config,
     save_config,
     sigmoid,

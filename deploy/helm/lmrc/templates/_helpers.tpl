@@ -140,6 +140,22 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 
 {{/* Each service's own variables. */}}
+{{- define "lmrc.env.annotator" -}}
+{{- $v := .Values.annotator -}}
+- name: ANNOTATOR_INPUT_TOPIC
+  value: {{ .Values.topics.texts | quote }}
+- name: ANNOTATOR_OUTPUT_TOPIC
+  value: {{ .Values.topics.documents | quote }}
+- name: ANNOTATOR_DEAD_LETTER_TOPIC
+  value: {{ printf "%s.dead-letter" .Values.topics.texts | quote }}
+- name: ANNOTATOR_ENGINE
+  value: {{ $v.engine | quote }}
+{{- if $v.modelVolume }}
+- name: ANNOTATOR_TAGGER_DIR
+  value: /models/annotator
+{{- end }}
+{{- end }}
+
 {{- define "lmrc.env.proposer" -}}
 {{- $v := .Values.proposer -}}
 - name: PROPOSER_INPUT_TOPIC
@@ -216,6 +232,6 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 
 {{- define "lmrc.inputTopic" -}}
-{{- $topics := dict "proposer" .root.Values.topics.documents "classifier" .root.Values.topics.candidates "sink" .root.Values.topics.relations }}
+{{- $topics := dict "annotator" .root.Values.topics.texts "proposer" .root.Values.topics.documents "classifier" .root.Values.topics.candidates "sink" .root.Values.topics.relations }}
 {{- get $topics .component }}
 {{- end }}

@@ -1,0 +1,1 @@
+"""The annotator stage: plain text in, entity-annotated documents out."""

@@ -1,0 +1,3 @@
+from lmrc.annotator.service import main
+
+main()

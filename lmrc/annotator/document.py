@@ -1,0 +1,102 @@
+"""Character spans -> a DocumentEvent: sentences of tokens, entities of mentions, with every
+mention's character offsets in the original text kept.
+
+Tokens are spaCy's, cut again wherever a mention starts or ends inside one, so that every
+mention is a whole token span; sentences are spaCy's, joined where a mention would cross their
+boundary.
+"""
+
+from __future__ import annotations
+
+import itertools
+from bisect import bisect_right
+from collections.abc import Sequence
+
+from lmrc.annotator.clusters import cluster_mentions, entity_type
+from lmrc.annotator.spacy_engine import Segmented
+from lmrc.annotator.tagger import MentionSpan
+from lmrc.contracts import DocumentEvent, Entity, Mention, SourceMetadata
+
+
+def _cut_tokens(tokens: Sequence[tuple[int, int]], boundaries: set[int]) -> list[tuple[int, int]]:
+    cut: list[tuple[int, int]] = []
+    for start, end in tokens:
+        points = sorted(point for point in boundaries if start < point < end)
+        edges = [start, *points, end]
+        cut.extend((a, b) for a, b in itertools.pairwise(edges) if b > a)
+    return cut
+
+
+def _merge_sentences(
+    sentences: Sequence[tuple[int, int]], spans: Sequence[MentionSpan]
+) -> list[tuple[int, int]]:
+    merged = [list(sentence) for sentence in sentences]
+    for span in sorted(spans, key=lambda s: s.start):
+        starts = [sentence[0] for sentence in merged]
+        first = max(bisect_right(starts, span.start) - 1, 0)
+        last = max(bisect_right(starts, span.end - 1) - 1, 0)
+        if last > first:
+            merged[first : last + 1] = [[merged[first][0], merged[last][1]]]
+    return [(start, end) for start, end in merged]
+
+
+def build_document(
+    doc_id: str,
+    title: str,
+    text: str,
+    segmented: Segmented,
+    spans: Sequence[MentionSpan],
+    source: SourceMetadata | None = None,
+) -> DocumentEvent:
+    """The annotated document. ``spans`` may overlap; the longer of two overlapping mentions is kept."""
+    kept: list[MentionSpan] = []
+    for span in sorted(spans, key=lambda s: (s.start - s.end, s.start)):
+        if (
+            span.end > span.start
+            and text[span.start : span.end].strip()
+            and all(span.end <= other.start or span.start >= other.end for other in kept)
+        ):
+            kept.append(span)
+    kept.sort(key=lambda s: s.start)
+    boundaries = {point for span in kept for point in (span.start, span.end)}
+    tokens = _cut_tokens(segmented.tokens, boundaries)
+    sentence_spans = _merge_sentences(segmented.sentences or [(0, len(text))], kept)
+    sentence_starts = [start for start, _ in sentence_spans]
+    sentences: list[list[tuple[int, int]]] = [[] for _ in sentence_spans]
+    for token in tokens:
+        sentences[max(bisect_right(sentence_starts, token[0]) - 1, 0)].append(token)
+    position: dict[int, tuple[int, int]] = {}  # token start char -> (sentence, index)
+    ends: dict[int, tuple[int, int]] = {}
+    nonempty = [sentence for sentence in sentences if sentence]
+    for sent_id, sentence in enumerate(nonempty):
+        for index, (start, end) in enumerate(sentence):
+            position[start] = (sent_id, index)
+            ends[end] = (sent_id, index)
+    mentions: list[MentionSpan] = [span for span in kept if span.start in position and span.end in ends]
+    entities: list[Entity] = []
+    for members in cluster_mentions(text, mentions):
+        kind = entity_type(mentions, members)
+        entity_mentions = []
+        for index in members:
+            span = mentions[index]
+            sent_id, first = position[span.start]
+            _, last = ends[span.end]
+            entity_mentions.append(
+                Mention(
+                    sent_id=sent_id,
+                    start=first,
+                    end=last + 1,
+                    name=" ".join(text[span.start : span.end].split()),
+                    type=kind,
+                    start_char=span.start,
+                    end_char=span.end,
+                )
+            )
+        entities.append(Entity(mentions=entity_mentions))
+    return DocumentEvent(
+        doc_id=doc_id,
+        title=title,
+        sentences=[[text[start:end] for start, end in sentence] for sentence in nonempty],
+        entities=entities,
+        source=source,
+    )

@@ -1,0 +1,139 @@
+"""The annotator service: TextDocumentEvents in, one DocumentEvent per text out (same ``doc_id``),
+entities found by the annotator's engine; every mention keeps its character offsets.
+
+A text it cannot read goes to the dead-letter topic with the reason: empty, too long, binary
+(rejected by the contract), a declared language other than English, or English stop words
+missing from a long text (the engine reads English only). A text with no entity, or one, is a
+document with fewer than two entities: it goes on and completes with zero relations.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from lmrc.annotator import metrics
+from lmrc.annotator.engine import Annotator, EngineName
+from lmrc.annotator.tagger import DEFAULT_TAGGER_DIR
+from lmrc.contracts import MAX_TEXT_CHARS, DocumentEvent, SourceMetadata, TextDocumentEvent
+from lmrc.runtime import (
+    BatchResult,
+    Consumed,
+    Handler,
+    Output,
+    ServiceRuntime,
+    ServiceSettings,
+    UnprocessableMessageError,
+)
+from lmrc.topology import TOPICS
+
+log = logging.getLogger(__name__)
+
+
+class AnnotatorSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="ANNOTATOR_", extra="ignore")
+
+    service_name: str = "annotator"
+    group_id: str = TOPICS.stage("annotator").group_id
+    input_topic: str = TOPICS.stage("annotator").input
+    output_topic: str | None = TOPICS.stage("annotator").output
+    dead_letter_topic: str = TOPICS.stage("annotator").dead_letter
+    max_batch_size: int = Field(default=16, ge=1, le=10_000)
+    engine: EngineName = Field(
+        default="tagger", description="tagger: the trained mention tagger; spacy: spaCy's NER."
+    )
+    tagger_dir: Path = DEFAULT_TAGGER_DIR
+    onnx_path: Path | None = Field(default=None, description="Default: <tagger_dir>/<version>.onnx")
+    inference_threads: int = Field(default=0, ge=0, description="0: onnxruntime decides.")
+    max_text_chars: int = Field(
+        default=MAX_TEXT_CHARS, ge=1, le=MAX_TEXT_CHARS, description="Longer texts are dead-lettered."
+    )
+    min_english_share: float = Field(
+        default=0.05,
+        ge=0,
+        le=1,
+        description="Texts of 30 or more words with fewer English stop words than this share are "
+        "dead-lettered as not English (0: no check).",
+    )
+
+
+class AnnotatorHandler(Handler[TextDocumentEvent]):
+    input_model = TextDocumentEvent
+
+    def __init__(self, settings: AnnotatorSettings, annotator: Annotator) -> None:
+        self.settings = settings
+        self.annotator = annotator
+        self.service = settings.service_name
+        for series in (metrics.DOCUMENTS, metrics.MENTIONS):
+            series.labels(self.service)
+        metrics.ANNOTATION_SECONDS.labels(self.service)
+
+    def handle(self, batch: Sequence[Consumed[TextDocumentEvent]]) -> BatchResult:
+        result = BatchResult()
+        for item in batch:
+            try:
+                document = self.annotate(item.event)
+            except UnprocessableMessageError as error:
+                result.rejected.append((item, error))
+                continue
+            result.outputs.append(Output(document, key=document.doc_id, source=item))
+        return result
+
+    def check(self, event: TextDocumentEvent) -> None:
+        if len(event.text) > self.settings.max_text_chars:
+            raise UnprocessableMessageError(
+                "TextTooLong",
+                f"text {event.doc_id!r} has {len(event.text)} characters "
+                f"(limit {self.settings.max_text_chars}); split it into several documents",
+            )
+        language = (event.language or "en").lower()
+        if language != "en" and not language.startswith("en-"):
+            raise UnprocessableMessageError(
+                "UnsupportedLanguage",
+                f"text {event.doc_id!r} is in {event.language!r}; the annotator reads English (en)",
+            )
+        if self.settings.min_english_share > 0:
+            common, words = self.annotator.english_share(event.text)
+            if words >= 30 and common / words < self.settings.min_english_share:
+                raise UnprocessableMessageError(
+                    "UnsupportedLanguage",
+                    f"text {event.doc_id!r} does not look like English ({common} of its first {words} "
+                    "words are common English words); the annotator reads English only",
+                )
+
+    def annotate(self, event: TextDocumentEvent) -> DocumentEvent:
+        self.check(event)
+        started = time.perf_counter()
+        source = event.source
+        if source is None:
+            source = SourceMetadata(attributes={"annotator": self.annotator.version})
+        else:
+            source = source.model_copy(
+                update={"attributes": {**source.attributes, "annotator": self.annotator.version}}
+            )
+        document = self.annotator.annotate(event.doc_id, event.title, event.text, source)
+        metrics.ANNOTATION_SECONDS.labels(self.service).observe(time.perf_counter() - started)
+        metrics.DOCUMENTS.labels(self.service).inc()
+        metrics.MENTIONS.labels(self.service).inc(sum(len(entity.mentions) for entity in document.entities))
+        metrics.ENTITIES.labels(self.service).observe(len(document.entities))
+        return document
+
+
+def build_runtime(settings: AnnotatorSettings) -> ServiceRuntime:
+    annotator = Annotator(
+        settings.engine, settings.tagger_dir, settings.onnx_path, settings.inference_threads
+    )
+    log.info("annotator %s (engine %s)", annotator.version, settings.engine)
+    return ServiceRuntime(settings, AnnotatorHandler(settings, annotator))
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    runtime = build_runtime(AnnotatorSettings())
+    runtime.install_signal_handlers()
+    runtime.run()

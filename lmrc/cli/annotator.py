@@ -1,0 +1,98 @@
+"""``lmrc annotator``: train, export and measure the annotator's mention tagger."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from lmrc.annotator.tagger import DEFAULT_TAGGER_DIR
+
+
+def _train(args: argparse.Namespace) -> int:
+    from lmrc.annotator.training.train import TaggerTrainOptions, train_tagger
+
+    options = TaggerTrainOptions(
+        out=args.out,
+        epochs=args.epochs,
+        threads=args.threads,
+        encoder_lr=args.encoder_lr,
+        head_lr=args.head_lr,
+        init_from=args.init_from,
+    )
+    config = train_tagger(options)
+    print(json.dumps(config.validation, indent=2))
+    return 0
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from lmrc.annotator.training.train import calibrate_tagger
+
+    config = calibrate_tagger(args.tagger)
+    print(json.dumps({"outside_bias": config.outside_bias, **config.validation}, indent=2))
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from lmrc.annotator.training.export import export_tagger
+
+    print(export_tagger(args.tagger, args.out))
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from lmrc.local.annotator_report import evaluate
+
+    report = evaluate(args.split, args.out, live=not args.no_live, limit=args.limit)
+    keys = ("mention_f1", "entity_f1", "typed_entity_f1", "relation_f1_strict", "relation_f1_relaxed")
+    print(json.dumps({key: report.get(key) for key in keys}, indent=2))
+    print(f"written to {args.out}")
+    return 0
+
+
+def add_commands(commands: argparse._SubParsersAction) -> None:
+    annotator = commands.add_parser(
+        "annotator", help="the annotator's mention tagger: train, export, evaluate"
+    )
+    verbs = annotator.add_subparsers(dest="verb", required=True)
+
+    train = verbs.add_parser("train", help="fine-tune the mention tagger on the train split's text")
+    train.add_argument("--out", type=Path, default=DEFAULT_TAGGER_DIR, help="default: %(default)s")
+    train.add_argument("--epochs", type=int, default=5, help="default: %(default)s")
+    train.add_argument("--threads", type=int, default=0, help="torch threads (0: torch decides)")
+    train.add_argument("--encoder-lr", type=float, default=1e-4, help="the encoder's learning rate")
+    train.add_argument("--head-lr", type=float, default=1e-3, help="the tag layer's learning rate")
+    train.add_argument(
+        "--init-from", type=Path, help="go on from a trained tagger (default: the pretrained encoder)"
+    )
+    train.set_defaults(func=_train)
+
+    calibrate = verbs.add_parser(
+        "calibrate", help="choose the decoding's O bias on validation (train does it at its end)"
+    )
+    calibrate.add_argument("--tagger", type=Path, default=DEFAULT_TAGGER_DIR, help="the tagger to calibrate")
+    calibrate.set_defaults(func=_calibrate)
+
+    export = verbs.add_parser("export", help="export the tagger to ONNX (the service serves that)")
+    export.add_argument("--tagger", type=Path, default=DEFAULT_TAGGER_DIR, help="default: %(default)s")
+    export.add_argument("--out", type=Path, help="default: beside the tagger")
+    export.set_defaults(func=_export)
+
+    evaluate = verbs.add_parser(
+        "evaluate",
+        help="mentions, entities and end-to-end relations on a split's text (both engines; live run)",
+    )
+    evaluate.add_argument(
+        "--split",
+        default="holdout",
+        choices=["train", "validation", "holdout"],
+        help="which split of Re-DocRED dev",
+    )
+    evaluate.add_argument(
+        "--out", type=Path, default=Path("docs/results/annotator-holdout.json"), help="default: %(default)s"
+    )
+    evaluate.add_argument("--limit", type=int, help="only the first N documents")
+    evaluate.add_argument(
+        "--no-live", action="store_true", help="annotation figures only, no pipeline run (no relation F1)"
+    )
+    evaluate.set_defaults(func=_evaluate)

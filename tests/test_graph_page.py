@@ -1,0 +1,170 @@
+"""`lmrc graph serve`: the read-only graph page, run as a user runs it (a subprocess), looked at in
+a real headless browser (Debian's Chromium through its chromedriver), and its API on both stores."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from lmrc import docred
+from lmrc.contracts import Relation
+from lmrc.local.graph_server import LocalFalkorDB
+from lmrc.local.processes import free_port
+from lmrc.paths import REPO_ROOT
+from lmrc.sink.falkordb_store import FalkorDBGraphStore
+from lmrc.sink.ladybug_store import LadybugGraphStore
+from tests.helpers import gold_relation_events, scaled, wait_for
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+
+
+@pytest.fixture(scope="module")
+def events() -> list[Relation]:
+    documents = docred.load_split("holdout")[:3]
+    return gold_relation_events(documents, docred.load_relation_names(), datetime(2026, 11, 26, tzinfo=UTC))
+
+
+def _get(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=scaled(10)) as response:
+        return json.loads(response.read())
+
+
+def _answers(url: str) -> bool:
+    try:
+        _get(f"{url}/api/summary")
+        return True
+    except OSError:
+        return False
+
+
+def _serve(*store_arguments: str) -> tuple[subprocess.Popen[str], str]:
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "lmrc", "graph", *store_arguments, "serve", "--port", str(port)],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    wait_for(lambda: _answers(url) or process.poll() is not None, timeout=60, what="the graph page")
+    assert process.poll() is None, process.stdout.read() if process.stdout else ""
+    return process, url
+
+
+def _stop(process: subprocess.Popen[str]) -> None:
+    process.terminate()
+    assert process.wait(scaled(10)) == 0
+
+
+@pytest.fixture(scope="module")
+def ladybug_page(tmp_path_factory: pytest.TempPathFactory, events: list[Relation]) -> Iterator[str]:
+    path = tmp_path_factory.mktemp("graph") / "graph.lbug"
+    store = LadybugGraphStore(path)
+    store.upsert(events)
+    store.close()
+    process, url = _serve("--path", str(path))
+    yield url
+    _stop(process)
+
+
+def _check_api(url: str, events: list[Relation]) -> None:
+    summary = _get(f"{url}/api/summary")
+    assert summary == {"entities": summary["entities"], "relations": len(events), "documents": 3}
+    found = _get(f"{url}/api/entities?q=AYALA")["items"]
+    assert [e["id"] for e in found] == ["PER:ayala"]
+    relations = _get(f"{url}/api/relations?entity=PER:ayala")["items"]
+    expected = [
+        e for e in events if "PER:ayala" in (f"PER:{e.head.name.lower()}", f"PER:{e.tail.name.lower()}")
+    ]
+    assert len(relations) == len(expected) > 0
+    for relation in relations:
+        event = next(
+            e
+            for e in expected
+            if e.relation_id == relation["relation_id"] and e.tail.name == relation["tail_name"]
+        )
+        assert relation["evidence"] == event.evidence and relation["evidence_text"] == event.evidence_text
+    documents = _get(f"{url}/api/documents")["items"]
+    assert sum(d["relations"] for d in documents) == len(events)
+
+
+def test_the_page_api_answers_from_the_embedded_store(ladybug_page: str, events: list[Relation]) -> None:
+    _check_api(ladybug_page, events)
+    with pytest.raises(urllib.error.HTTPError) as missing:
+        _get(f"{ladybug_page}/api/nothing")
+    assert missing.value.code == 404
+
+
+def test_the_page_api_answers_from_falkordb(tmp_path: Path, events: list[Relation]) -> None:
+    with LocalFalkorDB(data_dir=tmp_path / "falkordb") as server:
+        store = FalkorDBGraphStore(port=server.port)
+        store.upsert(events)
+        store.close()
+        process, url = _serve("--backend", "falkordb", "--falkordb-port", str(server.port))
+        try:
+            _check_api(url, events)
+        finally:
+            _stop(process)
+
+
+@pytest.mark.skipif(
+    not (CHROMIUM and CHROMEDRIVER), reason="Debian's chromium and chromium-driver are not installed"
+)
+def test_a_user_finds_an_entity_and_sees_its_edges_and_evidence(ladybug_page: str, tmp_path: Path) -> None:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ready
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM or ""
+    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1280,900"):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+    wait = WebDriverWait(driver, scaled(20))
+    try:
+        driver.get(ladybug_page)
+        wait.until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "true")
+        assert "3 documents" in driver.find_element(By.ID, "summary").text
+        driver.find_element(By.ID, "search").send_keys("ayal")
+        # The list narrows as the user types: one entity left.
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#entities button")) == 1)
+        result = driver.find_element(By.CSS_SELECTOR, "#entities button")
+        assert result.text.startswith("Ayala") and "PER" in result.text
+        result.click()
+        wait.until(ready.text_to_be_present_in_element((By.ID, "focus-title"), "Ayala: 4 relations"))
+        edges = driver.find_elements(By.CSS_SELECTOR, "#edges .edge")
+        assert len(edges) == 4
+        assert len(driver.find_elements(By.CSS_SELECTOR, "#graph line")) == 4
+        labels = [t.text for t in driver.find_elements(By.CSS_SELECTOR, "#graph text.edge-label")]
+        assert "place of birth 1.00" in labels
+        detroit = next(e for e in edges if "University of Detroit" in e.text)
+        assert "educated at" in detroit.text and "document: Aramis Ayala" in detroit.text
+        evidence = [block.text for block in detroit.find_elements(By.CSS_SELECTOR, ".evidence")]
+        assert len(evidence) == 2 and evidence[1].startswith("sentence 3:")
+        assert "obtained her law degree from the University of Detroit" in evidence[1]
+        marked = [m.text for m in detroit.find_elements(By.TAG_NAME, "mark")]
+        assert "University of Detroit" in marked and "Ayala" in marked
+        assert driver.current_url.endswith("?entity=PER%3Aayala")
+        # A document opens as a graph of its relations too.
+        driver.find_element(By.XPATH, "//ul[@id='documents']//button[contains(., 'Aramis Ayala')]").click()
+        wait.until(ready.text_to_be_present_in_element((By.ID, "focus-title"), "Document Aramis Ayala"))
+        assert len(driver.find_elements(By.CSS_SELECTOR, "#edges .edge")) > 4
+        if os.environ.get("LMRC_GRAPH_SCREENSHOT"):
+            driver.get(f"{ladybug_page}/?entity=PER%3Aayala")
+            wait.until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "true")
+            driver.save_screenshot(os.environ["LMRC_GRAPH_SCREENSHOT"])
+    finally:
+        driver.quit()
