@@ -37,7 +37,7 @@ class Annotator:
         threads: int = 0,
     ) -> None:
         self.engine = engine
-        self.nlp = load_pipeline()
+        self.nlp = load_pipeline(with_ner=engine == "spacy")
         self.tagger = (
             MentionTagger(
                 tagger_dir, tagger_onnx_file(tagger_dir, onnx_path), encoder_tokenizer_file(), threads

@@ -81,6 +81,10 @@ class AnnotatorHandler(Handler[TextDocumentEvent]):
             except UnprocessableMessageError as error:
                 result.rejected.append((item, error))
                 continue
+            except ValueError as error:  # what was found breaks the document contract: say so, go on
+                reason = str(error).splitlines()[0][:1000]
+                result.rejected.append((item, UnprocessableMessageError("AnnotationFailed", reason)))
+                continue
             result.outputs.append(Output(document, key=document.doc_id, source=item))
         return result
 

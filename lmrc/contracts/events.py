@@ -23,6 +23,9 @@ from lmrc.contracts.text import graph_text, sentence_text
 
 DOCUMENT_SCHEMA_VERSION = 1
 SCHEMA_VERSION = 2
+#: A relation carries the text of at most this many evidence sentences, each at most this long.
+MAX_EVIDENCE_SENTENCES = 64
+MAX_EVIDENCE_CHARS = 8192
 
 #: Text that ends up in the graph: line breaks become spaces, other control characters are refused.
 GraphText = Annotated[str, AfterValidator(graph_text)]
@@ -135,8 +138,10 @@ class DocumentEvent(_Event):
         return n * (n - 1)
 
     def sentence_texts(self, sentence_ids: list[int] | None) -> list[str]:
-        """The text of these sentences, in that order (what a relation's ``evidence_text`` carries)."""
-        return [sentence_text(self.sentences[i]) for i in sentence_ids or [] if i < len(self.sentences)]
+        """The text of these sentences, in that order, within a relation's ``evidence_text`` limits
+        (the first 64 sentences, each cut at 8,192 characters)."""
+        wanted = [i for i in sentence_ids or [] if i < len(self.sentences)][:MAX_EVIDENCE_SENTENCES]
+        return [sentence_text(self.sentences[i])[:MAX_EVIDENCE_CHARS] for i in wanted]
 
     def content_hash(self) -> str:
         """What the pipeline reads of the document (title, sentences, entities), hashed: part of
@@ -271,9 +276,9 @@ class Relation(_Event):
     relation_name: GraphText = Field(min_length=1, max_length=256)
     confidence: Probability
     evidence: list[int] | None = Field(default=None, description="Supporting sentence ids.")
-    evidence_text: list[Annotated[str, Field(max_length=8192)]] = Field(
+    evidence_text: list[Annotated[str, Field(max_length=MAX_EVIDENCE_CHARS)]] = Field(
         default_factory=list,
-        max_length=64,
+        max_length=MAX_EVIDENCE_SENTENCES,
         description="The evidence sentences' text, in ``evidence`` order (tokens joined by spaces), "
         "so that whoever reads the relation or the graph sees the words it rests on.",
     )

@@ -119,15 +119,18 @@ class LocalPipeline:
 def quiet_export() -> Iterator[None]:
     """torch's ONNX exporter prints its passes and warnings; the run says what it prepares instead
     (an export that fails still raises)."""
-    exporter = logging.getLogger("torch.onnx")  # "torchvision is not installed. Skipping ..."
-    level = exporter.level
-    exporter.setLevel(logging.ERROR)
+    # torch.onnx: "torchvision is not installed. Skipping ..."; onnx_ir: "Attribute type is ambiguous".
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnx_ir", "onnxscript")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
             yield
     finally:
-        exporter.setLevel(level)
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 def start_thread(runtime: ServiceRuntime) -> threading.Thread:

@@ -240,7 +240,8 @@ def _printer(documents: int, annotate: bool = False) -> Callable[[DocumentProgre
                 continue
             shown[stage] = count
             if not live:
-                print(line(stage, count[0], count[1], units[stage]), flush=True)
+                if count[0]:  # a log gets a line per step forward, not the zeros before
+                    print(line(stage, count[0], count[1], units[stage]), flush=True)
                 continue
             if stage not in bars:
                 bars[stage] = tqdm(desc=f"  {stage}", unit=f" {units[stage]}", position=len(bars), leave=True)
