@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from lmrc import docred
 from lmrc.annotator.clusters import cluster_mentions
-from lmrc.annotator.document import build_document
+from lmrc.annotator.document import build_document, names_only
 from lmrc.annotator.engine import Annotator
 from lmrc.annotator.service import AnnotatorSettings, build_runtime
 from lmrc.annotator.spacy_engine import Segmented
@@ -255,3 +255,22 @@ def test_decoding_follows_bio_and_the_outside_bias_trades_recall_for_precision()
     # A doubtful mention goes when O is favoured.
     doubtful = logits({"B-MISC": 1.0, "O": 0.8})
     assert TAGS[viterbi_tags(doubtful)[0]] == "B-MISC" and TAGS[viterbi_tags(doubtful, 0.5)[0]] == "O"
+
+
+def test_common_nouns_taken_for_names_are_dropped_and_names_kept() -> None:
+    text = "The parliament met iPhone makers, de la Rocha and अर्जुन in early 2011 for three days."
+
+    def span(words: str, kind: str) -> MentionSpan:
+        start = text.index(words)
+        return MentionSpan(start, start + len(words), kind)
+
+    spans = [
+        span("parliament", "ORG"),
+        span("iPhone", "MISC"),
+        span("de la Rocha", "PER"),
+        span("अर्जुन", "PER"),
+        span("early 2011", "TIME"),
+        span("three", "NUM"),
+    ]
+    kept = [text[s.start : s.end] for s in names_only(text, spans)]
+    assert kept == ["iPhone", "de la Rocha", "अर्जुन", "early 2011", "three"]

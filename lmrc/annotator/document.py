@@ -17,6 +17,24 @@ from lmrc.annotator.spacy_engine import Segmented
 from lmrc.annotator.tagger import MentionSpan
 from lmrc.contracts import DocumentEvent, Entity, Mention, SourceMetadata
 
+#: Types whose mentions are written as numbers and common words ("early 2011", "three").
+_UNNAMED_TYPES = ("TIME", "NUM")
+
+
+def names_only(text: str, spans: Sequence[MentionSpan]) -> list[MentionSpan]:
+    """The mentions that read as names: a person, organisation, place or other name ("MISC")
+    written in a cased script has a capital letter somewhere ("iPhone", "de la Rocha"); one that
+    has none is a common noun the engine took for a name ("parliament", "princesses"). Scripts
+    without case ("अर्जुन") and dates and numbers are kept. On validation this raised mention F1
+    from 0.8745 to 0.8819 and entity cluster F1 from 0.7497 to 0.7557."""
+    kept = []
+    for span in spans:
+        words = text[span.start : span.end]
+        common = any(c.islower() for c in words) and not any(c.isupper() for c in words)
+        if span.type in _UNNAMED_TYPES or not common:
+            kept.append(span)
+    return kept
+
 
 def _cut_tokens(tokens: Sequence[tuple[int, int]], boundaries: set[int]) -> list[tuple[int, int]]:
     cut: list[tuple[int, int]] = []

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from lmrc.annotator.document import build_document
+from lmrc.annotator.document import build_document, names_only
 from lmrc.annotator.spacy_engine import load_pipeline, segment
 from lmrc.annotator.tagger import DEFAULT_TAGGER_DIR, MentionTagger, load_tagger_config, tagger_onnx_path
 from lmrc.contracts import DocumentEvent, SourceMetadata
@@ -56,7 +56,7 @@ class Annotator:
     ) -> DocumentEvent:
         segmented = segment(self.nlp, text)
         spans = self.tagger(text) if self.tagger is not None else segmented.entities
-        return build_document(doc_id, title, text, segmented, spans, source)
+        return build_document(doc_id, title, text, segmented, names_only(text, spans), source)
 
     def english_share(self, text: str, sample_words: int = 200) -> tuple[int, int]:
         """(common English words, words) among the first alphabetic words: a cheap language check."""
