@@ -59,20 +59,20 @@ def add_bootstrap_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def kafka_client(args: argparse.Namespace) -> dict[str, Any]:
-    """The Kafka client settings of a command: KAFKA_* variables, --bootstrap-servers first; a
-    broker that does not answer is one line, not a stream of connection errors."""
+def kafka_client(args: argparse.Namespace) -> tuple[dict[str, Any], set[str]]:
+    """The Kafka client settings of a command (KAFKA_* variables, --bootstrap-servers first) and
+    the topics the broker has; a broker that does not answer is one line, not a stream of
+    connection errors."""
     from lmrc.runtime import KafkaSettings
 
     settings = KafkaSettings()
     if getattr(args, "bootstrap_servers", None):
         settings = settings.model_copy(update={"bootstrap_servers": args.bootstrap_servers})
     config = settings.client_config()
-    _check_broker(config)
-    return config
+    return config, _existing_topics(config)
 
 
-def _check_broker(config: dict[str, Any], timeout: float = 10.0) -> None:
+def _existing_topics(config: dict[str, Any], timeout: float = 10.0) -> set[str]:
     from confluent_kafka import KafkaException
     from confluent_kafka.admin import AdminClient
 
@@ -80,19 +80,13 @@ def _check_broker(config: dict[str, Any], timeout: float = 10.0) -> None:
     quiet.setLevel(logging.CRITICAL)
     admin = AdminClient({**config, "log_level": 0}, logger=quiet)
     try:
-        admin.list_topics(timeout=timeout)
+        metadata = admin.list_topics(timeout=timeout)
     except KafkaException as error:
         raise UserError(
             f"no Kafka broker answers at {config['bootstrap.servers']} within {timeout:.0f}s "
             "(set KAFKA_BOOTSTRAP_SERVERS or --bootstrap-servers; `lmrc broker` starts a local one)"
         ) from error
-
-
-def _topic_exists(config: dict[str, Any], topic: str) -> bool:
-    from confluent_kafka.admin import AdminClient
-
-    metadata = AdminClient({**config, "log_level": 5}).list_topics(timeout=10)
-    return topic in metadata.topics and not metadata.topics[topic].error
+    return {name for name, topic in metadata.topics.items() if not topic.error}
 
 
 class UserError(Exception):
@@ -180,7 +174,7 @@ def _publish(args: argparse.Namespace) -> int:
         payloads = list(iter_text_payloads(args.file) if args.text else iter_document_payloads(args.file))
     except TextInputError as error:
         raise UserError(str(error)) from error
-    publish(kafka_client(args), topic, iter(payloads))
+    publish(kafka_client(args)[0], topic, iter(payloads))
     print(f"published {len(payloads)} {'texts' if args.text else 'documents'} to {topic}")
     return 0
 
@@ -211,9 +205,9 @@ def _tail(args: argparse.Namespace) -> int:
     """Print events as they arrive; Ctrl-C (or --max-messages, --timeout) stops."""
     from lmrc.local.publish import tail
 
-    client = kafka_client(args)
+    client, existing = kafka_client(args)
     where = "from the beginning" if args.from_beginning else "from now on"
-    exists = "" if _topic_exists(client, args.topic) else " (it does not exist yet: waiting for it)"
+    exists = "" if args.topic in existing else " (it does not exist yet: waiting for it)"
     print(f"reading {args.topic} {where}{exists}; Ctrl-C stops", file=sys.stderr, flush=True)
     seen = 0
 
@@ -248,7 +242,7 @@ def _topics(args: argparse.Namespace) -> int:
 
     topics = args.topic or TOPICS.all
     created = ensure_topics(
-        kafka_client(args), topics, args.partitions, replication_factor=args.replication_factor
+        kafka_client(args)[0], topics, args.partitions, replication_factor=args.replication_factor
     )
     for topic in topics:
         print(f"{topic:<32} {'created' if topic in created else 'exists'}")
