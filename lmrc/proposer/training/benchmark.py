@@ -72,7 +72,9 @@ def run_benchmark(
     from lmrc.proposer.training.torch_model import load_artifact, torch_scores
 
     model, config = load_artifact(artifact_dir)
-    featurizer = DocumentFeaturizer(tokenizer_file(), config.window_length, config.window_stride)
+    featurizer = DocumentFeaturizer(
+        tokenizer_file(config.encoder), config.window_length, config.window_stride
+    )
     documents = docred.load_split(split)[:limit]  # type: ignore[arg-type]
     onnx_file = ensure_onnx(artifact_dir)
     onnx_cpu = OnnxPairScorer(onnx_file, ["CPUExecutionProvider"])
@@ -101,3 +103,58 @@ def format_rows(rows: list[BenchmarkRow], documents: int) -> str:
         ratio = rows[1].documents_per_second / rows[0].documents_per_second
         lines.append(f"onnxruntime CPU / torch eager speed-up: {ratio:.2f}x")
     return "\n".join(lines)
+
+
+def compare_encoders(
+    artifact_dirs: list[Path], split: str = "validation", threads: int = 2
+) -> dict[str, Any]:
+    """Artifacts trained on different encoders, side by side in one process: their validation
+    figures (from calibration) and the ONNX CPU speed of what the service runs (all relation
+    outputs), each on the same documents with the same threads."""
+    from lmrc.proposer.artifact import WEIGHTS_FILE, load_config
+    from lmrc.proposer.inference import OnnxPairScorer
+    from lmrc.proposer.training.export import ensure_onnx
+
+    documents = docred.load_split(split)  # type: ignore[arg-type]
+    rows = []
+    for directory in artifact_dirs:
+        config = load_config(directory)
+        onnx_file = ensure_onnx(directory)
+        scorer = OnnxPairScorer(
+            onnx_file, ["CPUExecutionProvider"], threads, pair_width=config.emb_size * config.block_size
+        )
+        featurizer = DocumentFeaturizer(
+            tokenizer_file(config.encoder), config.window_length, config.window_stride
+        )
+
+        def score(
+            features: DocumentFeatures, scorer: OnnxPairScorer = scorer, loss: str = config.relation_loss
+        ) -> np.ndarray:
+            return scorer.score_with_relations(features, loss)[0]
+
+        speed = _run("onnxruntime CPU", documents, featurizer, score, config.threshold)
+        rows.append(
+            {
+                "artifact": str(directory),
+                "version": config.version,
+                "encoder": config.encoder,
+                "validation_relation_f1": config.relation_validation.get("f1"),
+                "validation_evidence_f1": config.evidence_validation.get("f1"),
+                "recall_target": config.recall_target,
+                "validation_pair_recall": config.validation.get("pair_recall"),
+                "validation_pass_rate": config.validation.get("pass_rate"),
+                "onnx_cpu_documents_per_second": round(speed.documents_per_second, 2),
+                "onnx_cpu_p50_ms": round(speed.p50_ms, 1),
+                "onnx_cpu_p99_ms": round(speed.p99_ms, 1),
+                "artifact_weights_mb": round((Path(directory) / WEIGHTS_FILE).stat().st_size / 1e6, 1),
+                "onnx_mb": round(onnx_file.stat().st_size / 1e6, 1),
+                "weights_format": config.weights_format,
+                "training": {
+                    k: config.training.get(k) for k in ("epochs", "best_epoch", "device", "seconds")
+                },
+            }
+        )
+    fastest = max(row["onnx_cpu_documents_per_second"] for row in rows)
+    for row in rows:
+        row["speed_vs_fastest"] = round(row["onnx_cpu_documents_per_second"] / fastest, 3)
+    return {"split": split, "documents": len(documents), "threads": threads, "artifacts": rows}

@@ -52,7 +52,9 @@ def calibrate_model(
     device: str = "cpu",
 ) -> ProposerConfig:
     """The config with ``threshold`` for ``recall_target`` and a table for every target."""
-    featurizer = DocumentFeaturizer(tokenizer_file(), config.window_length, config.window_stride)
+    featurizer = DocumentFeaturizer(
+        tokenizer_file(config.encoder), config.window_length, config.window_stride
+    )
     model.eval()
     scored = score_documents(
         docred.load_split("validation"), featurizer, lambda f: torch_scores(model, f, device)
@@ -128,7 +130,9 @@ def calibrate_relations(model: PairScorer, config: ProposerConfig, device: str =
     relation_names = docred.load_relation_names()
     relation_ids = sorted(relation_names)
     index = {relation: i for i, relation in enumerate(relation_ids)}
-    featurizer = DocumentFeaturizer(tokenizer_file(), config.window_length, config.window_stride)
+    featurizer = DocumentFeaturizer(
+        tokenizer_file(config.encoder), config.window_length, config.window_stride
+    )
     model.eval()
     gold, probabilities, candidates = [], [], []
     for raw in docred.load_split("validation"):
@@ -180,7 +184,9 @@ def evidence_figures(
 def calibrate_evidence(model: PairScorer, config: ProposerConfig, device: str = "cpu") -> ProposerConfig:
     """The evidence threshold with the best evidence F1 on the validation split's gold relations
     (every relation of a pair shares the pair's evidence, as in DREEAM)."""
-    featurizer = DocumentFeaturizer(tokenizer_file(), config.window_length, config.window_stride)
+    featurizer = DocumentFeaturizer(
+        tokenizer_file(config.encoder), config.window_length, config.window_stride
+    )
     model.eval()
     relations: list[tuple[np.ndarray, frozenset[int]]] = []
     for raw in docred.load_split("validation"):

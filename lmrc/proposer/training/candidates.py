@@ -110,7 +110,9 @@ def score_candidates(
 
     model, config = load_artifact(artifact_dir)
     model.to(device)
-    featurizer = DocumentFeaturizer(tokenizer_file(), config.window_length, config.window_stride)
+    featurizer = DocumentFeaturizer(
+        tokenizer_file(config.encoder), config.window_length, config.window_stride
+    )
     size = shortlist_size or config.shortlist_size
     results = []
     for raw in tqdm(documents, desc=f"proposer {config.version}", unit="doc"):

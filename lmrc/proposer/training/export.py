@@ -53,7 +53,9 @@ def ensure_onnx(artifact_dir: str | Path, path: Path | None = None) -> Path:
 
 def export_onnx(artifact_dir: str | Path, out: Path | None = None) -> Path:
     model, config = load_artifact(artifact_dir)
-    featurizer = DocumentFeaturizer(tokenizer_file(), config.window_length, config.window_stride)
+    featurizer = DocumentFeaturizer(
+        tokenizer_file(config.encoder), config.window_length, config.window_stride
+    )
     features = featurizer.featurize(_example_document())
     inputs = torch_inputs(features)
     target = out or onnx_path(artifact_dir, config)

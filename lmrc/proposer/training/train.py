@@ -27,6 +27,7 @@ from torch.nn.functional import binary_cross_entropy_with_logits
 from tqdm import tqdm
 
 from lmrc import docred
+from lmrc.paths import DEFAULT_ENCODER, encoder_package
 from lmrc.proposer.artifact import ProposerConfig, encoder_package_version, tokenizer_file
 from lmrc.proposer.features import INPUT_NAMES, DocumentFeaturizer
 from lmrc.proposer.training.calibrate import calibrate_evidence, calibrate_model, calibrate_relations
@@ -51,6 +52,9 @@ from lmrc.proposer.training.torch_model import (
 class TrainOptions:
     out: Path
     version: str = "rcp-minilm-l6-v1"
+    encoder: str = DEFAULT_ENCODER
+    emb_size: int = 384
+    block_size: int = 32
     epochs: int = 12
     batch_docs: int = 4
     encoder_lr: float = 8e-5
@@ -68,6 +72,8 @@ class TrainOptions:
     threads: int | None = None
     fold: int | None = None
     folds: int = 4
+    #: Stop after the epoch that ends past this many minutes (the best epoch so far is kept).
+    max_minutes: float | None = None
 
 
 def adaptive_threshold_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -134,7 +140,7 @@ def train(options: TrainOptions) -> ProposerConfig:
     torch.manual_seed(options.seed)
     if options.threads:
         torch.set_num_threads(options.threads)
-    featurizer = DocumentFeaturizer(tokenizer_file())
+    featurizer = DocumentFeaturizer(tokenizer_file(options.encoder))
     train_docs = [
         raw
         for position, raw in enumerate(docred.load_split("train"))
@@ -154,7 +160,11 @@ def train(options: TrainOptions) -> ProposerConfig:
 
     config = ProposerConfig(
         version=options.version,
-        encoder_package_version=encoder_package_version(),
+        encoder=options.encoder,
+        encoder_package=encoder_package(options.encoder),
+        encoder_package_version=encoder_package_version(options.encoder),
+        emb_size=options.emb_size,
+        block_size=options.block_size,
         frozen_layers=options.frozen_layers,
         type_size=options.type_size,
         relation_classes=len(relation_index) if use_relations else 0,
@@ -178,6 +188,7 @@ def train(options: TrainOptions) -> ProposerConfig:
     log = log_path.open("w", encoding="utf-8")
     best_dir = Path(tempfile.mkdtemp(prefix="proposer-best-"))
     best_criterion, best_epoch = float("inf"), 0
+    stopped_at: int | None = None
     started = time.monotonic()
     try:
         for epoch in range(1, options.epochs + 1):
@@ -243,6 +254,9 @@ def train(options: TrainOptions) -> ProposerConfig:
             if criterion < best_criterion:
                 best_criterion, best_epoch = criterion, epoch
                 save_artifact(model, config, best_dir)
+            if options.max_minutes is not None and time.monotonic() - started > 60 * options.max_minutes:
+                stopped_at = epoch
+                break
         elapsed = time.monotonic() - started
         model, config = load_artifact(best_dir)
         model.to(options.device)
@@ -253,8 +267,10 @@ def train(options: TrainOptions) -> ProposerConfig:
         config = config.model_copy(
             update={
                 "training": {
+                    "encoder": options.encoder,
                     "epochs": options.epochs,
                     "best_epoch": best_epoch,
+                    **({"stopped_at_time_limit_after_epoch": stopped_at} if stopped_at else {}),
                     "batch_docs": options.batch_docs,
                     "encoder_lr": options.encoder_lr,
                     "head_lr": options.head_lr,

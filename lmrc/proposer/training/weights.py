@@ -1,0 +1,87 @@
+"""The int4-delta weight format: a fine-tuned encoder kept as its change from the pretrained one.
+
+A base-size encoder's trained layers take 184 MB in fp16, more than a repository should hold. What
+fine-tuning changed is small next to the weights, so each matrix is stored as its difference from
+the pretrained matrix, quantized to 4 bits in groups of 64 with one fp16 scale per group; matrices
+with no pretrained counterpart (the heads) are stored as 8-bit groups, vectors (biases, norms) in
+fp16. all-mpnet-base-v2's proposer: 184 MB -> 54 MB, validation relation F1 0.6526 -> 0.6528.
+"""
+
+from __future__ import annotations
+
+import torch
+
+GROUP = 64
+DELTA_4BIT = "::delta4"
+ABSOLUTE_8BIT = "::int8"
+SCALE = "::scale"
+
+
+def _quantize(matrix: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-group integers in [-2^(bits-1), 2^(bits-1) - 1] and their fp16 scales."""
+    levels = 2 ** (bits - 1) - 1
+    rows, columns = matrix.shape
+    groups = matrix.float().reshape(rows, columns // GROUP, GROUP)
+    scale = (groups.abs().amax(-1, keepdim=True) / levels).clamp(min=1e-12).half()
+    integers = torch.round(groups / scale.float()).clamp(-levels - 1, levels).to(torch.int8)
+    return integers.reshape(rows, columns), scale.squeeze(-1)
+
+
+def _dequantize(integers: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    rows, columns = integers.shape
+    groups = integers.float().reshape(rows, columns // GROUP, GROUP)
+    return (groups * scale.float().unsqueeze(-1)).reshape(rows, columns)
+
+
+def _pack_nibbles(integers: torch.Tensor) -> torch.Tensor:
+    """Two 4-bit values per byte (low nibble first)."""
+    unsigned = (integers + 8).to(torch.uint8)
+    return unsigned[:, 0::2] | (unsigned[:, 1::2] << 4)
+
+
+def _unpack_nibbles(packed: torch.Tensor) -> torch.Tensor:
+    low = (packed & 0x0F).to(torch.int8) - 8
+    high = (packed >> 4).to(torch.int8) - 8
+    return torch.stack((low, high), dim=-1).reshape(packed.shape[0], -1)
+
+
+def _quantizable(tensor: torch.Tensor) -> bool:
+    return tensor.dim() == 2 and tensor.shape[1] % GROUP == 0
+
+
+def pack(trained: dict[str, torch.Tensor], pretrained: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Stored tensors for ``trained`` (full names), given the encoder's ``pretrained`` tensors
+    (named as inside the encoder, without the ``encoder.`` prefix)."""
+    stored: dict[str, torch.Tensor] = {}
+    for name, tensor in trained.items():
+        tensor = tensor.detach().float().cpu()
+        base = pretrained.get(name.removeprefix("encoder.")) if name.startswith("encoder.") else None
+        if base is not None and base.shape == tensor.shape and _quantizable(tensor):
+            integers, scale = _quantize(tensor - base.float(), 4)
+            stored[name + DELTA_4BIT] = _pack_nibbles(integers).contiguous()
+            stored[name + SCALE] = scale.contiguous()
+        elif base is None and _quantizable(tensor):
+            integers, scale = _quantize(tensor, 8)
+            stored[name + ABSOLUTE_8BIT] = integers.contiguous()
+            stored[name + SCALE] = scale.contiguous()
+        else:
+            stored[name] = tensor.half().contiguous()
+    return stored
+
+
+def unpack(stored: dict[str, torch.Tensor], pretrained: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The fp32 tensors :func:`pack` stored."""
+    tensors: dict[str, torch.Tensor] = {}
+    for key, tensor in stored.items():
+        if key.endswith(SCALE):
+            continue
+        if key.endswith(DELTA_4BIT):
+            name = key.removesuffix(DELTA_4BIT)
+            delta = _dequantize(_unpack_nibbles(tensor), stored[name + SCALE])
+            tensors[name] = pretrained[name.removeprefix("encoder.")].float() + delta
+        elif key.endswith(ABSOLUTE_8BIT):
+            name = key.removesuffix(ABSOLUTE_8BIT)
+            tensors[name] = _dequantize(tensor, stored[name + SCALE])
+        else:
+            tensors[key] = tensor.float()
+    return tensors
