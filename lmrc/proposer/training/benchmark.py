@@ -77,14 +77,15 @@ def run_benchmark(
     )
     documents = docred.load_split(split)[:limit]  # type: ignore[arg-type]
     onnx_file = ensure_onnx(artifact_dir)
-    onnx_cpu = OnnxPairScorer(onnx_file, ["CPUExecutionProvider"])
+    width = config.emb_size * config.block_size  # the service's runs of pairs
+    onnx_cpu = OnnxPairScorer(onnx_file, ["CPUExecutionProvider"], pair_width=width)
     rows = [
         _run(f"torch eager ({torch.get_num_threads()} threads)", documents, featurizer,
              lambda f: torch_scores(model, f), config.threshold),
         _run("onnxruntime CPU", documents, featurizer, onnx_cpu.score, config.threshold),
     ]  # fmt: skip
     if "CUDAExecutionProvider" in OnnxPairScorer.available_providers():
-        onnx_gpu = OnnxPairScorer(onnx_file, ["CUDAExecutionProvider"])
+        onnx_gpu = OnnxPairScorer(onnx_file, ["CUDAExecutionProvider"], pair_width=width)
         rows.append(_run("onnxruntime CUDA", documents, featurizer, onnx_gpu.score, config.threshold))
     return rows
 

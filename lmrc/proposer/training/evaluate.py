@@ -118,12 +118,15 @@ def evaluate_artifact(
         if relations is None:
             continue
         for index, row in enumerate(relations):
-            for relation in np.flatnonzero(row >= relation_threshold):
-                evidence = (
-                    evidence_sentences(sentences[index], config.evidence_threshold)
-                    if sentences is not None and config.evidence_threshold is not None
-                    else []
-                )
+            predicted = np.flatnonzero(row >= relation_threshold)
+            if len(predicted) == 0:
+                continue
+            evidence = (  # the pair's evidence, shared by its relations (as the service does)
+                evidence_sentences(sentences[index], config.evidence_threshold)
+                if sentences is not None and config.evidence_threshold is not None
+                else []
+            )
+            for relation in predicted:
                 predictions.append(
                     {
                         "title": raw["title"],
