@@ -134,9 +134,7 @@ def test_a_two_window_document_scores_the_same_in_every_run_and_with_any_threads
     expected = relation_probabilities(relation_logits, config.relation_loss)
     onnx = ensure_onnx(DEFAULT_ARTIFACT_DIR)
     for threads in (1, 2, 0, 2):
-        scorer = OnnxPairScorer(
-            onnx, ["CPUExecutionProvider"], threads, pair_width=config.emb_size * config.block_size
-        )
+        scorer = OnnxPairScorer(onnx, ["CPUExecutionProvider"], threads, pair_width=config.pair_width)
         for _ in range(2):
             _pairs, got, _evidence = scorer.score_with_relations(features, config.relation_loss)
             assert float(np.abs(got - expected).max()) < 1e-4

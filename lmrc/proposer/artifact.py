@@ -88,6 +88,11 @@ class ProposerConfig(BaseModel):
     training: dict[str, Any] = Field(default_factory=dict)
 
     @property
+    def pair_width(self) -> int:
+        """Floats in one pair's grouped representation: what sizes the service's runs of pairs."""
+        return self.emb_size * self.block_size
+
+    @property
     def has_relation_head(self) -> bool:
         return self.relation_classes > 0 and len(self.relation_ids) == self.relation_classes
 

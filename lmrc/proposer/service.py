@@ -313,7 +313,7 @@ def build_runtime(settings: ProposerSettings) -> ServiceRuntime:
         providers,
         settings.inference_threads,
         settings.pair_budget_bytes,
-        pair_width=config.emb_size * config.block_size,
+        pair_width=config.pair_width,
     )
     handler = ProposerHandler(settings, config, scorer)
     log.info("proposer %s on %s, threshold %.4f", config.version, scorer.provider, handler.threshold)

@@ -77,15 +77,14 @@ def run_benchmark(
     )
     documents = docred.load_split(split)[:limit]  # type: ignore[arg-type]
     onnx_file = ensure_onnx(artifact_dir)
-    width = config.emb_size * config.block_size  # the service's runs of pairs
-    onnx_cpu = OnnxPairScorer(onnx_file, ["CPUExecutionProvider"], pair_width=width)
+    onnx_cpu = OnnxPairScorer(onnx_file, ["CPUExecutionProvider"], pair_width=config.pair_width)
     rows = [
         _run(f"torch eager ({torch.get_num_threads()} threads)", documents, featurizer,
              lambda f: torch_scores(model, f), config.threshold),
         _run("onnxruntime CPU", documents, featurizer, onnx_cpu.score, config.threshold),
     ]  # fmt: skip
     if "CUDAExecutionProvider" in OnnxPairScorer.available_providers():
-        onnx_gpu = OnnxPairScorer(onnx_file, ["CUDAExecutionProvider"], pair_width=width)
+        onnx_gpu = OnnxPairScorer(onnx_file, ["CUDAExecutionProvider"], pair_width=config.pair_width)
         rows.append(_run("onnxruntime CUDA", documents, featurizer, onnx_gpu.score, config.threshold))
     return rows
 
@@ -121,9 +120,7 @@ def compare_encoders(
     for directory in artifact_dirs:
         config = load_config(directory)
         onnx_file = ensure_onnx(directory)
-        scorer = OnnxPairScorer(
-            onnx_file, ["CPUExecutionProvider"], threads, pair_width=config.emb_size * config.block_size
-        )
+        scorer = OnnxPairScorer(onnx_file, ["CPUExecutionProvider"], threads, pair_width=config.pair_width)
         featurizer = DocumentFeaturizer(
             tokenizer_file(config.encoder), config.window_length, config.window_stride
         )

@@ -56,7 +56,7 @@ def onnx_scorer(
     from lmrc.proposer.inference import OnnxPairScorer
     from lmrc.proposer.training.export import ensure_onnx
 
-    scorer = OnnxPairScorer(ensure_onnx(artifact_dir), pair_width=config.emb_size * config.block_size)
+    scorer = OnnxPairScorer(ensure_onnx(artifact_dir), pair_width=config.pair_width)
 
     def score(features: DocumentFeatures) -> Outputs:
         if not config.has_relation_head:

@@ -66,7 +66,7 @@ artifact, onnx, threads = sys.argv[1], sys.argv[2], int(sys.argv[3])
 document = DocumentEvent.model_validate_json(sys.stdin.read())
 config = load_config(artifact)
 scorer = OnnxPairScorer(
-    onnx, ["CPUExecutionProvider"], threads=threads, pair_width=config.emb_size * config.block_size
+    onnx, ["CPUExecutionProvider"], threads=threads, pair_width=config.pair_width
 )
 loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 featurizer = DocumentFeaturizer(tokenizer_file(config.encoder), config.window_length, config.window_stride)
