@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
+import struct
 import subprocess
 import sys
 import urllib.request
@@ -13,16 +15,19 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+import psutil
 import pytest
 
 from lmrc import docred
 from lmrc.contracts import Relation
+from lmrc.local.graph_page import MAX_CONNECTIONS
 from lmrc.local.graph_server import LocalFalkorDB
 from lmrc.local.processes import free_port
 from lmrc.paths import REPO_ROOT
+from lmrc.runtime.health import READ_TIMEOUT_SECONDS
 from lmrc.sink.falkordb_store import FalkorDBGraphStore
 from lmrc.sink.ladybug_store import LadybugGraphStore
-from tests.helpers import gold_relation_events, scaled, wait_for
+from tests.helpers import closed_by_server, gold_relation_events, scaled, wait_for
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -116,6 +121,36 @@ def test_the_page_api_answers_from_falkordb(tmp_path: Path, events: list[Relatio
             _check_api(url, events)
         finally:
             _stop(process)
+
+
+def test_idle_connections_to_the_page_are_bounded_and_dropped(tmp_path: Path, events: list[Relation]) -> None:
+    """100 idle connections held 104 threads, still there 12 s later: now at most MAX_CONNECTIONS
+    are served at once, the rest closed at once, the idle ones dropped after the read timeout; a
+    client that hangs up mid-answer prints no traceback."""
+    path = tmp_path / "graph.lbug"
+    store = LadybugGraphStore(path)
+    store.upsert(events)
+    store.close()
+    process, url = _serve("--path", str(path))
+    page = psutil.Process(process.pid)
+    port = int(url.rsplit(":", 1)[1])
+    before = page.num_threads()
+    idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(100)]
+    try:
+        wait_for(lambda: sum(closed_by_server(s) for s in idle) >= 100 - MAX_CONNECTIONS, timeout=10)
+        assert page.num_threads() <= before + MAX_CONNECTIONS
+        wait_for(lambda: all(closed_by_server(s) for s in idle), timeout=3 * READ_TIMEOUT_SECONDS)
+        wait_for(lambda: page.num_threads() <= before, timeout=10, what="threads to end")
+        for _ in range(5):  # asks, then hangs up before the answer is read
+            with socket.create_connection(("127.0.0.1", port)) as rude:
+                rude.sendall(b"GET /api/relations?doc=x HTTP/1.1\r\nHost: x\r\n\r\n")
+                rude.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        assert _get(f"{url}/api/summary")["relations"] == len(events)
+    finally:
+        for connection in idle:
+            connection.close()
+        _stop(process)
+    assert "Traceback" not in (process.stdout.read() if process.stdout else "")
 
 
 @pytest.mark.skipif(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -12,6 +13,7 @@ import time
 from collections.abc import Sequence
 
 import pytest
+from confluent_kafka import Producer
 from pydantic import BaseModel
 
 from lmrc import docred
@@ -36,6 +38,7 @@ from tests.helpers import (
     running,
     scaled,
     service_test_fields,
+    wait_committed,
 )
 
 pytestmark = pytest.mark.broker
@@ -163,6 +166,35 @@ def test_a_dead_letter_never_exceeds_the_message_limit(
     assert letter.error_class == "MalformedJSON" and letter.payload_truncated
     assert 1_000 < len(letter.payload) < 19_000 and set(letter.payload) == {"\x01"}
     assert [r.key for r in out] == [documents[0].doc_id]
+
+
+def test_a_huge_key_is_cut_in_its_dead_letter_and_cannot_stall_the_partition(
+    broker: LocalBroker, unique: str, documents: list[DocumentEvent]
+) -> None:
+    """A key is copied into its letter's origin and used as the letter's record key, and JSON
+    escapes control bytes sixfold: a 700 KB key (or 180 KB of control bytes) on a malformed value
+    made every dead-letter produce fail, the service exit on every start and the good messages
+    behind it never run. The letter now keeps the key's first 1,024 bytes and its SHA-256."""
+    settings = relay_settings(broker, unique)
+    keys = [b"k" * 700_000, b"\x01" * 180_000]
+    producer = Producer({"bootstrap.servers": broker.bootstrap_servers, "message.max.bytes": 2_000_000})
+    for key in keys:
+        producer.produce(settings.input_topic, value=b'{"doc_id":', key=key, partition=0)
+    producer.produce(
+        settings.input_topic, value=documents[0].model_dump_json().encode(), key=b"good", partition=0
+    )
+    assert producer.flush(scaled(15)) == 0
+    with running(build_runtime(settings)):
+        wait_committed(broker.bootstrap_servers, settings.group_id, settings.input_topic, {0: 3})
+    out = read_topic(broker.bootstrap_servers, [settings.output_topic], expect=1)
+    dlq = read_topic(broker.bootstrap_servers, [settings.dead_letter_topic], expect=2)
+    assert [r.key for r in out] == [documents[0].doc_id]
+    letters = [DeadLetterEvent.model_validate_json(r.value or b"") for r in dlq]
+    assert [letter.error_class for letter in letters] == ["MalformedJSON", "MalformedJSON"]
+    for letter, record, key in zip(letters, dlq, keys, strict=True):
+        assert letter.origin.key_truncated and letter.origin.key_sha256 == hashlib.sha256(key).hexdigest()
+        assert letter.origin.key == key[:1024].decode() and record.key == letter.origin.key
+        assert len(record.value or b"") <= settings.max_message_bytes
 
 
 class _FlakyHandler(Handler[DocumentEvent]):

@@ -8,17 +8,7 @@ import threading
 import urllib.request
 
 from lmrc.runtime.health import HealthServer
-from tests.helpers import scaled, wait_for
-
-
-def _closed_by_server(connection: socket.socket) -> bool:
-    connection.setblocking(False)
-    try:
-        return connection.recv(1) == b""
-    except BlockingIOError:
-        return False
-    except OSError:
-        return True
+from tests.helpers import closed_by_server, scaled, wait_for
 
 
 def test_idle_connections_neither_pile_up_threads_nor_starve_the_probes() -> None:
@@ -37,10 +27,10 @@ def test_idle_connections_neither_pile_up_threads_nor_starve_the_probes() -> Non
     idle = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(100)]
     try:
         # Past the bound, connections are closed at once, with no thread.
-        wait_for(lambda: sum(_closed_by_server(s) for s in idle) >= 90, timeout=10, what="refusals")
+        wait_for(lambda: sum(closed_by_server(s) for s in idle) >= 90, timeout=10, what="refusals")
         assert threading.active_count() <= before + 4
         # The ones being served are dropped after the read timeout; then probes get through.
-        wait_for(lambda: all(_closed_by_server(s) for s in idle), timeout=10, what="idle ones dropped")
+        wait_for(lambda: all(closed_by_server(s) for s in idle), timeout=10, what="idle ones dropped")
         url = f"http://127.0.0.1:{server.port}/healthz"
         with urllib.request.urlopen(url, timeout=scaled(5)) as reply:
             assert json.loads(reply.read()) == {"status": "ok", "check": "live"}

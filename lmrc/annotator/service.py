@@ -30,6 +30,7 @@ from lmrc.runtime import (
     ServiceSettings,
     UnprocessableMessageError,
 )
+from lmrc.runtime.settings import load_settings
 from lmrc.topology import TOPICS
 
 log = logging.getLogger(__name__)
@@ -138,6 +139,6 @@ def build_runtime(settings: AnnotatorSettings) -> ServiceRuntime:
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    runtime = build_runtime(AnnotatorSettings())
+    runtime = build_runtime(load_settings(AnnotatorSettings))
     runtime.install_signal_handlers()
     runtime.run()

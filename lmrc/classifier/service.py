@@ -53,6 +53,7 @@ from lmrc.classifier.tgi_client import (
     TgiError,
     TgiMisconfiguredError,
     redact_url,
+    split_credentials,
 )
 from lmrc.contracts import (
     CandidatePair,
@@ -75,7 +76,7 @@ from lmrc.runtime import (
     ServiceSettings,
     UnprocessableMessageError,
 )
-from lmrc.runtime.settings import SECRETS_DIR
+from lmrc.runtime.settings import SECRETS_DIR, load_settings
 from lmrc.topology import TOPICS
 
 log = logging.getLogger(__name__)
@@ -128,6 +129,17 @@ class ClassifierSettings(ServiceSettings):
         le=len(OPTION_LETTERS),
         description="Shortlist entries shown per pair (None: as many as the adapter was trained with).",
     )
+
+    @model_validator(mode="after")
+    def _one_credential(self) -> ClassifierSettings:
+        """A password in the URL goes as Basic auth, the token as Bearer: both are the one
+        Authorization header, so one would silently never reach TGI."""
+        if self.tgi_api_token is not None and split_credentials(self.tgi_url)[1] is not None:
+            raise ValueError(
+                "tgi_url carries credentials and tgi_api_token is set: both would be the one "
+                "Authorization header; give one of them"
+            )
+        return self
 
     @model_validator(mode="after")
     def _pair_fits_a_batch(self) -> ClassifierSettings:
@@ -436,6 +448,6 @@ def build_runtime(settings: ClassifierSettings) -> ServiceRuntime:
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    runtime = build_runtime(ClassifierSettings())
+    runtime = build_runtime(load_settings(ClassifierSettings))
     runtime.install_signal_handlers()
     runtime.run()

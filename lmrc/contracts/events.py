@@ -331,13 +331,22 @@ class RelationSetEvent(_Event):
         return self
 
 
+#: A dead letter keeps at most this much of its message's key (bytes); a longer key is cut, and the
+#: letter names the whole key by its SHA-256, so that no key can make a letter the broker refuses.
+MAX_ORIGIN_KEY_BYTES = 1024
+
+
 class MessageOrigin(_Event):
     """Kafka coordinates of a consumed message, so a dead letter can be traced and replayed."""
 
     topic: str
     partition: int = Field(ge=0)
     offset: int = Field(ge=0)
-    key: str | None = None
+    key: str | None = Field(default=None, description="The key, cut to its first 1,024 bytes.")
+    key_truncated: bool = Field(default=False, description="True when ``key`` is only a prefix.")
+    key_sha256: str | None = Field(
+        default=None, description="SHA-256 of the whole key (hex), given when ``key`` is cut."
+    )
     timestamp_ms: int | None = None
 
 

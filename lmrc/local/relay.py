@@ -11,6 +11,7 @@ from pydantic_settings import SettingsConfigDict
 
 from lmrc.contracts import EVENT_MODELS
 from lmrc.runtime import BatchResult, Consumed, Handler, Output, ServiceRuntime, ServiceSettings
+from lmrc.runtime.settings import load_settings
 from lmrc.topology import TOPICS, dead_letter_topic
 
 EventType = Literal["document_event", "candidate_pair_event", "relation_event", "dead_letter_event"]
@@ -50,7 +51,7 @@ def build_runtime(settings: RelaySettings) -> ServiceRuntime:
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    runtime = build_runtime(RelaySettings())
+    runtime = build_runtime(load_settings(RelaySettings))
     runtime.install_signal_handlers()
     runtime.run()
 

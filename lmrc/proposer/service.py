@@ -50,6 +50,7 @@ from lmrc.runtime import (
     ServiceSettings,
     UnprocessableMessageError,
 )
+from lmrc.runtime.settings import load_settings
 from lmrc.topology import TOPICS
 
 log = logging.getLogger(__name__)
@@ -322,6 +323,6 @@ def build_runtime(settings: ProposerSettings) -> ServiceRuntime:
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    runtime = build_runtime(ProposerSettings())
+    runtime = build_runtime(load_settings(ProposerSettings))
     runtime.install_signal_handlers()
     runtime.run()

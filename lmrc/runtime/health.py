@@ -8,6 +8,7 @@ threads; connections beyond the bound are closed at once.
 from __future__ import annotations
 
 import json
+import sys
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -22,8 +23,10 @@ MAX_CONNECTIONS = 16
 READ_TIMEOUT_SECONDS = 5.0
 
 
-class _BoundedServer(ThreadingHTTPServer):
-    """A thread per connection, but never more than ``max_connections`` threads."""
+class BoundedThreadingHTTPServer(ThreadingHTTPServer):
+    """A thread per connection, but never more than ``max_connections`` threads; a client that
+    goes away mid-answer is no error worth a traceback. Handlers bound idle connections with their
+    ``timeout`` (seconds without a byte from the client)."""
 
     daemon_threads = True
 
@@ -46,6 +49,11 @@ class _BoundedServer(ThreadingHTTPServer):
             super().process_request_thread(request, client_address)
         finally:
             self._slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], ConnectionError | TimeoutError):
+            return  # the client left or went quiet: nothing to report
+        super().handle_error(request, client_address)
 
 
 class HealthServer:
@@ -86,7 +94,7 @@ class HealthServer:
             def log_message(self, format: str, *args: Any) -> None:
                 """Probes every few seconds would drown the service's own log."""
 
-        self._server = _BoundedServer((host, port), _Handler, max_connections)
+        self._server = BoundedThreadingHTTPServer((host, port), _Handler, max_connections)
         self._thread = threading.Thread(target=self._server.serve_forever, name="health", daemon=True)
 
     @property

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Literal
+import sys
+from typing import Any, Literal, TypeVar
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 #: A directory of secret files, one per setting, named as its environment variable
@@ -17,7 +18,9 @@ SECRETS_DIR: str | None = os.environ.get("LMRC_SECRETS_DIR") or None
 class KafkaSettings(BaseSettings):
     """How every service reaches Kafka; shared by all services (``KAFKA_*`` variables)."""
 
-    model_config = SettingsConfigDict(env_prefix="KAFKA_", extra="ignore", secrets_dir=SECRETS_DIR)
+    model_config = SettingsConfigDict(
+        env_prefix="KAFKA_", extra="ignore", secrets_dir=SECRETS_DIR, hide_input_in_errors=True
+    )
 
     bootstrap_servers: str = "127.0.0.1:9092"
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
@@ -55,7 +58,9 @@ BUSY_POLL_SECONDS = 1.0
 class ServiceSettings(BaseSettings):
     """What the shared runtime needs; each service subclasses it with its own ``env_prefix``."""
 
-    model_config = SettingsConfigDict(env_prefix="LMRC_", extra="ignore")
+    # hide_input_in_errors: a validation error must not print what was given (a password in a URL,
+    # a token): every service's settings inherit it.
+    model_config = SettingsConfigDict(env_prefix="LMRC_", extra="ignore", hide_input_in_errors=True)
 
     service_name: str = "service"
     group_id: str = "lmrc-service"
@@ -110,3 +115,24 @@ class ServiceSettings(BaseSettings):
         if self.max_poll_interval_ms < 4 * BUSY_POLL_SECONDS * 1000:
             raise ValueError(f"max_poll_interval_ms must be at least {int(4 * BUSY_POLL_SECONDS * 1000)}")
         return self
+
+
+SettingsT = TypeVar("SettingsT", bound=BaseSettings)
+
+
+def load_settings(settings_class: type[SettingsT]) -> SettingsT:
+    """A service's settings from its environment, or exit with one line per problem (status 2):
+    where (the variable's field) and what, never the value given, which may be a secret."""
+    try:
+        return settings_class()
+    except ValidationError as error:
+        # The Kafka settings are built by their own class (a default factory): their prefix then.
+        failing = KafkaSettings if error.title == KafkaSettings.__name__ else settings_class
+        prefix = str(failing.model_config.get("env_prefix", "")).upper()
+        problems = "; ".join(
+            f"{prefix}{'_'.join(str(part) for part in problem['loc']).upper() or '(settings)'}: "
+            f"{problem['msg']}"
+            for problem in error.errors(include_url=False, include_input=False, include_context=False)
+        )
+        print(f"error: invalid configuration: {problems}", file=sys.stderr)
+        raise SystemExit(2) from None

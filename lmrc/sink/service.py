@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from lmrc.contracts import RelationSetEvent
 from lmrc.runtime import BatchResult, Consumed, Handler, RetryableError, ServiceRuntime
+from lmrc.runtime.settings import load_settings
 from lmrc.sink import metrics
 from lmrc.sink.graph import GraphStore, StoreUnavailableError
 from lmrc.sink.settings import SinkSettings, open_store
@@ -63,6 +64,6 @@ def build_runtime(settings: SinkSettings, store: GraphStore | None = None) -> Se
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    runtime = build_runtime(SinkSettings())
+    runtime = build_runtime(load_settings(SinkSettings))
     runtime.install_signal_handlers()
     runtime.run()

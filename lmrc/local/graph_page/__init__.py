@@ -12,15 +12,19 @@ import json
 import threading
 from dataclasses import asdict
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from importlib import resources
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
+from lmrc.runtime.health import READ_TIMEOUT_SECONDS, BoundedThreadingHTTPServer
 from lmrc.sink.graph import GraphStore, StoredRelation, normalise_name
 
 #: At most this many search results or relations in one answer (the page says when it cuts).
 MAX_ITEMS = 500
+#: Connections served at once (a thread each): a browser opens about six; idle ones close after
+#: READ_TIMEOUT_SECONDS, and connections beyond the bound are closed at once.
+MAX_CONNECTIONS = 32
 
 
 class GraphReader:
@@ -83,6 +87,7 @@ def page() -> bytes:
 def make_handler(reader: GraphReader) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = "lmrc-graph"
+        timeout = READ_TIMEOUT_SECONDS  # an idle connection is dropped, its thread freed
 
         def log_message(self, format: str, *args: Any) -> None:
             """Quiet: a page load is a dozen requests."""
@@ -121,8 +126,8 @@ def make_handler(reader: GraphReader) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-def serve(store: GraphStore, host: str = "127.0.0.1", port: int = 8050) -> ThreadingHTTPServer:
+def serve(
+    store: GraphStore, host: str = "127.0.0.1", port: int = 8050, max_connections: int = MAX_CONNECTIONS
+) -> BoundedThreadingHTTPServer:
     """The page's server, bound and ready; ``serve_forever`` runs it."""
-    server = ThreadingHTTPServer((host, port), make_handler(GraphReader(store)))
-    server.daemon_threads = True
-    return server
+    return BoundedThreadingHTTPServer((host, port), make_handler(GraphReader(store)), max_connections)
