@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
+import sys
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+import redis
 
 from lmrc import docred
 from lmrc.cli import format_relations
@@ -16,6 +21,7 @@ from lmrc.cli import main as lmrc_main
 from lmrc.contracts import Relation, RelationSetEvent
 from lmrc.local.broker import LocalBroker
 from lmrc.local.graph_server import LocalFalkorDB
+from lmrc.local.processes import free_port
 from lmrc.sink.falkordb_store import FalkorDBGraphStore
 from lmrc.sink.graph import GraphStore
 from lmrc.sink.ladybug_store import LadybugGraphStore
@@ -24,10 +30,13 @@ from lmrc.sink.settings import SinkSettings
 from tests.helpers import (
     committed_offsets,
     gold_relation_events,
+    http_get,
     metric_value,
     produce,
+    read_topic,
     relation_sets,
     running,
+    scaled,
     service_test_fields,
     wait_committed,
     wait_for,
@@ -204,3 +213,102 @@ def test_control_characters_in_names_are_escaped_on_the_terminal_and_in_graphml(
     # `lmrc tail`: the contract refuses such a name now, so the event shows as escaped JSON.
     tailed = format_relations(relation_sets([hostile])[0].model_dump(mode="json"))
     assert "Red\\u001b[31m Star\\u0001\\u202e" in tailed and "\x1b" not in tailed
+
+
+@pytest.mark.parametrize("fault", ["down", "wrong password"])
+def test_the_sink_starts_while_falkordb_is_down_or_refuses_its_password_and_catches_up(
+    broker: LocalBroker,
+    unique: str,
+    events: list[Relation],
+    sets: list[RelationSetEvent],
+    tmp_path: Path,
+    fault: str,
+) -> None:
+    """The store's client connected in its constructor: the sink exited 1 with a redis
+    ConnectionError / AuthenticationError. Now it starts, pauses (nothing committed) and writes
+    everything once the store is up or the password is right."""
+    server = LocalFalkorDB(data_dir=tmp_path / "falkordb")
+    settings = sink_settings(
+        broker, unique, store_backend="falkordb", falkordb_port=server.port, falkordb_password="s3cret"
+    )
+    admin = None
+    if fault == "wrong password":
+        server.start()
+        admin = redis.Redis(port=server.port)
+        admin.config_set("requirepass", "another")
+    runtime = build_runtime(settings)  # the sink opens (and owns) its store, as in production
+    bootstrap = broker.bootstrap_servers
+    try:
+        with running(runtime):
+            produce(bootstrap, settings.input_topic, encoded(sets))
+            wait_for_rewinds(runtime.http_port, settings.service_name, "StoreUnavailableError", 2)
+            assert committed_offsets(bootstrap, settings.group_id, settings.input_topic, 1) == {}
+            if admin is None:
+                server.start()
+                admin = redis.Redis(port=server.port)
+            admin.config_set("requirepass", "s3cret")
+            wait_committed(bootstrap, settings.group_id, settings.input_topic, {0: len(sets)}, timeout=60)
+        store = FalkorDBGraphStore(port=server.port, password="s3cret")
+        assert store.counts().relations == len(events)
+        store.close()
+    finally:
+        server.stop()
+
+
+def test_a_full_disk_pauses_the_embedded_sink_and_dead_letters_nothing(
+    broker: LocalBroker, unique: str, events: list[Relation], sets: list[RelationSetEvent], tmp_path: Path
+) -> None:
+    """LadybugDB on a full disk ("IO exception: Cannot write to file ...wal") dead-lettered good
+    documents and committed them. The sink runs as its own process; its file size limit
+    (RLIMIT_FSIZE, which fails writes as a full disk does) is lowered, then lifted."""
+    port = free_port()
+    path = tmp_path / "graph.lbug"
+    environment = {
+        **os.environ,
+        "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
+        "SINK_INPUT_TOPIC": f"{unique}.relations",
+        "SINK_DEAD_LETTER_TOPIC": f"{unique}.dlq",
+        "SINK_GROUP_ID": f"group-{unique}",
+        "SINK_CREATE_TOPICS": "true",
+        "SINK_TOPIC_PARTITIONS": "1",
+        "SINK_HTTP_PORT": str(port),
+        "SINK_LADYBUG_PATH": str(path),
+        "SINK_SESSION_TIMEOUT_MS": "2000",
+        "SINK_MAX_BATCH_WAIT_SECONDS": "0.1",
+        "SINK_RETRY_BACKOFF_INITIAL_SECONDS": "0.1",
+        "SINK_RETRY_BACKOFF_MAX_SECONDS": "0.5",
+    }
+    bootstrap, topic, group = broker.bootstrap_servers, f"{unique}.relations", f"group-{unique}"
+    sink = subprocess.Popen(
+        [str(Path(sys.executable).parent / "lmrc-sink")],
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        wait_for(lambda: http_get(port, "/readyz")[0] == 200 if _listening(port) else False, timeout=60)
+        produce(bootstrap, topic, encoded(sets[:1]))
+        wait_committed(bootstrap, group, topic, {0: 1})
+        subprocess.run(["prlimit", f"--pid={sink.pid}", "--fsize=1:unlimited"], check=True)
+        produce(bootstrap, topic, encoded(sets[1:]))
+        wait_for_rewinds(port, "sink", "StoreUnavailableError", 2, what="rewinds on the full disk")
+        assert committed_offsets(bootstrap, group, topic, 1) == {0: 1}
+        subprocess.run(["prlimit", f"--pid={sink.pid}", "--fsize=unlimited:unlimited"], check=True)
+        wait_committed(bootstrap, group, topic, {0: len(sets)}, timeout=60)
+    finally:
+        sink.terminate()
+        output, _ = sink.communicate(timeout=scaled(30))
+    assert sink.returncode == 0, output
+    assert read_topic(bootstrap, [f"{unique}.dlq"], expect=0, settle=0.5) == []
+    store = LadybugGraphStore(path, read_only=True)
+    assert store.counts().relations == len(events)
+    store.close()
+
+
+def _listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=scaled(1)).close()
+        return True
+    except OSError:
+        return False

@@ -39,7 +39,7 @@ class FalkorDBGraphStore(CypherGraphStore):
         ssl: bool = False,
         timeout_seconds: float = 10.0,
     ) -> None:
-        self._db = FalkorDB(
+        self._connect = lambda: FalkorDB(
             host=host,
             port=port,
             password=password,
@@ -48,22 +48,35 @@ class FalkorDBGraphStore(CypherGraphStore):
             socket_timeout=timeout_seconds,
             socket_connect_timeout=timeout_seconds,
         )
-        self._graph = self._db.select_graph(graph)
+        self._graph_name = graph
+        self._client: FalkorDB | None = None
         self._schema_ready = False
+
+    @property
+    def _db(self) -> FalkorDB:
+        """The client, connected on first use: the client's constructor talks to the server (it
+        asks whether it is a sentinel), and a store that is down or refuses our password must not
+        stop the sink from starting; the first write then pauses and retries like any outage."""
+        if self._client is None:
+            self._client = self._connect()
+        return self._client
 
     def _ensure_schema(self) -> None:
         """Index the entity key once; done lazily so a store that is down does not stop start-up."""
         if self._schema_ready:
             return
         try:
-            self._graph.query("CREATE INDEX FOR (e:Entity) ON (e.id)")
+            self._graph().query("CREATE INDEX FOR (e:Entity) ON (e.id)")
         except redis_errors.ResponseError as error:
             if "already indexed" not in str(error):
                 raise
         self._schema_ready = True
 
+    def _graph(self) -> Any:
+        return self._db.select_graph(self._graph_name)
+
     def _read(self, query: str, params: dict[str, Any]) -> list[list[Any]]:
-        return self._run(lambda: self._graph.ro_query(query, params).result_set)
+        return self._run(lambda: self._graph().ro_query(query, params).result_set)
 
     def _write_batch(self, statements: list[tuple[str, dict[str, Any]]]) -> None:
         """FalkorDB has no multi-statement transactions but runs each query atomically: chain the
@@ -73,7 +86,7 @@ class FalkorDBGraphStore(CypherGraphStore):
             for i, (statement, _params) in enumerate(statements)
         )
         params = {key: value for _statement, p in statements for key, value in p.items()}
-        self._run(lambda: self._graph.query(query, params))
+        self._run(lambda: self._graph().query(query, params))
 
     def _run(self, operation: Callable[[], Any]) -> Any:
         """Creating the index also creates the graph, so reads of a new graph see an empty one."""
@@ -91,4 +104,6 @@ class FalkorDBGraphStore(CypherGraphStore):
             raise
 
     def close(self) -> None:
-        self._db.connection.close()
+        if self._client is not None:
+            self._client.connection.close()
+            self._client = None

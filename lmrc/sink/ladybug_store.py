@@ -8,7 +8,27 @@ from typing import Any
 
 import ladybug
 
-from lmrc.sink.graph import CypherGraphStore
+from lmrc.sink.graph import CypherGraphStore, StoreUnavailableError
+
+#: LadybugDB's error categories that are about the database, not the statement: a full or failing
+#: disk, the buffer pool out of memory, a transaction the engine could not keep. The input is not
+#: at fault: the sink pauses and retries instead of dead-lettering good documents.
+_SICK_PREFIXES = (
+    "IO exception",
+    "Buffer manager exception",
+    "Transaction manager exception",
+    "Checkpoint exception",
+    "Storage exception",
+)
+
+
+def _store_error(error: RuntimeError) -> Exception:
+    """StoreUnavailableError for the database's own trouble, the error itself otherwise."""
+    message = str(error)
+    if message.lstrip().startswith(_SICK_PREFIXES) or "out of memory" in message.lower():
+        return StoreUnavailableError(f"LadybugDB cannot take the write: {message[:500]}")
+    return error
+
 
 SCHEMA = (
     "CREATE NODE TABLE IF NOT EXISTS Entity("
@@ -41,22 +61,28 @@ class LadybugGraphStore(CypherGraphStore):
                 self._connection.execute(statement)
 
     def _read(self, query: str, params: dict[str, Any]) -> list[list[Any]]:
-        result = self._connection.execute(query, params)
-        rows = []
-        while result.has_next():
-            rows.append(result.get_next())
+        try:
+            result = self._connection.execute(query, params)
+            rows = []
+            while result.has_next():
+                rows.append(result.get_next())
+        except RuntimeError as error:
+            raise _store_error(error) from error
         return rows
 
     def _write_batch(self, statements: list[tuple[str, dict[str, Any]]]) -> None:
-        self._connection.execute("BEGIN TRANSACTION")
         try:
-            for query, params in statements:
-                self._connection.execute(query, params)
-        except BaseException:
-            with contextlib.suppress(RuntimeError):  # a failed statement already rolled back
-                self._connection.execute("ROLLBACK")
-            raise
-        self._connection.execute("COMMIT")
+            self._connection.execute("BEGIN TRANSACTION")
+            try:
+                for query, params in statements:
+                    self._connection.execute(query, params)
+                self._connection.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(RuntimeError):  # a failed statement already rolled back
+                    self._connection.execute("ROLLBACK")
+                raise
+        except RuntimeError as error:
+            raise _store_error(error) from error
 
     def close(self) -> None:
         self._connection.close()
