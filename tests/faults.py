@@ -7,6 +7,7 @@ server throughout; only the failures are scripted.
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from collections import deque
@@ -23,7 +24,8 @@ class FaultyProxy:
         self.upstream = upstream.rstrip("/")
         # "503", "429", "slow:<seconds>", "garbage" (a 200 with an answer no grammar allows),
         # "401", "403", "404" (a misconfigured deployment), "424" (TGI's generation error),
-        # "html" (a 200 from something that is not TGI, say a login page)
+        # "html" (a 200 from something that is not TGI, say a login page), "500-text" (a 500 whose
+        # body is not JSON, as from a crashed proxy), "drop" (the connection closed, no answer)
         self.faults: deque[str] = deque()
         self.always: str | None = None
         self.generate_requests = 0
@@ -54,6 +56,13 @@ class FaultyProxy:
                     if fault == "424":
                         payload = {"error": "Request failed during generation", "error_type": "generation"}
                         self._reply(424, json.dumps(payload).encode(), {})
+                        return
+                    if fault == "500-text":
+                        self._reply(500, b"Internal Server Error", {})
+                        return
+                    if fault == "drop":
+                        self.close_connection = True
+                        self.connection.shutdown(socket.SHUT_RDWR)
                         return
                     if fault == "html":
                         self._reply(200, b"<html><body>Please log in</body></html>", {})

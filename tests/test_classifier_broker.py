@@ -15,7 +15,15 @@ from lmrc.classifier.artifact import DEFAULT_ADAPTER_DIR, load_config
 from lmrc.classifier.prompt import docred_labels
 from lmrc.classifier.service import ClassifierHandler, ClassifierSettings, build_runtime
 from lmrc.classifier.tgi_client import RetryPolicy, TgiClient, TgiUnavailableError
-from lmrc.contracts import CandidatePair, CandidateSetEvent, RelationSetEvent, ScoredRelation, event_id
+from lmrc.contracts import (
+    CandidatePair,
+    CandidateSetEvent,
+    DeadLetterEvent,
+    DocumentEvent,
+    RelationSetEvent,
+    ScoredRelation,
+    event_id,
+)
 from lmrc.contracts.tgi import GenerateRequest
 from lmrc.local.broker import LocalBroker
 from lmrc.local.llm.local_server import LocalTgiServer
@@ -164,23 +172,102 @@ def test_a_candidate_set_becomes_one_relation_set(
     assert committed_offsets(broker.bootstrap_servers, settings.group_id, settings.input_topic, 1) == {0: 1}
 
 
-@pytest.mark.parametrize("fault", ["503", "slow:3"], ids=["503", "timeout"])
-def test_a_pair_tgi_keeps_failing_alone_is_retried_then_named_in_its_documents_set(
+@pytest.mark.parametrize("fault", ["503", "500-text", "424", "drop", "slow:3"])
+def test_a_pair_tgi_keeps_failing_alone_pauses_the_document_and_loses_no_relation(
     broker: LocalBroker, unique: str, proxy: FaultyProxy, candidates: CandidateSetEvent, fault: str
 ) -> None:
+    """A one-pair document met by 503, a non-JSON 500, 424, a dropped connection or a timeout was
+    committed with its pair in ``failed_pairs`` and no relation: lost for good. Now the batch is
+    rewound (nothing committed) until the server answers; then the pair is classified."""
     proxy.always = fault
     settings = classifier_settings(broker, unique, proxy.url, tgi_timeout_seconds=1.0)
     runtime = build_runtime(settings)
     with running(runtime):
         produce(broker.bootstrap_servers, settings.input_topic, encoded(first_pairs(candidates, 1)))
+        wait_for_rewinds(runtime.http_port, settings.service_name, "CircuitOpenError", 1, timeout=120)
+        assert committed_offsets(broker.bootstrap_servers, settings.group_id, settings.input_topic, 1) == {}
+        assert proxy.generate_requests >= settings.tgi_max_attempts
+        proxy.always = None  # the server recovers
         wait_committed(broker.bootstrap_servers, settings.group_id, settings.input_topic, {0: 1}, timeout=180)
-    assert proxy.generate_requests == settings.tgi_max_attempts
-    record = relation_set(broker, settings)  # the document is complete, its failure in it
-    (failed,) = record.failed_pairs
-    assert failed.error_class == ("TgiUnavailable" if fault == "503" else "TgiTimeout")
-    assert (failed.head, failed.tail) == (candidates.pairs[0].head, candidates.pairs[0].tail)
-    assert record.relations == [] and record.candidate_pairs == 1
+        assert pairs_done(runtime.http_port, settings.service_name) == 1
+    record = relation_set(broker, settings)
+    assert record.failed_pairs == [] and record.candidate_pairs == 1
     assert read_topic(broker.bootstrap_servers, [settings.dead_letter_topic], expect=0, settle=0.5) == []
+
+
+def _lengthened(
+    candidates: CandidateSetEvent, extra_sentences: list[list[str]], first: int = 0
+) -> CandidateSetEvent:
+    """The document with ``extra_sentences`` inserted at sentence ``first`` (mentions shifted)."""
+    document = candidates.document
+    shift = len(extra_sentences)
+    entities = [
+        entity.model_copy(
+            update={
+                "mentions": [
+                    m.model_copy(update={"sent_id": m.sent_id + shift}) if m.sent_id >= first else m
+                    for m in entity.mentions
+                ]
+            }
+        )
+        for entity in document.entities
+    ]
+    sentences = [*document.sentences[:first], *extra_sentences, *document.sentences[first:]]
+    longer = DocumentEvent.model_validate(
+        {**document.model_dump(), "sentences": sentences, "entities": [e.model_dump() for e in entities]}
+    )
+    pairs = [
+        p.model_copy(update={"evidence": [i + shift if i >= first else i for i in p.evidence]})
+        for p in candidates.pairs
+    ]
+    return candidates.model_copy(update={"document": longer, "pairs": pairs})
+
+
+def test_a_document_longer_than_the_server_takes_is_asked_in_each_pairs_window(
+    broker: LocalBroker, unique: str, proxy: FaultyProxy, candidates: CandidateSetEvent
+) -> None:
+    """The proposer admits documents the model server refuses (422 above its input tokens) for
+    every pair: the document was committed with zero relations. Now each pair is asked again with
+    the document narrowed to its own sentences, and answered."""
+    filler = [s for raw in docred.load_split("holdout")[10:40] for s in raw["sents"]]
+    long_set = _lengthened(first_pairs(candidates, 2), filler)
+    assert len(" ".join(" ".join(s) for s in long_set.document.sentences)) > 4 * 4096  # over the limit
+    settings = classifier_settings(broker, unique, proxy.url)
+    runtime = build_runtime(settings)
+    with running(runtime):
+        produce(broker.bootstrap_servers, settings.input_topic, encoded(long_set))
+        wait_committed(broker.bootstrap_servers, settings.group_id, settings.input_topic, {0: 1}, timeout=240)
+        windowed = metric_value(
+            runtime.http_port, "lmrc_classifier_windowed_pairs_total", service=settings.service_name
+        )
+    record = relation_set(broker, settings)
+    assert windowed == 2 and record.failed_pairs == [] and record.candidate_pairs == 2
+    assert "country" in {relation.relation_name for relation in record.relations}
+
+
+def test_a_document_no_pair_of_which_fits_the_server_is_dead_lettered_with_the_reason(
+    broker: LocalBroker, unique: str, proxy: FaultyProxy, candidates: CandidateSetEvent
+) -> None:
+    """Even a pair's own sentences over the server's input limit: a dead letter that says so, not
+    a relation set with zero relations."""
+    one = first_pairs(candidates, 1)
+    head_sentence = one.document.entities[one.pairs[0].head].mentions[0].sent_id
+    sentences = [list(s) for s in one.document.sentences]
+    sentences[head_sentence] = sentences[head_sentence] + ["word"] * 6000
+    giant = one.model_copy(
+        update={
+            "document": DocumentEvent.model_validate({**one.document.model_dump(), "sentences": sentences})
+        }
+    )
+    settings = classifier_settings(broker, unique, proxy.url)
+    runtime = build_runtime(settings)
+    with running(runtime):
+        produce(broker.bootstrap_servers, settings.input_topic, encoded(giant))
+        wait_committed(broker.bootstrap_servers, settings.group_id, settings.input_topic, {0: 1}, timeout=240)
+    (record,) = read_topic(broker.bootstrap_servers, [settings.dead_letter_topic], expect=1)
+    letter = DeadLetterEvent.model_validate_json(record.value or b"")
+    assert letter.error_class == "AllPairsRejected" and "max-input-tokens" in letter.error_message
+    assert read_topic(broker.bootstrap_servers, [settings.output_topic], expect=0, settle=0.5) == []
 
 
 def test_an_answer_outside_the_label_set_fails_that_pair_only(

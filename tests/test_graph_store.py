@@ -7,9 +7,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from lmrc import docred
 from lmrc.contracts import EntityRef, Relation, event_id
+from lmrc.contracts.events import MAX_INDEX
 from lmrc.local.graph_server import LocalFalkorDB
 from lmrc.sink.falkordb_store import FalkorDBGraphStore
 from lmrc.sink.graph import (
@@ -206,3 +208,33 @@ def test_falkordb_out_of_memory_or_read_only_pauses_the_sink_instead_of_blaming_
             assert store.upsert([relation("Alan Turing", "London", "d2", T0)]) == 1
         finally:
             store.close()
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("evidence_text", ["a NUL \x00 in the evidence"]),
+        ("models", {"proposer": "rcp\x00v1"}),
+        ("event_id", "id\x00"),
+        ("evidence", [2**63]),
+        ("evidence", [2**64]),
+        ("evidence", [-1]),
+    ],
+)
+def test_the_contract_refuses_what_one_store_would_keep_and_the_other_refuse(
+    field: str, value: object
+) -> None:
+    """A NUL in evidence text or a model version was kept by LadybugDB and dead-lettered by
+    FalkorDB (a Cypher parse error); evidence ids of 2**63 and 2**64 were stored as 2**63-1 by
+    FalkorDB and refused by LadybugDB; negative ones were kept by both. The contract decides."""
+    good = relation("Ada Lovelace", "London", "d1", T0).model_dump()
+    with pytest.raises(ValidationError):
+        Relation.model_validate({**good, field: value})
+
+
+def test_the_largest_evidence_id_the_contract_admits_is_stored_exactly(store: GraphStore) -> None:
+    """What passes the contract, both stores keep as it is."""
+    admitted = relation("Ada Lovelace", "London", "d1", T0, evidence=[0, MAX_INDEX])
+    assert store.upsert([admitted]) == 1
+    (stored,) = store.relations(doc_id="d1")
+    assert stored.evidence == (0, MAX_INDEX)

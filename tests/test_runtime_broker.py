@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 from confluent_kafka import Producer
@@ -195,6 +196,34 @@ def test_a_huge_key_is_cut_in_its_dead_letter_and_cannot_stall_the_partition(
         assert letter.origin.key_truncated and letter.origin.key_sha256 == hashlib.sha256(key).hexdigest()
         assert letter.origin.key == key[:1024].decode() and record.key == letter.origin.key
         assert len(record.value or b"") <= settings.max_message_bytes
+
+
+def test_a_broker_that_lost_its_state_is_caught_up_with_by_a_fresh_producer(
+    unique: str, documents: list[DocumentEvent], tmp_path: Path
+) -> None:
+    """The memory-backed broker restarted and its topics re-created: the idempotent producer's id
+    was unknown to the new broker, every delivery timed out, and the service retried with the
+    same producer for good, never passing the new documents on, while /readyz said 200. Now a
+    failed delivery replaces the producer, and the document goes through."""
+    with LocalBroker(log_path=tmp_path / "broker.log") as own_broker:
+        bootstrap = own_broker.bootstrap_servers
+        settings = relay_settings(own_broker, unique, topic_partitions=1, delivery_timeout_seconds=3.0)
+        topics = [settings.input_topic, settings.output_topic, settings.dead_letter_topic]
+        runtime = build_runtime(settings)
+        with running(runtime):
+            produce(bootstrap, settings.input_topic, encoded(documents[:1]))
+            assert len(read_topic(bootstrap, [settings.output_topic], expect=1)) == 1
+            own_broker.kill()
+            own_broker.start()  # empty: the topics, offsets and producer ids are gone
+            ensure_topics({"bootstrap.servers": bootstrap}, topics, 1)
+            produce(bootstrap, settings.input_topic, encoded(documents[1:2]))
+            (record,) = read_topic(bootstrap, [settings.output_topic], expect=1, timeout=60)
+            ready, body = http_get(runtime.http_port, "/readyz")
+            resets = metric_value(
+                runtime.http_port, "lmrc_producer_resets_total", service=settings.service_name
+            )
+    assert record.key == documents[1].doc_id and resets >= 1
+    assert ready == 200 and json.loads(body)["group_joined"] is True
 
 
 class _FlakyHandler(Handler[DocumentEvent]):

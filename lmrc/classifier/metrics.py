@@ -35,6 +35,11 @@ PAIRS = Counter(
     "Candidate pairs classified, by outcome (related, unrelated, failed).",
     ["service", "outcome"],
 )
+WINDOWED_PAIRS = Counter(
+    "lmrc_classifier_windowed_pairs_total",
+    "Pairs asked again with the document narrowed to their own sentences (TGI refused the whole).",
+    ["service"],
+)
 RELATIONS = Counter("lmrc_classifier_relations_total", "Relations emitted.", ["service"])
 DUPLICATES = Counter(
     "lmrc_classifier_duplicate_documents_total",
@@ -68,6 +73,7 @@ def initialize_pairs(service: str) -> None:
     """The handler's series at 0 from the start."""
     for outcome in ("related", "unrelated", "failed"):
         PAIRS.labels(service, outcome)
+    WINDOWED_PAIRS.labels(service)
     RELATIONS.labels(service)
     DOCUMENTS.labels(service)
     RELATIONS_PER_PAIR.labels(service)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -56,8 +56,13 @@ class UnparseableAnswerError(ValueError):
     """The model's answer is not a list of option letters nor ``none``."""
 
 
-def mark_document(document: DocumentEvent) -> str:
-    """The title and text, every mention wrapped as ``[E<id> tokens]``; tokens joined by spaces."""
+#: Stands for the sentences a windowed prompt leaves out.
+GAP = "[...]"
+
+
+def mark_document(document: DocumentEvent, sentence_ids: Collection[int] | None = None) -> str:
+    """The title and text, every mention wrapped as ``[E<id> tokens]``; tokens joined by spaces.
+    With ``sentence_ids``, only those sentences, each run of left-out ones shown as ``[...]``."""
     opening: dict[tuple[int, int], list[int]] = {}
     closing: dict[tuple[int, int], int] = {}
     for entity_id, entity in enumerate(document.entities):
@@ -66,8 +71,12 @@ def mark_document(document: DocumentEvent) -> str:
             closing[(mention.sent_id, mention.end - 1)] = (
                 closing.get((mention.sent_id, mention.end - 1), 0) + 1
             )
-    sentences = []
+    sentences: list[str] = []
     for sent_id, sentence in enumerate(document.sentences):
+        if sentence_ids is not None and sent_id not in sentence_ids:
+            if not sentences or sentences[-1] != GAP:
+                sentences.append(GAP)
+            continue
         words = []
         for position, token in enumerate(sentence):
             prefix = "".join(f"[E{entity_id} " for entity_id in opening.get((sent_id, position), []))
@@ -93,9 +102,17 @@ class Option:
     probability: float
 
 
-def document_prefix(document: DocumentEvent) -> str:
-    """Everything before the pair: identical for all pairs of ``document``."""
-    return f"### Instruction\n{INSTRUCTION}\n\n### Document\n{mark_document(document)}\n\n"
+def document_prefix(document: DocumentEvent, sentence_ids: Collection[int] | None = None) -> str:
+    """Everything before the pair: identical for all pairs of ``document`` (unless windowed)."""
+    return f"### Instruction\n{INSTRUCTION}\n\n### Document\n{mark_document(document, sentence_ids)}\n\n"
+
+
+def pair_window(document: DocumentEvent, head: int, tail: int, evidence: Collection[int] = ()) -> set[int]:
+    """The sentences a pair's relations can rest on: those that mention its head or tail, and its
+    evidence. The prompt falls back to them when the whole document is longer than the model
+    server takes."""
+    mentioned = {m.sent_id for index in (head, tail) for m in document.entities[index].mentions}
+    return mentioned | {sent_id for sent_id in evidence if sent_id < len(document.sentences)}
 
 
 def pair_suffix(
@@ -115,9 +132,15 @@ def pair_suffix(
 
 
 def build_prompt(
-    document: DocumentEvent, head: int, tail: int, options: Sequence[Option], labels: LabelSet
+    document: DocumentEvent,
+    head: int,
+    tail: int,
+    options: Sequence[Option],
+    labels: LabelSet,
+    sentence_ids: Collection[int] | None = None,
 ) -> str:
-    return document_prefix(document) + pair_suffix(document, head, tail, options, labels)
+    """The whole prompt; ``sentence_ids`` narrows the document to those sentences."""
+    return document_prefix(document, sentence_ids) + pair_suffix(document, head, tail, options, labels)
 
 
 def format_answer(chosen: Sequence[int]) -> str:

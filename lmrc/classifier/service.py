@@ -8,13 +8,17 @@ that TGI's prefix cache serves their shared document prefix. Per pair:
   the letter's token log-probability); ``none``: nothing (counted);
 - a pair without a shortlist (a proposer without a relation head) cannot be asked: it is listed
   in ``failed_pairs`` (``NoShortlist``);
-- TGI refused the request, failed after all retries on this pair alone, or answered something
-  unparseable: the pair is listed in the set's ``failed_pairs`` with the reason (counted), the
-  rest of the document goes on;
-- the circuit breaker is open, or other requests failed too while this pair was retried (TGI
-  down for a while): the whole batch is retried later by the runtime, nothing committed.
-Every document gets its RelationSetEvent, also with no pairs or no relations: it is the record
-that the document went through.
+- TGI refused the request as too long or invalid (422, 413): it is asked again with the document
+  narrowed to the pair's window (the sentences that mention the head or tail, and the pair's
+  evidence); refused again, or an unparseable answer: the pair is listed in the set's
+  ``failed_pairs`` with the reason (counted), the rest of the document goes on;
+- TGI failed in a way that may pass (5xx, 424, 429, timeouts, connection errors), after the
+  client's retries, or the circuit breaker is open: the whole batch is rewound and retried later
+  by the runtime, nothing committed. A flaky server delays a document, never costs it a relation;
+- every pair of a document refused by TGI even in its window: the document is dead-lettered with
+  the reason (a limit mismatch between the stages), never committed as a silent empty result.
+Every other document gets its RelationSetEvent, also with no pairs or no relations: it is the
+record that the document went through.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from lmrc.classifier.prompt import (
     answer_regex,
     build_prompt,
     docred_labels,
+    pair_window,
     parse_answer,
 )
 from lmrc.classifier.tgi_client import (
@@ -52,6 +57,7 @@ from lmrc.classifier.tgi_client import (
     TgiClient,
     TgiError,
     TgiMisconfiguredError,
+    TgiRejectedError,
     redact_url,
     split_credentials,
 )
@@ -209,6 +215,7 @@ class ClassifierHandler(Handler[CandidateSetEvent]):
         self.max_options = settings.max_options or trained_options
         self.decision = config.decision if settings.decision == "tuned" else Decision()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._in_flight = asyncio.Semaphore(settings.tgi_max_concurrency)
         # candidate set id (document content + proposer) -> its relations, most recent last
         self._answered: OrderedDict[str, list[Relation]] = OrderedDict()
         metrics.DUPLICATES.labels(self.service)
@@ -255,10 +262,17 @@ class ClassifierHandler(Handler[CandidateSetEvent]):
         ]
 
     def request_for(
-        self, candidates: CandidateSetEvent, pair: CandidatePair, options: list[Option]
+        self,
+        candidates: CandidateSetEvent,
+        pair: CandidatePair,
+        options: list[Option],
+        sentence_ids: set[int] | None = None,
     ) -> GenerateRequest:
+        """The pair's request; ``sentence_ids`` narrows the document to those sentences."""
         return GenerateRequest(
-            inputs=build_prompt(candidates.document, pair.head, pair.tail, options, self.labels),
+            inputs=build_prompt(
+                candidates.document, pair.head, pair.tail, options, self.labels, sentence_ids
+            ),
             parameters=GenerateParameters(
                 adapter_id=self.settings.tgi_adapter_id,
                 details=True,
@@ -283,7 +297,28 @@ class ClassifierHandler(Handler[CandidateSetEvent]):
                 continue
             relations: list[Relation] = []
             failed: list[FailedPair] = []
-            for pair, outcome in zip(candidates.pairs, next(outcomes), strict=True):
+            answers = next(outcomes)
+            rejected = [a for a in answers if isinstance(a, UnprocessableMessageError)]
+            if (
+                answers
+                and len(rejected) == len(answers)
+                and all(r.error_class == "TgiRejected" for r in rejected)
+            ):
+                # Not one pair fits what the server takes: a limit mismatch, not an empty document.
+                metrics.PAIRS.labels(self.service, "failed").inc(len(answers))
+                result.rejected.append(
+                    (
+                        item,
+                        UnprocessableMessageError(
+                            "AllPairsRejected",
+                            f"the model server refused all {len(answers)} pairs, also narrowed to their "
+                            f"windows (check TGI's --max-input-tokens against the documents the proposer "
+                            f"admits): {rejected[0]}",
+                        ),
+                    )
+                )
+                continue
+            for pair, outcome in zip(candidates.pairs, answers, strict=True):
                 if isinstance(outcome, CircuitOpenError):
                     raise RetryableError(str(outcome)) from outcome
                 if isinstance(outcome, UnprocessableMessageError):
@@ -332,7 +367,9 @@ class ClassifierHandler(Handler[CandidateSetEvent]):
     async def _classify_all(
         self, batch: list[CandidateSetEvent]
     ) -> list[list[list[Relation] | UnprocessableMessageError | CircuitOpenError]]:
-        """Every pair of every document at once (the client bounds the concurrency)."""
+        """Every pair of every document at once; at most ``tgi_max_concurrency`` of them hold a
+        prompt (each the whole document's text) at a time, so memory does not grow with pairs."""
+        self._in_flight = asyncio.Semaphore(self.settings.tgi_max_concurrency)
         flat = await asyncio.gather(
             *(self.classify(candidates, pair) for candidates in batch for pair in candidates.pairs)
         )
@@ -354,7 +391,14 @@ class ClassifierHandler(Handler[CandidateSetEvent]):
                 "is needed)",
             )
         try:
-            response = await self.client.generate(self.request_for(candidates, pair, options))
+            async with self._in_flight:
+                try:
+                    response = await self.client.generate(self.request_for(candidates, pair, options))
+                except TgiRejectedError:
+                    # Too long (or otherwise refused) as a whole: the pair's own sentences may fit.
+                    window = pair_window(candidates.document, pair.head, pair.tail, pair.evidence)
+                    metrics.WINDOWED_PAIRS.labels(self.service).inc()
+                    response = await self.client.generate(self.request_for(candidates, pair, options, window))
             chosen = parse_answer(response.generated_text, len(options))
         except CircuitOpenError as error:
             return error
@@ -362,11 +406,11 @@ class ClassifierHandler(Handler[CandidateSetEvent]):
             # Every request would fail alike: the server, not this pair. Pause (the circuit counts it).
             return CircuitOpenError(f"model server refuses requests: {error}")
         except TgiError as error:
-            failures = self.client.breaker.consecutive_failures
-            if error.retryable and failures > self.settings.tgi_max_attempts:
-                # Other requests failed too while this pair was retried: the server is in trouble,
-                # not this pair. Rewind the batch (the circuit opens soon) rather than fail the pair.
-                return CircuitOpenError(f"model server failing ({failures} consecutive failures): {error}")
+            if error.retryable:
+                # Still failing after the client's retries (5xx, 424, 429, timeouts, refused
+                # connections): the server is in trouble, not this pair. Rewind the batch and try
+                # again later; failing the pair would lose its relations for good.
+                return CircuitOpenError(f"model server failing: {error}")
             return UnprocessableMessageError(error.error_class, str(error))
         except UnparseableAnswerError as error:
             return UnprocessableMessageError("UnparseableAnswer", str(error))

@@ -30,8 +30,11 @@ MAX_EVIDENCE_CHARS = 8192
 #: Text that ends up in the graph: line breaks become spaces, other control characters are refused.
 GraphText = Annotated[str, AfterValidator(graph_text)]
 DocId = Annotated[GraphText, Field(min_length=1, max_length=512, description="Stable document id.")]
-EntityIndex = Annotated[int, Field(ge=0, description="Index into the document's entities.")]
-SentenceIndex = Annotated[int, Field(ge=0, description="Index into the document's sentences.")]
+#: The largest index an event may carry: both graph stores hold it exactly (FalkorDB kept 2**63 and
+#: 2**64 as 2**63-1, LadybugDB refused them), and no document comes near it.
+MAX_INDEX = 2**31 - 1
+EntityIndex = Annotated[int, Field(ge=0, le=MAX_INDEX, description="Index into the document's entities.")]
+SentenceIndex = Annotated[int, Field(ge=0, le=MAX_INDEX, description="Index into the document's sentences.")]
 RelationId = Annotated[str, Field(pattern=r"^P[0-9]+$", description="Wikidata property id.")]
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 
@@ -228,7 +231,7 @@ class CandidateSetEvent(_Event):
     doc_id: DocId
     pairs: list[CandidatePair] = Field(description="Best first; empty when no pair passed.")
     pairs_scored: int = Field(ge=0, description="Ordered entity pairs the proposer scored.")
-    proposer_model_version: str = Field(min_length=1, max_length=256)
+    proposer_model_version: GraphText = Field(min_length=1, max_length=256)
     proposed_at: datetime = Field(default_factory=utc_now)
     document: DocumentEvent
 
@@ -258,14 +261,14 @@ class CandidateSetEvent(_Event):
 
 
 class ModelVersions(_Event):
-    proposer: str | None = Field(default=None, max_length=256)
-    classifier: str | None = Field(default=None, max_length=256)
+    proposer: GraphText | None = Field(default=None, max_length=256)
+    classifier: GraphText | None = Field(default=None, max_length=256)
 
 
 class Relation(_Event):
     """A relation the classifier found between two entities of a document, with its provenance."""
 
-    event_id: str = Field(
+    event_id: GraphText = Field(
         min_length=1, max_length=64, description="Deterministic: doc, head, tail, relation."
     )
     doc_id: DocId
@@ -275,8 +278,8 @@ class Relation(_Event):
     relation_id: RelationId
     relation_name: GraphText = Field(min_length=1, max_length=256)
     confidence: Probability
-    evidence: list[int] | None = Field(default=None, description="Supporting sentence ids.")
-    evidence_text: list[Annotated[str, Field(max_length=MAX_EVIDENCE_CHARS)]] = Field(
+    evidence: list[SentenceIndex] | None = Field(default=None, description="Supporting sentence ids.")
+    evidence_text: list[Annotated[GraphText, Field(max_length=MAX_EVIDENCE_CHARS)]] = Field(
         default_factory=list,
         max_length=MAX_EVIDENCE_SENTENCES,
         description="The evidence sentences' text, in ``evidence`` order (tokens joined by spaces), "
@@ -314,7 +317,7 @@ class RelationSetEvent(_Event):
     schema_version: Literal[2] = SCHEMA_VERSION
     event_id: str = Field(min_length=1, max_length=64, description="Deterministic: candidate set, model.")
     doc_id: DocId
-    doc_title: str = Field(default="", max_length=4096)
+    doc_title: GraphText = Field(default="", max_length=4096)
     relations: list[Relation]
     candidate_pairs: int = Field(ge=0, description="Pairs the classifier was given.")
     failed_pairs: list[FailedPair] = Field(default_factory=list)

@@ -141,6 +141,7 @@ class ServiceRuntime:
         self._last_lag_update = 0.0
         self._lag_labels: set[tuple[str, int]] = set()
         self._retry_attempt = 0
+        self._joined = False
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
         self._health = HealthServer(settings.http_host, settings.http_port, self._liveness, self._readiness)
@@ -192,21 +193,7 @@ class ServiceRuntime:
         if self.settings.create_topics:
             topics = [self.settings.input_topic, self.settings.output_topic, self.settings.dead_letter_topic]
             ensure_topics(kafka.client_config(), [t for t in topics if t], self.settings.topic_partitions)
-        self._producer = Producer(
-            {
-                **kafka.client_config(),
-                "client.id": f"{self.service}-producer",
-                "enable.idempotence": True,
-                "acks": "all",
-                "compression.type": kafka.compression_type,
-                "linger.ms": 5,
-                "message.timeout.ms": int(self.settings.delivery_timeout_seconds * 1000),
-                # The same limit as the broker's (one setting): a record the broker would refuse is
-                # refused here, synchronously, and dead-letters its input.
-                "message.max.bytes": self.settings.max_message_bytes + RECORD_OVERHEAD_BYTES,
-                "error_cb": self._on_kafka_error,
-            }
-        )
+        self._producer = self._new_producer()
         self._consumer = Consumer(
             {
                 **kafka.client_config(),
@@ -221,7 +208,10 @@ class ServiceRuntime:
             }
         )
         self._consumer.subscribe(
-            [self.settings.input_topic], on_assign=self._on_assign, on_revoke=self._on_revoke
+            [self.settings.input_topic],
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
         )
         self._health.start()
         self._running = True
@@ -232,6 +222,36 @@ class ServiceRuntime:
             self.settings.group_id,
             self.http_port,
         )
+
+    def _new_producer(self) -> Producer:
+        kafka = self.settings.kafka
+        return Producer(
+            {
+                **kafka.client_config(),
+                "client.id": f"{self.service}-producer",
+                "enable.idempotence": True,
+                "acks": "all",
+                "compression.type": kafka.compression_type,
+                "linger.ms": 5,
+                "message.timeout.ms": int(self.settings.delivery_timeout_seconds * 1000),
+                # The same limit as the broker's (one setting): a record the broker would refuse is
+                # refused here, synchronously, and dead-letters its input.
+                "message.max.bytes": self.settings.max_message_bytes + RECORD_OVERHEAD_BYTES,
+                "error_cb": self._on_kafka_error,
+            }
+        )
+
+    def _replace_producer(self) -> None:
+        """A fresh producer after a failed delivery. An idempotent producer's id and sequence
+        numbers live on the broker: a broker that lost its state (restarted from memory, a
+        cluster rebuilt) answers the old producer's records with errors until they time out,
+        again and again, while a new producer (a new id) is accepted at once."""
+        old, self._producer = self._producer, None
+        if old is not None:
+            old.purge()
+            old.flush(0)
+        self._producer = self._new_producer()
+        metrics.PRODUCER_RESETS.labels(self.service).inc()
 
     def _close(self) -> None:
         self._running = False
@@ -264,8 +284,13 @@ class ServiceRuntime:
             metrics.MESSAGES_CONSUMED.labels(self.service, message.topic()).inc()
         try:
             result = self._process(records)
+        except RetryableError as error:
+            self._rewind(records, error)
+            return
+        try:
             self._produce_and_confirm(result)
         except RetryableError as error:
+            self._replace_producer()
             self._rewind(records, error)
             return
         self._commit(records)
@@ -500,6 +525,7 @@ class ServiceRuntime:
         log.warning("%s: kafka: %s", self.service, error)
 
     def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._joined = True
         self._assignment |= {(tp.topic, tp.partition) for tp in partitions}
         log.info("%s: assigned %s", self.service, sorted(self._assignment))
 
@@ -510,6 +536,13 @@ class ServiceRuntime:
             if key in self._lag_labels:
                 self._lag_labels.discard(key)
                 metrics.CONSUMER_LAG.remove(self.service, tp.topic, str(tp.partition))
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """The group forgot this member (a broker or coordinator lost its state, a session that
+        expired): not ready until the group assigns partitions again."""
+        self._joined = False
+        log.warning("%s: lost %d partitions; rejoining the group", self.service, len(partitions))
+        self._on_revoke(consumer, partitions)
 
     def _update_lag(self) -> None:
         """Lag from the watermarks the last fetch responses carried (no extra broker round trip)."""
@@ -549,5 +582,13 @@ class ServiceRuntime:
         }
 
     def _readiness(self) -> tuple[bool, dict[str, Any]]:
-        ready = self._running and not self._stop.is_set()
-        return ready, {"service": self.service, "assigned_partitions": len(self._assignment)}
+        """Ready once the group has given this member its share (possibly none: a standby
+        replica), until the member is lost or the service stops. A batch failing over and over
+        (a sick dependency) shows in ``failing_batches``, not here: every replica would fail alike."""
+        ready = self._running and not self._stop.is_set() and self._joined
+        return ready, {
+            "service": self.service,
+            "group_joined": self._joined,
+            "assigned_partitions": len(self._assignment),
+            "failing_batches": self._retry_attempt,
+        }

@@ -34,6 +34,11 @@ BATCH_RETRIES = Counter(
     "Batches rewound and retried after a transient failure, by error class.",
     ["service", "error_class"],
 )
+PRODUCER_RESETS = Counter(
+    "lmrc_producer_resets_total",
+    "Producers replaced by a fresh one (a new idempotent producer id) after a failed delivery.",
+    ["service"],
+)
 OFFSET_COMMITS = Counter("lmrc_offset_commits_total", "Offset commits, by outcome.", ["service", "outcome"])
 KAFKA_ERRORS = Counter(
     "lmrc_kafka_errors_total", "Errors reported by the Kafka client, by code.", ["service", "code"]
@@ -57,3 +62,4 @@ def initialize(service: str) -> None:
         OFFSET_COMMITS.labels(service, outcome)
     BATCH_SIZE.labels(service)
     BATCH_PROCESSING_SECONDS.labels(service)
+    PRODUCER_RESETS.labels(service)
