@@ -262,6 +262,39 @@ def test_transient_failure_rewinds_and_retries_without_committing_or_losing(
     assert committed_offsets(broker.bootstrap_servers, settings.group_id, settings.input_topic, 2) == {0: 5}
 
 
+class _RecordingHandler(_FlakyHandler):
+    """A flaky handler that notes the bytes of each batch it is given."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__(failures)
+        self.batch_bytes: list[int] = []
+
+    def handle(self, batch: Sequence[Consumed[DocumentEvent]]) -> BatchResult:
+        self.batch_bytes.append(sum(len(item.message.value() or b"") for item in batch))
+        return super().handle(batch)
+
+
+def test_a_batch_is_bounded_by_bytes_and_a_failed_one_puts_the_rest_back(
+    broker: LocalBroker, unique: str, documents: list[DocumentEvent]
+) -> None:
+    """64 relation sets of 1 MB each were one batch (6.5 GB in the sink): now what one consume
+    returns is cut into batches of at most max_batch_bytes. When one of them fails, the ones after
+    it are put back too, so nothing is skipped and nothing is committed past the failure."""
+    values = encoded(documents[:12])
+    limit = 3 * max(len(value or b"") for value in values)
+    settings = relay_settings(broker, unique, max_batch_bytes=limit, max_batch_wait_seconds=1.0)
+    handler = _RecordingHandler(failures=2)
+    runtime = ServiceRuntime(settings, handler)
+    with running(runtime):
+        produce(broker.bootstrap_servers, settings.input_topic, values)
+        wait_committed(broker.bootstrap_servers, settings.group_id, settings.input_topic, {0: 12})
+    out = read_topic(broker.bootstrap_servers, [settings.output_topic], expect=12)
+    assert sorted(r.key or "" for r in out) == sorted(d.doc_id for d in documents[:12])  # once each
+    assert max(handler.batch_bytes) <= limit
+    # After the two failures, every message was handled exactly once.
+    assert sum(handler.batch_bytes[2:]) == sum(len(value or b"") for value in values)
+
+
 class _LifecycleHandler(Handler[DocumentEvent]):
     """Notes when the runtime starts and closes it, and whether a batch came outside that window."""
 

@@ -69,6 +69,12 @@ class ServiceSettings(BaseSettings):
     dead_letter_topic: str = "lmrc.dead-letter"
     max_batch_size: int = Field(default=64, ge=1, le=10_000)
     max_batch_wait_seconds: float = Field(default=0.5, gt=0, le=60)
+    max_batch_bytes: int = Field(
+        default=8_000_000,
+        ge=1024,
+        description="What one batch's messages add up to at most (bytes): memory bounded by size, "
+        "not only by max_batch_size. A larger message makes a batch of its own.",
+    )
     max_message_bytes: int = Field(
         default=1_000_000,
         ge=1024,
