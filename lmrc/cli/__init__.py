@@ -250,6 +250,36 @@ def _topics(args: argparse.Namespace) -> int:
     return 0
 
 
+STAGE_MEMORY = ("annotator", "classifier", "sink")
+
+
+def _memory(args: argparse.Namespace) -> int:
+    from lmrc.local.memory import measure
+
+    unknown = sorted(set(args.stages) - set(STAGE_MEMORY))
+    if unknown:
+        raise UserError(f"no memory benchmark for {', '.join(unknown)}; stages: {', '.join(STAGE_MEMORY)}")
+    if args.out_dir is not None and not args.out_dir.is_dir():
+        raise UserError(f"--out-dir {args.out_dir} is not a directory")
+    over = []
+    for stage in args.stages or STAGE_MEMORY:
+        figures = measure(stage)
+        print(
+            f"{stage}: peak {figures['peak_rss_mib']} MiB of the chart's {figures['limit_mib']} MiB "
+            f"(headroom {figures['headroom']:.0%})",
+            flush=True,
+        )
+        if args.out_dir is not None:
+            path = args.out_dir / f"{stage}-memory.json"
+            path.write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")
+        if figures["errors"] or figures["peak_rss_mib"] > figures["limit_mib"]:
+            over.append(stage)
+    if over:
+        print(f"lmrc: over the chart's limit or failed: {', '.join(over)}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _run(args: argparse.Namespace) -> int:
     from lmrc.local.publish import TextInputError, iter_text_events
     from lmrc.local.run import run_local
@@ -396,6 +426,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--json", action="store_true", help="print JSON")
     bench.set_defaults(func=_benchmark)
+
+    memory = commands.add_parser(
+        "memory",
+        help="peak RSS of the annotator, classifier and sink on the worst inputs their limits admit, "
+        "beside the chart's memory limits (the proposer: lmrc proposer memory)",
+    )
+    memory.add_argument(
+        "stages", nargs="*", metavar="STAGE", help=f"{', '.join(STAGE_MEMORY)} (default: all three)"
+    )
+    memory.add_argument(
+        "--out-dir", type=Path, help="write <stage>-memory.json here (the project's: docs/results)"
+    )
+    memory.set_defaults(func=_memory)
     _format_every_parser(parser)
     return parser
 
