@@ -42,7 +42,14 @@ STAGES = ("annotator", "classifier", "sink")
 #: The message limit every service shares (ServiceSettings.max_message_bytes' default).
 MESSAGE_BYTES = 1_000_000
 
-_PEAK = "import resource; peak = lambda: round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)\n"
+#: The child's peak RSS in MiB: VmHWM, the high-water mark of this process's own address space.
+#: Not ru_maxrss, which a child inherits from the parent it was forked from (exec keeps it).
+_PEAK = """
+def peak():
+    with open("/proc/self/status") as status:
+        line = next(line for line in status if line.startswith("VmHWM:"))
+    return round(int(line.split()[1]) / 1024)
+"""
 
 _ANNOTATOR = (
     _PEAK
@@ -330,5 +337,5 @@ def measure(stage: str) -> dict[str, Any]:
         "limit_mib": limit,
         "headroom": round(1 - peak / limit, 3),
         "errors": [case["error"] for case in cases if "error" in case],
-        "machine": "2 CPU cores (x86-64), CPython 3.11; each case in a fresh process (ru_maxrss)",
+        "machine": "2 CPU cores (x86-64), CPython 3.11; each case in a fresh process (VmHWM)",
     }
