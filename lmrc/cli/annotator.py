@@ -43,7 +43,25 @@ def _export(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from lmrc.local.annotator_report import evaluate
 
-    report = evaluate(args.split, args.out, live=not args.no_live, limit=args.limit)
+    documents = None
+    split = args.split
+    if args.input is not None:
+        from lmrc import docred
+        from lmrc.cli import UserError
+
+        try:
+            documents = docred.load_gold_file(args.input, docred.load_relation_names())
+        except docred.GoldFileError as error:
+            raise UserError(str(error)) from error
+        split = f"file {args.input}"
+    if args.out is None:
+        args.out = (
+            Path("var") / f"annotator-{args.input.stem}.json"
+            if args.input is not None
+            else Path("docs/results") / f"annotator-{args.split}.json"
+        )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    report = evaluate(split, args.out, live=not args.no_live, limit=args.limit, documents=documents)
     keys = ("mention_f1", "entity_f1", "typed_entity_f1", "relation_f1_strict", "relation_f1_relaxed")
     print(json.dumps({key: report.get(key) for key in keys}, indent=2))
     print(f"written to {args.out}")
@@ -80,16 +98,26 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
 
     evaluate = verbs.add_parser(
         "evaluate",
-        help="mentions, entities and end-to-end relations on a split's text (both engines; live run)",
+        help="mentions, entities and end-to-end relations on a split's or a file's text (both "
+        "engines; live run)",
     )
-    evaluate.add_argument(
+    source = evaluate.add_mutually_exclusive_group()
+    source.add_argument(
+        "--input",
+        type=Path,
+        help="a DocRED-format JSON file with gold entities and labels instead (checked whole first)",
+    )
+    source.add_argument(
         "--split",
         default="holdout",
         choices=["train", "validation", "holdout"],
         help="which split of Re-DocRED dev",
     )
     evaluate.add_argument(
-        "--out", type=Path, default=Path("docs/results/annotator-holdout.json"), help="default: %(default)s"
+        "--out",
+        type=Path,
+        help="where the report goes (default: docs/results/annotator-<split>.json; with --input, "
+        "var/annotator-<file name>.json)",
     )
     evaluate.add_argument("--limit", type=int, help="only the first N documents")
     evaluate.add_argument(

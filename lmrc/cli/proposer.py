@@ -123,17 +123,24 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     export.set_defaults(func=_export)
 
     evaluate = verbs.add_parser(
-        "evaluate", help="pair recall, pass rate and encoder-only relation F1 on a split"
+        "evaluate", help="pair recall, pass rate and encoder-only relation F1 on a split or a file"
     )
     evaluate.add_argument(
         "--artifact", type=Path, default=DEFAULT_ARTIFACT_DIR, help="the artifact to evaluate"
     )
-    evaluate.add_argument(
+    source = evaluate.add_mutually_exclusive_group()
+    source.add_argument(
         "--split",
         choices=["train", "validation", "holdout"],
         default="holdout",
         help="which split of Re-DocRED dev",
     )
+    source.add_argument(
+        "--input",
+        type=Path,
+        help="a DocRED-format JSON file with gold labels instead (checked whole before scoring)",
+    )
+    evaluate.add_argument("--limit", type=int, help="only the first N documents")
     evaluate.add_argument("--recall-target", type=float, help="use the artifact's threshold for this target")
     evaluate.add_argument("--threshold", type=float, help="default: the artifact's")
     evaluate.add_argument(
@@ -293,8 +300,20 @@ def _evaluate(args: argparse.Namespace) -> int:
     from lmrc.docred.evaluation import format_candidates
     from lmrc.proposer.training.evaluate import evaluate_artifact
 
+    documents = None
+    split = args.split
+    if args.input is not None:
+        from lmrc import docred
+        from lmrc.cli import UserError
+        from lmrc.proposer.artifact import load_config
+
+        try:
+            documents = docred.load_gold_file(args.input, load_config(args.artifact).relation_ids)
+        except docred.GoldFileError as error:
+            raise UserError(str(error)) from error
+        split = f"file {args.input}"
     figures = evaluate_artifact(
-        args.artifact, args.split, args.torch_device, args.recall_target, args.threshold
+        args.artifact, split, args.torch_device, args.recall_target, args.threshold, args.limit, documents
     )
     print(f"{figures.version} on {figures.split}, threshold {figures.threshold:.4f} ({figures.scorer})")
     print(format_candidates(figures.candidates))

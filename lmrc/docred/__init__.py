@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -73,6 +73,65 @@ def load_raw(path: str | Path) -> list[dict[str, Any]]:
         documents = json.load(handle)
     if not isinstance(documents, list):
         raise ValueError(f"{path}: expected a JSON list of DocRED documents")
+    return documents
+
+
+class GoldFileError(ValueError):
+    """A DocRED-format file that cannot be evaluated on: the message names the file, the document
+    and the field."""
+
+
+def _check_labels(raw: dict[str, Any], relation_ids: Collection[str] | None) -> None:
+    entities, sentences = len(raw["vertexSet"]), len(raw["sents"])
+    labels = raw.get("labels", [])
+    if not isinstance(labels, list):
+        raise ValueError("labels: not a list")
+    for position, label in enumerate(labels):
+        where = f"labels[{position}]"
+        if not isinstance(label, dict) or not {"h", "t", "r"} <= label.keys():
+            raise ValueError(f"{where}: needs h, t and r")
+        for role in ("h", "t"):
+            if not isinstance(label[role], int) or not 0 <= label[role] < entities:
+                raise ValueError(
+                    f"{where}.{role}: {label[role]!r} is not an entity (document has {entities})"
+                )
+        if relation_ids is not None and label["r"] not in relation_ids:
+            raise ValueError(f"{where}.r: {label['r']!r} is not a relation the model knows")
+        for sentence in label.get("evidence") or []:
+            if sentence is not None and not (isinstance(sentence, int) and 0 <= sentence < sentences):
+                raise ValueError(
+                    f"{where}.evidence: {sentence!r} is not a sentence (document has {sentences})"
+                )
+
+
+def load_gold_file(path: str | Path, relation_ids: Collection[str] | None = None) -> list[dict[str, Any]]:
+    """A DocRED-format file of the user's, every document checked before any work starts: its
+    fields, its mentions (as the contract checks them) and its labels (entities in range, the
+    relation among ``relation_ids``, evidence sentences in range). GoldFileError otherwise."""
+    try:
+        documents = load_raw(path)
+    except json.JSONDecodeError as error:
+        raise GoldFileError(f"{path}: not JSON ({error})") from error
+    except ValueError as error:
+        raise GoldFileError(str(error)) from error
+    if not documents:
+        raise GoldFileError(f"{path}: holds no documents")
+    titles: set[str] = set()
+    for number, raw in enumerate(documents):
+        where = f"{path}: document {number}"
+        if not isinstance(raw, dict) or not {"title", "sents", "vertexSet"} <= raw.keys():
+            raise GoldFileError(f"{where}: a DocRED document needs title, sents and vertexSet")
+        where += f" ({raw['title']!r})"
+        if raw["title"] in titles:
+            raise GoldFileError(f"{where}: the title occurs twice (it is the document's id)")
+        titles.add(raw["title"])
+        try:
+            to_document_event(raw)
+            _check_labels(raw, relation_ids)
+        except (ValueError, KeyError, TypeError, IndexError) as error:
+            problem = str(error).strip().splitlines()
+            summary = " ".join(line.strip() for line in problem[:3]) if problem else type(error).__name__
+            raise GoldFileError(f"{where}: {summary}") from error
     return documents
 
 

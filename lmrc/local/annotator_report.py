@@ -20,9 +20,17 @@ from lmrc.local.run import run_local
 
 
 def evaluate(
-    split: docred.SplitName, out: Path, live: bool = True, limit: int | None = None
+    split: str,
+    out: Path,
+    live: bool = True,
+    limit: int | None = None,
+    documents: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    documents = docred.load_split(split)[:limit]
+    """Annotation figures (and, ``live``, relations end to end) on a split of Re-DocRED dev, or on
+    ``documents`` (a user's DocRED-format file, ``split`` naming it)."""
+    if documents is None:
+        documents = docred.load_split(split)  # type: ignore[arg-type]
+    documents = documents[:limit]
     with quiet_export():
         ensure_tagger_onnx(DEFAULT_TAGGER_DIR)
     engines = {engine: engine_scores(engine, documents) for engine in ("tagger", "spacy")}
@@ -39,7 +47,7 @@ def evaluate(
     }
     if live:
         with tempfile.TemporaryDirectory() as scratch:
-            texts = write_texts(documents, Path(scratch) / f"{split}.jsonl")
+            texts = write_texts(documents, Path(scratch) / "texts.jsonl")
             run_report = Path(scratch) / "run.json"
             code = run_local(texts, report_path=run_report, text=True, text_gold=documents)
             if code:

@@ -98,9 +98,11 @@ def evaluate_artifact(
     recall_target: float | None = None,
     threshold: float | None = None,
     limit: int | None = None,
+    documents: list[dict[str, Any]] | None = None,
 ) -> ArtifactFigures:
-    """The artifact's figures on ``split`` (its first ``limit`` documents): ONNX when ``device`` is
-    None, else torch on it."""
+    """The artifact's figures on ``split`` (its first ``limit`` documents), or on ``documents``
+    (a user's DocRED-format file, ``split`` naming it): ONNX when ``device`` is None, else torch on
+    it."""
     config = load_config(artifact_dir)
     name, score = onnx_scorer(artifact_dir, config) if device is None else torch_scorer(artifact_dir, device)
     featurizer = DocumentFeaturizer(
@@ -108,7 +110,9 @@ def evaluate_artifact(
     )
     chosen = threshold_for(config, recall_target) if threshold is None else threshold
     relation_threshold = 0.5 if config.relation_threshold is None else config.relation_threshold
-    documents = docred.load_split(split)[:limit]  # type: ignore[arg-type]
+    if documents is None:
+        documents = docred.load_split(split)  # type: ignore[arg-type]
+    documents = documents[:limit]
     scored, predictions = [], []
     started = time.perf_counter()
     for raw in documents:
