@@ -302,7 +302,7 @@ class ClassifierHandler(Handler[CandidateSetEvent]):
             if (
                 answers
                 and len(rejected) == len(answers)
-                and all(r.error_class == "TgiRejected" for r in rejected)
+                and all(r.error_class == TgiRejectedError.error_class for r in rejected)
             ):
                 # Not one pair fits what the server takes: a limit mismatch, not an empty document.
                 metrics.PAIRS.labels(self.service, "failed").inc(len(answers))
