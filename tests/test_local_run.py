@@ -121,3 +121,33 @@ def test_local_run_reads_plain_text_and_shows_the_words_relations_come_from(
     figures = json.loads(report.read_text())
     assert figures["relation_sets"] == 1 and len(found) == min(figures["relation_events"], 20)
     assert figures["dead_letters"]["texts"] == {}
+
+
+def test_a_plain_text_run_is_scored_against_a_users_gold_file(tmp_path: Path) -> None:
+    """`lmrc run --text FILE --gold GOLD`: the texts are annotated, run and scored against the
+    gold documents titled as their ids, as `lmrc annotator evaluate` does; a text without its
+    gold document is one line before anything starts."""
+    from lmrc import docred
+    from lmrc.annotator.training.evaluate import write_texts
+    from lmrc.cli import main as lmrc_main
+
+    documents = docred.load_split("holdout")[:2]
+    texts = write_texts(documents, tmp_path / "texts.jsonl")
+    gold = tmp_path / "gold.json"
+    gold.write_text(json.dumps(documents[::-1]), encoding="utf-8")  # any order
+    report = tmp_path / "report.json"
+    run = ["run", "--text", str(texts), "--encoder-only", "--graph", str(tmp_path / "graph.lbug")]
+    assert lmrc_main([*run, "--gold", str(gold), "--report", str(report)]) == 0
+    annotated = json.loads(report.read_text())["annotated"]
+    assert annotated["annotation"]["mention_f1"] > 0.5
+    assert 0.0 < annotated["relations"]["strict"]["f1"] <= annotated["relations"]["relaxed"]["f1"]
+
+    gold.write_text(json.dumps(documents[:1]), encoding="utf-8")
+    done = subprocess.run(
+        [sys.executable, "-m", "lmrc", *run, "--gold", str(gold)],
+        capture_output=True,
+        text=True,
+        timeout=scaled(120),
+    )
+    assert done.returncode == 2 and "no gold document titled" in done.stderr
+    assert documents[1]["title"] in done.stderr and "starting" not in done.stdout

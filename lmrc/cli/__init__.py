@@ -284,14 +284,20 @@ def _run(args: argparse.Namespace) -> int:
     from lmrc.local.publish import TextInputError, iter_text_events
     from lmrc.local.run import run_local
 
+    if args.gold is not None and args.text is None:
+        raise UserError("--gold scores a plain-text run (--text); a DocRED --input carries its own labels")
+    text_gold = None
     if args.text is not None:
         if args.input is not None:
             raise UserError("--text and --input name the input twice; give one")
         try:  # every record checked before anything starts
-            if not list(iter_text_events(args.text)):
+            events = list(iter_text_events(args.text))
+            if not events:
                 raise UserError(f"{args.text} holds no text records")
         except TextInputError as error:
             raise UserError(str(error)) from error
+        if args.gold is not None:
+            text_gold = _gold_for_texts(args.gold, [event.doc_id for event in events[: args.limit]])
     return run_local(
         args.text or args.input,
         args.limit,
@@ -299,7 +305,27 @@ def _run(args: argparse.Namespace) -> int:
         args.report,
         encoder_only=args.encoder_only,
         text=args.text is not None,
+        text_gold=text_gold,
     )
+
+
+def _gold_for_texts(path: Path, doc_ids: list[str]) -> list[dict]:
+    """The gold documents of the texts a run will annotate (a text's id is its document's title),
+    checked before anything starts: every text needs its gold document."""
+    from lmrc import docred
+
+    try:
+        gold = {raw["title"]: raw for raw in docred.load_gold_file(path, docred.load_relation_names())}
+    except docred.GoldFileError as error:
+        raise UserError(str(error)) from error
+    missing = [doc_id for doc_id in doc_ids if doc_id not in gold]
+    if missing:
+        shown = ", ".join(repr(doc_id) for doc_id in missing[:3])
+        raise UserError(
+            f"{path}: no gold document titled {shown}{' and others' if len(missing) > 3 else ''} "
+            f"({len(missing)} of {len(doc_ids)} texts); a text's id must be its gold document's title"
+        )
+    return [gold[doc_id] for doc_id in doc_ids]
 
 
 def _benchmark(args: argparse.Namespace) -> int:
@@ -404,6 +430,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="embedded graph directory, added to (default: var/graph.lbug, emptied at the start of each run)",
     )
     run.add_argument("--report", type=Path, help="also write the figures to this JSON file")
+    run.add_argument(
+        "--gold",
+        type=Path,
+        help="with --text: DocRED-format gold documents, titled as the texts' ids, to score the run "
+        "against (mentions, entities, relations strict and relaxed)",
+    )
     run.add_argument(
         "--encoder-only",
         action="store_true",
