@@ -266,3 +266,33 @@ def test_the_proposer_and_annotator_evaluate_a_users_file(tmp_path: Path) -> Non
     assert done.returncode == 0, done.stderr
     annotated = json.loads(report.read_text())
     assert annotated["documents"] == 3 and 0.5 < annotated["mention_f1"] <= 1.0
+
+
+def test_a_run_on_a_broken_input_says_so_before_starting_anything(tmp_path: Path) -> None:
+    """`lmrc run --input broken.json` started the broker and the LLM server, called it "1
+    document", dead-lettered it, emptied the graph and exited 0. Now: one line, exit 2, nothing
+    started, the graph untouched."""
+    graph = tmp_path / "graph.lbug"
+    store = LadybugGraphStore(graph)
+    store.upsert(gold_relation_events(docred.load_split("holdout")[:1], docred.load_relation_names(), T0))
+    before = store.counts()
+    store.close()
+    whole = json.dumps(docred.load_split("holdout")[:2])
+    broken = {
+        "truncated.json": (whole[: len(whole) // 2], "not JSON"),
+        "lines.jsonl": (
+            '{"doc_id": "a", "sentences": [["x"]]}\n{"doc_id": "b"}\n',
+            "lines.jsonl:2: not a DocumentEvent",
+        ),
+        "empty.jsonl": ("\n", "holds no documents"),
+    }
+    for name, (content, expected) in broken.items():
+        path = tmp_path / name
+        path.write_text(content, encoding="utf-8")
+        done = lmrc("run", "--input", str(path), "--graph", str(graph), timeout=60)
+        assert done.returncode == 2, (name, done.stdout, done.stderr)
+        (line,) = done.stderr.strip().splitlines()
+        assert expected in line and "starting" not in done.stdout, (name, line)
+    store = LadybugGraphStore(graph, read_only=True)
+    assert store.counts() == before
+    store.close()

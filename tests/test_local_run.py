@@ -151,3 +151,33 @@ def test_a_plain_text_run_is_scored_against_a_users_gold_file(tmp_path: Path) ->
     )
     assert done.returncode == 2 and "no gold document titled" in done.stderr
     assert documents[1]["title"] in done.stderr and "starting" not in done.stdout
+
+
+def test_a_run_whose_every_input_is_dead_lettered_says_so_and_fails(tmp_path: Path) -> None:
+    """A French text was dead-lettered, yet the run printed an empty table and exited 0. Now it
+    says that no document went through, prints no table, and exits 1."""
+    text = tmp_path / "french.jsonl"
+    text.write_text(
+        json.dumps({"id": "fr", "title": "fr", "text": "Marie Curie est née à Varsovie.", "language": "fr"})
+        + "\n",
+        encoding="utf-8",
+    )
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lmrc",
+            "run",
+            "--text",
+            str(text),
+            "--encoder-only",
+            "--graph",
+            str(tmp_path / "g"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=scaled(300),
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "UnsupportedLanguage" in done.stdout and "0 relations: no document went through" in done.stdout
+    assert "P-id" not in done.stdout and "nothing was processed" in done.stderr

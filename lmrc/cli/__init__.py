@@ -287,6 +287,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.gold is not None and args.text is None:
         raise UserError("--gold scores a plain-text run (--text); a DocRED --input carries its own labels")
     text_gold = None
+    if args.input is not None:
+        _check_document_input(args.input)
     if args.text is not None:
         if args.input is not None:
             raise UserError("--text and --input name the input twice; give one")
@@ -307,6 +309,35 @@ def _run(args: argparse.Namespace) -> int:
         text=args.text is not None,
         text_gold=text_gold,
     )
+
+
+def _check_document_input(path: Path) -> None:
+    """``lmrc run --input``, checked whole before anything starts: a DocRED JSON list (as the
+    evaluation files are checked) or JSON lines of DocumentEvents, each valid."""
+    from pydantic import ValidationError
+
+    from lmrc import docred
+    from lmrc.contracts import DocumentEvent
+
+    text = path.read_text(encoding="utf-8")
+    if text.lstrip().startswith("["):
+        try:
+            docred.load_gold_file(path, docred.load_relation_names())
+        except docred.GoldFileError as error:
+            raise UserError(str(error)) from error
+        return
+    lines = [(number, line) for number, line in enumerate(text.splitlines(), start=1) if line.strip()]
+    if not lines:
+        raise UserError(f"{path} holds no documents (a DocRED JSON list or JSON lines of DocumentEvents)")
+    for number, line in lines:
+        try:
+            DocumentEvent.model_validate_json(line)
+        except ValidationError as error:
+            first = error.errors(include_url=False, include_input=False)[0]
+            where = ".".join(str(part) for part in first["loc"]) or "(document)"
+            raise UserError(
+                f"{path}:{number}: not a DocumentEvent (nor a DocRED JSON list): {where}: {first['msg']}"
+            ) from None
 
 
 def _gold_for_texts(path: Path, doc_ids: list[str]) -> list[dict]:

@@ -49,6 +49,8 @@ STAGE_TIMEOUT_SECONDS = 3600
 #: On Ctrl-C or SIGTERM the services get this long to finish, then the broker and model server go.
 INTERRUPT_GRACE_SECONDS = 2.0
 EXIT_INTERRUPTED = 130
+#: Exit status of a run in which no input went through (every one dead-lettered).
+EXIT_NOTHING_PROCESSED = 1
 
 
 @contextlib.contextmanager
@@ -101,8 +103,9 @@ def run_local(
     text: bool = False,
     text_gold: list[dict] | None = None,
 ) -> int:
-    """Run the pipeline on the input; 0 when done, 130 when interrupted (Ctrl-C or SIGTERM), with
-    the broker and model server stopped either way.
+    """Run the pipeline on the input; 0 when done, 1 when no input went through (every one
+    dead-lettered), 130 when interrupted (Ctrl-C or SIGTERM), with the broker and model server
+    stopped either way.
 
     ``text``: the input is plain text (a file, a folder, JSON lines), annotated first.
     ``text_gold``: the DocRED documents the texts were rebuilt from, to score the annotated run
@@ -186,6 +189,9 @@ def _run_local(
         report_path.parent.mkdir(parents=True, exist_ok=True)
         report_path.write_text(json.dumps({"input": source, **summary}, indent=2) + "\n")
         print(f"figures written to {report_path}")
+    if summary["relation_sets"] == 0:
+        print("lmrc: nothing was processed: every input was dead-lettered", file=sys.stderr)
+        return EXIT_NOTHING_PROCESSED
     return 0
 
 
@@ -392,7 +398,12 @@ def _report(progress: DocumentProgress, elapsed: float, gold: list[dict], graph_
         counts = store.counts()
         stored = store.relations(limit=None)
         more = f"`lmrc graph --path {graph_path} relations --all` shows every one"
-        print(format_table(stored[:40], total=len(stored), more=more))
+        if stored:
+            print(format_table(stored[:40], total=len(stored), more=more))
+        elif not relation_sets:
+            print("0 relations: no document went through the pipeline (see the dead letters above)")
+        else:
+            print(f"0 relations: the pipeline found none in its {len(relation_sets)} documents")
     finally:
         store.close()
     print(
