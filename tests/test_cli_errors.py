@@ -296,3 +296,21 @@ def test_a_run_on_a_broken_input_says_so_before_starting_anything(tmp_path: Path
     store = LadybugGraphStore(graph, read_only=True)
     assert store.counts() == before
     store.close()
+
+
+def test_an_unknown_option_is_reported_with_its_commands_own_usage() -> None:
+    """`lmrc run --txt FILE` printed the top-level usage; now `lmrc run`'s, naming the option."""
+    done = lmrc("run", "--txt", "notes.txt", timeout=30)
+    assert done.returncode == 2 and done.stderr.startswith("usage: lmrc run ")
+    assert "unrecognized arguments: --txt notes.txt" in done.stderr
+    done = lmrc("graph", "relations", "--bogus", timeout=30)
+    assert done.returncode == 2 and done.stderr.startswith("usage: lmrc graph relations ")
+
+
+def test_help_says_each_default_once_and_the_run_command_what_it_does() -> None:
+    relations = lmrc("graph", "relations", "--help", timeout=30).stdout
+    assert relations.count("default") == relations.count("(default: 50)") == 1
+    graph = lmrc("graph", "--help", timeout=30).stdout
+    assert "var/graph.lbug" in graph and "(default: SINK_LADYBUG_PATH)" not in graph
+    run = lmrc("run", "--help", timeout=30).stdout
+    assert "Run the whole pipeline on this machine" in run

@@ -45,7 +45,10 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
 
 def _format_every_parser(parser: argparse.ArgumentParser) -> None:
+    """Every (sub)command's help formatted alike; each remembers its parser, so that an option it
+    does not know is reported with its own usage (``lmrc run --txt`` showed the top-level one)."""
     parser.formatter_class = HelpFormatter
+    parser.set_defaults(command_parser=parser)
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for sub in action.choices.values():
@@ -446,7 +449,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_llm_commands(commands)
 
-    run = commands.add_parser("run", help="run the whole pipeline locally (broker, TGI, services, graph)")
+    run = commands.add_parser(
+        "run",
+        help="run the whole pipeline locally (broker, TGI, services, graph)",
+        description="Run the whole pipeline on this machine: a Kafka-protocol broker, the local\n"
+        "TGI-compatible model server (not with --encoder-only), the services and the embedded\n"
+        "graph. Publish the input (by default three Re-DocRED holdout documents), follow every\n"
+        "document to the graph, print the relations found and, for labelled input, their scores;\n"
+        "then stop everything it started.",
+    )
     run.add_argument("--input", type=Path, help="DocRED JSON or JSON lines (default: holdout split)")
     run.add_argument(
         "--text",
@@ -508,7 +519,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    args = build_parser().parse_args(argv)
+    args, unknown = build_parser().parse_known_args(argv)
+    if unknown:
+        args.command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         return int(args.func(args))
     except BrokenPipeError:

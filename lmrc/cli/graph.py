@@ -74,9 +74,17 @@ def write_graphml(entities: list[StoredEntity], relations: list[StoredRelation],
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
     graph = commands.add_parser("graph", help="query or export the relation graph (SINK_* settings)")
-    graph.add_argument("--backend", choices=["ladybug", "falkordb"], help="default: SINK_STORE_BACKEND")
-    graph.add_argument("--path", type=Path, help="embedded database (default: SINK_LADYBUG_PATH)")
-    graph.add_argument("--falkordb-port", type=int, help="default: SINK_FALKORDB_PORT")
+    graph.add_argument(
+        "--backend",
+        choices=["ladybug", "falkordb"],
+        help="which store (default: $SINK_STORE_BACKEND, else ladybug)",
+    )
+    graph.add_argument(
+        "--path", type=Path, help="embedded database (default: $SINK_LADYBUG_PATH, else var/graph.lbug)"
+    )
+    graph.add_argument(
+        "--falkordb-port", type=int, help="FalkorDB's port (default: $SINK_FALKORDB_PORT, else 6379)"
+    )
     verbs = graph.add_subparsers(dest="verb", required=True)
     relations = verbs.add_parser("relations", help="relations as a table (filters combine)")
     relations.add_argument("--entity", help="entity name (any case) or id, as head or tail")
@@ -86,7 +94,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "--limit",
         type=_positive,
         default=50,
-        help="show at most N relations (default 50; the table says when it cuts)",
+        help="show at most N relations; the table says when it cuts",
     )
     relations.add_argument("--all", action="store_true", help="show every relation that matches")
     relations.add_argument("--json", action="store_true", help="JSON lines instead of a table")
