@@ -314,3 +314,22 @@ def test_help_says_each_default_once_and_the_run_command_what_it_does() -> None:
     assert "var/graph.lbug" in graph and "(default: SINK_LADYBUG_PATH)" not in graph
     run = lmrc("run", "--help", timeout=30).stdout
     assert "Run the whole pipeline on this machine" in run
+
+
+def test_a_graph_in_use_by_a_run_is_refused_in_one_line(graph: Path) -> None:
+    """`lmrc run &` then another `lmrc run` on the same graph: the second died in a LadybugDB
+    traceback after emptying the first's graph, the first crashed too, and `lmrc graph counts`
+    gave a traceback. Now a run holds the graph's lock; whoever comes second is told who holds it,
+    before touching anything."""
+    from lmrc.local.graph_lock import graph_lock, lock_path
+
+    with graph_lock(graph, exclusive=True):  # as a run in progress holds it
+        assert lock_path(graph).read_text() == str(os.getpid())
+        second = lmrc("run", "--encoder-only", "--graph", str(graph), "--limit", "1", timeout=60)
+        reader = lmrc("graph", "--path", str(graph), "counts", timeout=60)
+    for done in (second, reader):
+        assert done.returncode == 2, done.stdout + done.stderr
+        (line,) = done.stderr.strip().splitlines()
+        assert f"in use by an lmrc run (pid {os.getpid()})" in line and "Traceback" not in done.stderr
+    assert "starting the broker" not in second.stdout
+    assert lmrc("graph", "--path", str(graph), "counts", timeout=60).returncode == 0  # free again

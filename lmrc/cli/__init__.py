@@ -16,6 +16,7 @@ from typing import Any
 from lmrc import docred
 from lmrc.contracts.text import printable
 from lmrc.docred import evaluation
+from lmrc.local.graph_lock import GraphInUseError
 from lmrc.topology import TOPICS
 
 DESCRIPTION = """lmrc: document-level relation extraction on Kafka (LMRC).
@@ -531,7 +532,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except KeyboardInterrupt:
         return 130
-    except UserError as error:
+    except (UserError, GraphInUseError) as error:
         print(f"lmrc: error: {error}", file=sys.stderr)
         return 2
     except FileNotFoundError as error:

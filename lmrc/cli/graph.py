@@ -4,6 +4,7 @@ export it as JSON lines or GraphML."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import xml.etree.ElementTree as ET
@@ -122,14 +123,13 @@ def _positive(text: str) -> int:
     return value
 
 
-def _store(args: argparse.Namespace) -> GraphStore:
+def _settings(args: argparse.Namespace) -> SinkSettings:
     overrides = {
         "store_backend": args.backend,
         "ladybug_path": args.path,
         "falkordb_port": args.falkordb_port,
     }
-    settings = SinkSettings(**{key: value for key, value in overrides.items() if value is not None})
-    return open_store(settings, read_only=True)
+    return SinkSettings(**{key: value for key, value in overrides.items() if value is not None})
 
 
 def _serve(store: GraphStore, host: str, port: int) -> None:
@@ -153,7 +153,15 @@ def _serve(store: GraphStore, host: str, port: int) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    store = _store(args)
+    from lmrc.local.graph_lock import graph_lock
+
+    settings = _settings(args)
+    embedded = settings.store_backend == "ladybug"
+    with graph_lock(settings.ladybug_path, exclusive=False) if embedded else contextlib.nullcontext():
+        return _run(args, open_store(settings, read_only=True))
+
+
+def _run(args: argparse.Namespace, store: GraphStore) -> int:
     try:
         if args.verb == "serve":
             _serve(store, args.host, args.port)

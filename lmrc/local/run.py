@@ -30,6 +30,7 @@ from lmrc.classifier.artifact import load_config as load_classifier_config
 from lmrc.contracts.text import printable
 from lmrc.docred.evaluation import evaluate_candidates, evaluate_relations, format_candidates, type_prior
 from lmrc.local.broker import LocalBroker
+from lmrc.local.graph_lock import graph_lock
 from lmrc.local.llm.local_server import LocalTgiServer
 from lmrc.local.pipeline import (
     CompletionTracker,
@@ -128,12 +129,28 @@ def _run_local(
     text_gold: list[dict] | None = None,
 ) -> int:
     payloads, gold, source = _inputs(input_path, limit, text)
-    if graph_path is None:
-        # The default graph holds this run alone, so that its figures are this run's: edges left
-        # by an earlier run (another model, another mode) would be scored with it.
-        graph_path = REPO_ROOT / "var" / "graph.lbug"
-        if graph_path.exists():
+    fresh_graph = graph_path is None
+    graph_path = graph_path or REPO_ROOT / "var" / "graph.lbug"
+    # The graph is this run's alone until it ends (another run or `lmrc graph` is refused in one
+    # line), taken before the default graph is emptied.
+    with graph_lock(graph_path, exclusive=True):
+        if fresh_graph and graph_path.exists():
+            # The default graph holds this run alone, so that its figures are this run's: edges
+            # left by an earlier run (another model, another mode) would be scored with it.
             shutil.rmtree(graph_path) if graph_path.is_dir() else graph_path.unlink()
+        return _run_on_graph(payloads, gold, source, graph_path, report_path, encoder_only, text, text_gold)
+
+
+def _run_on_graph(
+    payloads: list[tuple[str, bytes]],
+    gold: list[dict],
+    source: str,
+    graph_path: Path,
+    report_path: Path | None,
+    encoder_only: bool,
+    text: bool,
+    text_gold: list[dict] | None,
+) -> int:
     adapter = load_classifier_config(DEFAULT_ADAPTER_DIR)
     mode = "encoder only (the proposer's relation head, no LLM)" if encoder_only else "encoder + LLM"
     noun = "text" if text else "document"
