@@ -93,6 +93,8 @@ def test_an_interrupted_run_stops_within_seconds_and_leaves_no_process_behind(
             run.kill()
     assert run.returncode == 130, "".join(lines) + output
     assert "interrupted" in output
+    # Shutdown does not look like a failure (it printed "batch of 1 failed (circuit open ...)").
+    assert "WARNING" not in output and "failed" not in output, output
     assert took < scaled(5), f"took {took:.1f}s to stop"
     _gone, alive = psutil.wait_procs(children, timeout=scaled(2))
     assert not alive, f"still running: {[p.name() for p in alive]}"

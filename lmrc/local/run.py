@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import shutil
 import signal
 import sys
@@ -117,6 +118,8 @@ def run_local(
     except KeyboardInterrupt:
         print("interrupted: the pipeline, the broker and the model server were stopped", file=sys.stderr)
         return EXIT_INTERRUPTED
+    finally:
+        logging.disable(logging.NOTSET)
 
 
 def _run_local(
@@ -190,6 +193,9 @@ def _run_on_graph(
             elapsed = time.monotonic() - started
         except KeyboardInterrupt:
             interrupted = True
+            # What the services say while they are stopped mid-batch (a model server going away
+            # under the classifier) is the interrupt, not a failure: not shown.
+            logging.disable(logging.WARNING)
             raise
         finally:
             tracker.close()
