@@ -330,6 +330,8 @@ def test_a_graph_in_use_by_a_run_is_refused_in_one_line(graph: Path) -> None:
     for done in (second, reader):
         assert done.returncode == 2, done.stdout + done.stderr
         (line,) = done.stderr.strip().splitlines()
-        assert f"in use by an lmrc run (pid {os.getpid()})" in line and "Traceback" not in done.stderr
+        assert (
+            f"in use by lmrc (pid {os.getpid()}: a run or lmrc up)" in line and "Traceback" not in done.stderr
+        )
     assert "starting the broker" not in second.stdout
     assert lmrc("graph", "--path", str(graph), "counts", timeout=60).returncode == 0  # free again

@@ -183,3 +183,69 @@ def test_a_run_whose_every_input_is_dead_lettered_says_so_and_fails(tmp_path: Pa
     assert done.returncode == 1, done.stdout + done.stderr
     assert "UnsupportedLanguage" in done.stdout and "0 relations: no document went through" in done.stdout
     assert "P-id" not in done.stdout and "nothing was processed" in done.stderr
+
+
+def test_lmrc_up_serves_publish_and_tail_until_ctrl_c(tmp_path: Path) -> None:
+    """The README's use case on this machine: `lmrc up` starts the broker and the services as
+    processes, `lmrc publish --text` and `lmrc tail` on its broker show the text's relations, a
+    second `lmrc up` on the same graph is refused in one line, and Ctrl-C stops every process."""
+    import psutil
+
+    from lmrc.local.processes import free_port
+
+    port, graph = free_port(), tmp_path / "graph.lbug"
+    lmrc = [sys.executable, "-m", "lmrc"]
+    command = [*lmrc, "up", "--encoder-only", "--port", str(port), "--graph", str(graph)]
+    up = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    try:
+        assert up.stdout is not None
+        for line in up.stdout:  # until every service has joined its group
+            lines.append(line)
+            if line.startswith("ready"):
+                break
+        assert lines and lines[-1].startswith("ready"), "".join(lines)
+        children = psutil.Process(up.pid).children(recursive=True)
+        assert len(children) >= 4, "".join(lines)  # the broker and three services
+        bootstrap = ["--bootstrap-servers", f"127.0.0.1:{port}"]
+        example = Path(__file__).parents[1] / "docs" / "examples" / "apache-kafka.txt"
+        published = subprocess.run(
+            [*lmrc, "publish", *bootstrap, "--text", str(example)],
+            capture_output=True,
+            text=True,
+            timeout=scaled(60),
+        )
+        assert published.returncode == 0, published.stderr
+        tailed = subprocess.run(
+            [
+                *lmrc,
+                "tail",
+                *bootstrap,
+                "--from-beginning",
+                "--max-messages",
+                "1",
+                "--timeout",
+                str(scaled(120)),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=scaled(180),
+        )
+        assert re.search(r"^apache-kafka: .+ --P\d+ .+--> .+", tailed.stdout, re.M), (
+            tailed.stdout + tailed.stderr
+        )
+        second = subprocess.run(
+            [*lmrc, "up", "--port", str(free_port()), "--graph", str(graph)],
+            capture_output=True,
+            text=True,
+            timeout=scaled(60),
+        )
+        assert second.returncode == 2 and f"{graph} is in use by lmrc (pid {up.pid}" in second.stderr
+        up.send_signal(signal.SIGINT)
+        output, _ = up.communicate(timeout=scaled(60))
+    finally:
+        if up.poll() is None:
+            up.kill()
+    assert up.returncode == 0, "".join(lines) + output
+    _gone, alive = psutil.wait_procs(children, timeout=scaled(10))
+    assert not alive, f"still running: {[p.name() for p in alive]}"

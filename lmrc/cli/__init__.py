@@ -254,6 +254,20 @@ def _topics(args: argparse.Namespace) -> int:
     return 0
 
 
+def _up(args: argparse.Namespace) -> int:
+    from lmrc.local.up import UpError, port_free, up
+
+    if not port_free(args.port):
+        raise UserError(
+            f"port {args.port} is in use (a broker, or another lmrc up?); choose another with --port"
+        )
+    try:
+        return up(args.port, args.graph, args.encoder_only)
+    except UpError as error:
+        print(f"lmrc up: {error}", file=sys.stderr)
+        return 1
+
+
 STAGE_MEMORY = ("annotator", "classifier", "sink")
 
 
@@ -501,6 +515,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--json", action="store_true", help="print JSON")
     bench.set_defaults(func=_benchmark)
+
+    upc = commands.add_parser(
+        "up",
+        help="the broker, the model server and the four services as processes, until Ctrl-C",
+        description="Start the pipeline as it runs in production, on this machine: the broker, the\n"
+        "model server (not with --encoder-only) and the annotator, proposer, classifier and sink as\n"
+        "processes of their own. Publish with `lmrc publish`, subscribe with `lmrc tail`; Ctrl-C\n"
+        "stops everything it started.",
+    )
+    upc.add_argument("--port", type=int, default=9092, help="the broker's port")
+    upc.add_argument(
+        "--graph", type=Path, default=Path("var/graph.lbug"), help="the embedded graph the sink writes (kept)"
+    )
+    upc.add_argument(
+        "--encoder-only", action="store_true", help="no LLM: the proposer's relations go to the sink"
+    )
+    upc.set_defaults(func=_up)
 
     memory = commands.add_parser(
         "memory",

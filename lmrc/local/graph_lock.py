@@ -36,7 +36,7 @@ def graph_lock(graph: Path, exclusive: bool) -> Iterator[None]:
         except BlockingIOError:
             handle.seek(0)
             holder = handle.read().strip()
-            who = f"an lmrc run (pid {holder})" if holder.isdigit() else "another lmrc command"
+            who = f"lmrc (pid {holder}: a run or lmrc up)" if holder.isdigit() else "another lmrc command"
             wanted = "write" if exclusive else "read"
             raise GraphInUseError(
                 f"{graph} is in use by {who}; cannot {wanted} it now: wait for it to end, or give "
