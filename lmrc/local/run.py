@@ -56,7 +56,7 @@ EXIT_NOTHING_PROCESSED = 1
 
 
 @contextlib.contextmanager
-def _signals_interrupt() -> Iterator[None]:
+def interrupt_on_signals() -> Iterator[None]:
     """SIGTERM and SIGINT raise KeyboardInterrupt in the main thread, so that every ``with`` block
     stops what it started: without it SIGTERM ends the interpreter at once and the broker and
     model server, in sessions of their own, keep running; and SIGINT does nothing when the shell
@@ -113,7 +113,7 @@ def run_local(
     ``text_gold``: the DocRED documents the texts were rebuilt from, to score the annotated run
     (strict and relaxed relation F1; ``lmrc annotator evaluate``)."""
     try:
-        with _signals_interrupt():
+        with interrupt_on_signals():
             return _run_local(input_path, limit, graph_path, report_path, encoder_only, text, text_gold)
     except KeyboardInterrupt:
         print("interrupted: the pipeline, the broker and the model server were stopped", file=sys.stderr)

@@ -27,7 +27,7 @@ from lmrc.local.graph_lock import graph_lock
 from lmrc.local.llm.local_server import LocalTgiServer
 from lmrc.local.pipeline import quiet_export
 from lmrc.local.processes import free_port
-from lmrc.local.run import _signals_interrupt
+from lmrc.local.run import interrupt_on_signals
 from lmrc.paths import REPO_ROOT
 from lmrc.topology import TOPICS
 
@@ -93,7 +93,7 @@ def up(broker_port: int, graph: Path, encoder_only: bool) -> int:
     stages = ["annotator", "proposer", *([] if encoder_only else ["classifier"]), "sink"]
     logs = REPO_ROOT / "var" / "log" / "up"
     logs.mkdir(parents=True, exist_ok=True)
-    with graph_lock(graph, exclusive=True), _signals_interrupt(), contextlib.ExitStack() as stack:
+    with graph_lock(graph, exclusive=True), interrupt_on_signals(), contextlib.ExitStack() as stack:
         print("preparing the models (ONNX exports, once)", flush=True)
         _prepare_models()
         broker = LocalBroker(port=broker_port, log_path=logs / "broker.log")

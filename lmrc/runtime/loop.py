@@ -8,7 +8,10 @@ Guarantees (at-least-once):
   one bad message never stalls its partition;
 - a transient failure (:class:`RetryableError`: a store or model server down, a delivery that the
   broker did not confirm) rewinds the batch's partitions and retries it with capped exponential
-  backoff, committing nothing meanwhile;
+  backoff, committing nothing meanwhile; a failed delivery also replaces the producer (a broker
+  that lost its state refuses the old idempotent producer id for good);
+- what one consume returns is cut into batches of at most ``max_batch_bytes``, so what a handler
+  holds at once is bounded by size, not only by count;
 - SIGTERM/SIGINT finish the batch in hand, commit, leave the group and flush the producer.
 
 Re-delivery makes duplicates possible; downstream they are harmless because every output carries a
