@@ -7,7 +7,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -146,13 +145,12 @@ def _broker(args: argparse.Namespace) -> int:
     from lmrc.local.broker import LocalBroker, S3Storage
 
     storage = S3Storage(args.s3_endpoint, args.s3_bucket) if args.s3_endpoint else None
-    with socket.socket() as probe:
-        try:
-            probe.bind(("127.0.0.1", args.port))
-        except OSError as error:
-            raise UserError(
-                f"port {args.port} is in use (another broker or program holds it); choose another with --port"
-            ) from error
+    from lmrc.local.processes import port_free
+
+    if not port_free(args.port):
+        raise UserError(
+            f"port {args.port} is in use (another broker or program holds it); choose another with --port"
+        )
     signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM stops the broker child as Ctrl-C does
     broker = LocalBroker(port=args.port, storage=storage).start()
     where = f"bucket {args.s3_bucket} on {args.s3_endpoint}" if storage else "in memory"
@@ -255,7 +253,8 @@ def _topics(args: argparse.Namespace) -> int:
 
 
 def _up(args: argparse.Namespace) -> int:
-    from lmrc.local.up import UpError, port_free, up
+    from lmrc.local.processes import port_free
+    from lmrc.local.up import UpError, up
 
     if not port_free(args.port):
         raise UserError(

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -37,15 +36,6 @@ READY_TIMEOUT_SECONDS = 240.0
 
 class UpError(RuntimeError):
     """``lmrc up`` cannot start or a part of it stopped; the message says which."""
-
-
-def port_free(port: int) -> bool:
-    with socket.socket() as probe:
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def _ready(port: int) -> bool:
