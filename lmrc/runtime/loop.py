@@ -441,7 +441,9 @@ class ServiceRuntime:
                 produce_when_room(producer, self._topic_of(output), output.key, value, on_delivery)
             except KafkaException as error:
                 if error.args[0].code() != KafkaError.MSG_SIZE_TOO_LARGE:
-                    raise
+                    # A producer in a fatal state (an idempotent producer the broker no longer
+                    # knows): rewind, and the runtime replaces the producer.
+                    raise RetryableError(f"produce failed: {error.args[0].str()}") from error
                 rejected.append(self._output_too_large(output, len(value)))
         for item, rejection in rejected:
             letter, value = fitted_dead_letter(
@@ -456,9 +458,12 @@ class ServiceRuntime:
                 rejection.error_class,
                 rejection,
             )
-            produce_when_room(
-                producer, self.settings.dead_letter_topic, letter.origin.key, value, on_delivery
-            )
+            try:
+                produce_when_room(
+                    producer, self.settings.dead_letter_topic, letter.origin.key, value, on_delivery
+                )
+            except KafkaException as error:
+                raise RetryableError(f"dead-letter produce failed: {error.args[0].str()}") from error
         undelivered = producer.flush(self.settings.delivery_timeout_seconds)
         for topic in confirmed:
             metrics.MESSAGES_PRODUCED.labels(self.service, topic).inc()
