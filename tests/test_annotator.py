@@ -274,3 +274,17 @@ def test_common_nouns_taken_for_names_are_dropped_and_names_kept() -> None:
     ]
     kept = [text[s.start : s.end] for s in names_only(text, spans)]
     assert kept == ["iPhone", "de la Rocha", "अर्जुन", "early 2011", "three"]
+
+
+def test_the_capital_letter_rule_holds_for_docreds_name_types_only() -> None:
+    """Another schema's mentions are common nouns by nature (CDR: "naloxone", "hypotension"): the
+    rule that drops lowercase PER/ORG/LOC/MISC spans must keep them (it cut CDR's mention recall
+    on dev to 0.19)."""
+    text = "Naloxone reversed the hypotension caused by clonidine in the parliament."
+
+    def span(words: str, kind: str) -> MentionSpan:
+        start = text.index(words)
+        return MentionSpan(start, start + len(words), kind)
+
+    spans = [span("hypotension", "DISE"), span("clonidine", "CHEM"), span("parliament", "ORG")]
+    assert [text[s.start : s.end] for s in names_only(text, spans)] == ["hypotension", "clonidine"]

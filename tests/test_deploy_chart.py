@@ -574,3 +574,20 @@ def test_each_pod_fits_the_worst_input_its_limits_admit(stage: str) -> None:
         assert {case["characters"] for case in figures["cases"]} == {MAX_TEXT_CHARS}
     if stage == "sink":
         assert {case["max_batch_bytes"] for case in figures["cases"]} == {ServiceSettings().max_batch_bytes}
+
+
+def test_a_model_bundle_volume_is_served_by_every_model_stage() -> None:
+    """`modelBundle.volume`: the annotator, proposer and classifier mount the bundle and read it
+    through their own *_MODELS setting; the sink has no model and gets neither."""
+    deployments = service_deployments(
+        render({"modelBundle": {"volume": {"persistentVolumeClaim": {"claimName": "cdr"}}, "subPath": "cdr"}})
+    )
+    for name in ("annotator", "proposer", "classifier"):
+        mounts = {m["name"]: m for m in container(deployments[name])["volumeMounts"]}
+        volumes = {v["name"]: v for v in deployments[name]["spec"]["template"]["spec"]["volumes"]}
+        assert volumes["model-bundle"]["persistentVolumeClaim"]["claimName"] == "cdr"
+        assert mounts["model-bundle"]["subPath"] == "cdr" and mounts["model-bundle"]["readOnly"]
+        variable = f"{name.upper()}_MODELS"
+        assert env_of(deployments[name])[variable]["value"] == mounts["model-bundle"]["mountPath"]
+        assert "models" in SETTINGS[f"{name.upper()}_"].model_fields
+    assert not any(k.endswith("_MODELS") for k in env_of(deployments["sink"]))

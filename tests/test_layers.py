@@ -1,6 +1,7 @@
 """The import rules of the one import root, checked from the code's own imports.
 
-Layers, bottom up: contracts, topology, docred, runtime, the stages, local, cli. Arrows point
+Layers, bottom up: contracts, paths, checkpoints (training state), bundle (the model bundle's
+format), topology, docred, runtime, the stages, local, cli. Arrows point
 down only. A stage's serving modules (everything outside its ``training/``) never import
 training code, ``docred``, ``local`` or ``cli``; the local TGI-compatible server speaks the
 contracts and imports no stage's serving code.
@@ -16,7 +17,18 @@ import pytest
 from lmrc.paths import REPO_ROOT
 
 PACKAGE = REPO_ROOT / "lmrc"
-LAYERS = ("contracts", "paths", "topology", "docred", "runtime", "stages", "local", "cli")
+LAYERS = (
+    "contracts",
+    "paths",
+    "checkpoints",
+    "bundle",
+    "topology",
+    "docred",
+    "runtime",
+    "stages",
+    "local",
+    "cli",
+)
 STAGES = ("annotator", "proposer", "classifier", "sink")
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from lmrc.local.run import run_local
+from lmrc.sink.graph import TABLE_ID_TITLE
 from lmrc.sink.settings import SinkSettings, open_store
 from tests.helpers import scaled
 
@@ -182,7 +183,7 @@ def test_a_run_whose_every_input_is_dead_lettered_says_so_and_fails(tmp_path: Pa
     )
     assert done.returncode == 1, done.stdout + done.stderr
     assert "UnsupportedLanguage" in done.stdout and "0 relations: no document went through" in done.stdout
-    assert "P-id" not in done.stdout and "nothing was processed" in done.stderr
+    assert TABLE_ID_TITLE not in done.stdout and "nothing was processed" in done.stderr
 
 
 def test_lmrc_up_serves_publish_and_tail_until_ctrl_c(tmp_path: Path) -> None:

@@ -14,12 +14,13 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from lmrc.annotator import metrics
 from lmrc.annotator.engine import Annotator, EngineName
-from lmrc.annotator.tagger import DEFAULT_TAGGER_DIR
+from lmrc.annotator.tagger import DEFAULT_TAGGER_DIR, ENTITY_TYPES
+from lmrc.bundle import bundle_model_dir, load_bundle
 from lmrc.contracts import MAX_TEXT_CHARS, DocumentEvent, SourceMetadata, TextDocumentEvent
 from lmrc.runtime import (
     BatchResult,
@@ -49,6 +50,9 @@ class AnnotatorSettings(ServiceSettings):
         default="tagger", description="tagger: the trained mention tagger; spacy: spaCy's NER."
     )
     tagger_dir: Path = DEFAULT_TAGGER_DIR
+    models: Path | None = Field(
+        default=None, description="A model bundle (lmrc train): serve its tagger (overrides tagger_dir)."
+    )
     onnx_path: Path | None = Field(default=None, description="Default: <tagger_dir>/<version>.onnx")
     inference_threads: int = Field(default=0, ge=0, description="0: onnxruntime decides.")
     max_text_chars: int = Field(
@@ -61,6 +65,17 @@ class AnnotatorSettings(ServiceSettings):
         description="Texts of 30 or more words with fewer English stop words than this share are "
         "dead-lettered as not English (0: no check).",
     )
+
+    @model_validator(mode="after")
+    def _from_bundle(self) -> AnnotatorSettings:
+        if self.models is not None:
+            self.tagger_dir = bundle_model_dir(self.models, "annotator")
+            types = load_bundle(self.models).schema.entity_types
+            if self.engine == "spacy" and set(types) != set(ENTITY_TYPES):
+                raise ValueError(
+                    f"engine spacy tags DocRED's entity types; the bundle's schema has {', '.join(types)}"
+                )
+        return self
 
 
 class AnnotatorHandler(Handler[TextDocumentEvent]):

@@ -20,9 +20,16 @@ from tokenizers import Tokenizer
 
 from lmrc.paths import ENCODER_PACKAGE, REPO_ROOT
 
-#: DocRED's six entity types, in the tag order.
+#: DocRED's six entity types, in the tag order: the default schema's.
 ENTITY_TYPES = ("PER", "ORG", "LOC", "TIME", "NUM", "MISC")
-TAGS: tuple[str, ...] = ("O", *tuple(f"{prefix}-{kind}" for kind in ENTITY_TYPES for prefix in ("B", "I")))
+
+
+def tags_for(entity_types: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """The BIO tag set of a schema's entity types: O, then B- and I- of each type in order."""
+    return ("O", *tuple(f"{prefix}-{kind}" for kind in entity_types for prefix in ("B", "I")))
+
+
+TAGS: tuple[str, ...] = tags_for(ENTITY_TYPES)
 DEFAULT_TAGGER_DIR = REPO_ROOT / "models" / "annotator"
 CONFIG_FILE = "tagger.json"
 WEIGHTS_FILE = "tagger.safetensors"
@@ -201,7 +208,9 @@ def decode_tags(word_tags: list[str], word_spans: list[tuple[int, int]]) -> list
     return spans
 
 
-def word_tag_ids(pieces: TextPieces, spans: list[MentionSpan]) -> list[int]:
+def word_tag_ids(
+    pieces: TextPieces, spans: list[MentionSpan], tags_in_order: tuple[str, ...] = TAGS
+) -> list[int]:
     """Training labels: each word's tag from gold spans (outer span kept where they nest)."""
     tags = [0] * len(pieces.word_spans)
     taken = [False] * len(pieces.word_spans)
@@ -214,7 +223,7 @@ def word_tag_ids(pieces: TextPieces, spans: list[MentionSpan]) -> list[int]:
         if not words or any(taken[index] for index in words):
             continue
         for position, index in enumerate(words):
-            tags[index] = TAGS.index(f"{'B' if position == 0 else 'I'}-{span.type}")
+            tags[index] = tags_in_order.index(f"{'B' if position == 0 else 'I'}-{span.type}")
             taken[index] = True
     return tags
 

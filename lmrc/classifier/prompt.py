@@ -14,21 +14,19 @@ loop, so an answer without a terminator could not be followed by a second letter
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from functools import cache
-from pathlib import Path
 
 from lmrc.contracts import DocumentEvent
+from lmrc.contracts.schema import Schema, shipped_schema
 
 PROMPT_VERSION = "lmrc-rc-v2"
 NO_RELATION = "none"
 SEPARATOR = ","
 OPTION_LETTERS = "ABCDEFGHIJ"
 TERMINATOR = "\n"
-LABELS_FILE = Path(__file__).parent / "docred_relations.json"
 
 INSTRUCTION = (
     "Read the document. Each entity mention is marked as [E<id> mention]. For the head and tail "
@@ -40,16 +38,21 @@ INSTRUCTION = (
 
 @dataclass(frozen=True)
 class LabelSet:
-    """The predefined relations: Wikidata P-id -> name, in a fixed order."""
+    """The predefined relations: relation id (a Wikidata P-id, CID...) -> name, in a fixed order."""
 
     names: dict[str, str]
 
 
+def schema_labels(schema: Schema) -> LabelSet:
+    """A schema's relations as the prompt names them, in the schema file's order."""
+    return LabelSet({relation.id: relation.name for relation in schema.relations})
+
+
 @cache
-def docred_labels(path: Path = LABELS_FILE) -> LabelSet:
-    """The 96 DocRED relations (``rel_info.json`` of DocRED/Re-DocRED, MIT License)."""
-    with open(path, encoding="utf-8") as handle:
-        return LabelSet(dict(json.load(handle)))
+def docred_labels() -> LabelSet:
+    """The 96 DocRED relations (``rel_info.json`` of DocRED/Re-DocRED, MIT License): the default
+    schema's."""
+    return schema_labels(shipped_schema("redocred"))
 
 
 class UnparseableAnswerError(ValueError):
@@ -96,7 +99,7 @@ def _entity_line(role: str, document: DocumentEvent, index: int) -> str:
 
 @dataclass(frozen=True)
 class Option:
-    """One candidate relation shown to the LLM: Wikidata P-id and the encoder's probability."""
+    """One candidate relation shown to the LLM: its relation id and the encoder's probability."""
 
     relation_id: str
     probability: float

@@ -34,6 +34,7 @@ from typing import Any, Literal, TypeVar
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from lmrc.bundle import load_bundle, schema_of_model
 from lmrc.classifier import metrics
 from lmrc.classifier.artifact import DEFAULT_ADAPTER_DIR, ClassifierConfig, Decision, load_config
 from lmrc.classifier.prompt import (
@@ -49,6 +50,7 @@ from lmrc.classifier.prompt import (
     docred_labels,
     pair_window,
     parse_answer,
+    schema_labels,
 )
 from lmrc.classifier.tgi_client import (
     CircuitBreaker,
@@ -71,6 +73,7 @@ from lmrc.contracts import (
     RelationSetEvent,
     event_id,
 )
+from lmrc.contracts.schema import Schema
 from lmrc.contracts.tgi import GenerateParameters, GenerateRequest, GenerateResponse, Grammar
 from lmrc.runtime import (
     BatchResult,
@@ -105,6 +108,11 @@ class ClassifierSettings(ServiceSettings):
         description="Documents per batch: a document's pairs already fill the model server's batch.",
     )
     artifact_dir: Path = Field(default=DEFAULT_ADAPTER_DIR, description="Adapter dir with classifier.json.")
+    models: Path | None = Field(
+        default=None,
+        description="A model bundle (lmrc train): relation names and ids from its schema, and its "
+        "adapter when it has one (else artifact_dir's, which reads any schema's shortlist).",
+    )
     tgi_url: str = "http://127.0.0.1:8080"
     tgi_api_token: SecretStr | None = None
     tgi_adapter_id: str | None = Field(
@@ -135,6 +143,20 @@ class ClassifierSettings(ServiceSettings):
         le=len(OPTION_LETTERS),
         description="Shortlist entries shown per pair (None: as many as the adapter was trained with).",
     )
+
+    @model_validator(mode="after")
+    def _from_bundle(self) -> ClassifierSettings:
+        if self.models is not None:
+            adapter = load_bundle(self.models).model_dir("classifier")
+            if adapter is not None:
+                self.artifact_dir = adapter
+        return self
+
+    def schema(self) -> Schema:
+        """The relations the classifier names: the bundle's schema, else its adapter's."""
+        return (
+            load_bundle(self.models).schema if self.models is not None else schema_of_model(self.artifact_dir)
+        )
 
     @model_validator(mode="after")
     def _one_credential(self) -> ClassifierSettings:
@@ -209,6 +231,7 @@ class ClassifierHandler(Handler[CandidateSetEvent]):
         self.settings = settings
         self.config = config
         self.labels = labels or docred_labels()
+        self.known_relations = set(self.labels.names)
         self.service = settings.service_name
         metrics.initialize_pairs(self.service)
         trained_options = int(config.training.get("shortlist_size", len(OPTION_LETTERS)))
@@ -282,11 +305,31 @@ class ClassifierHandler(Handler[CandidateSetEvent]):
             ),
         )
 
+    def schema_problem(self, candidates: CandidateSetEvent) -> str | None:
+        """Why a candidate set cannot be classified in this service's schema, if it cannot."""
+        named = {scored.relation_id for pair in candidates.pairs for scored in pair.shortlist}
+        unknown = sorted(named - self.known_relations)
+        if not unknown:
+            return None
+        shown = ", ".join(unknown[:5]) + (" ..." if len(unknown) > 5 else "")
+        return (
+            f"candidates of {candidates.doc_id!r} name relations {shown} that the classifier's schema "
+            f"lacks (proposer {candidates.proposer_model_version}; it knows {len(self.known_relations)})"
+        )
+
     def handle(self, batch: Sequence[Consumed[CandidateSetEvent]]) -> BatchResult:
+        result = BatchResult()
+        usable = []
+        for item in batch:
+            problem = self.schema_problem(item.event)
+            if problem is None:
+                usable.append(item)
+            else:
+                result.rejected.append((item, UnprocessableMessageError("SchemaMismatch", problem)))
+        batch = usable
         remembered = [self._remembered(item.event) for item in batch]
         fresh = [item.event for item, known in zip(batch, remembered, strict=True) if known is None]
         outcomes = iter(self.run(self._classify_all(fresh)))
-        result = BatchResult()
         for item, known in zip(batch, remembered, strict=True):
             candidates = item.event
             if known is not None:  # the same document again: the same answer, no LLM call
@@ -479,7 +522,7 @@ class ClassifierHandler(Handler[CandidateSetEvent]):
 
 def build_runtime(settings: ClassifierSettings) -> ServiceRuntime:
     config = load_config(settings.artifact_dir)
-    handler = ClassifierHandler(settings, config)
+    handler = ClassifierHandler(settings, config, schema_labels(settings.schema()))
     log.info(
         "classifier %s (prompt %s) on %s, adapter %s",
         config.version,

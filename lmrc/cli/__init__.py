@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from lmrc import docred
+from lmrc.contracts.schema import Schema
 from lmrc.contracts.text import printable
 from lmrc.docred import evaluation
 from lmrc.local.graph_lock import GraphInUseError
@@ -98,7 +99,14 @@ class UserError(Exception):
 
 
 def _eval(args: argparse.Namespace) -> int:
-    gold = docred.load_raw(args.gold)
+    from lmrc.contracts.schema import SchemaError, resolve_schema
+    from lmrc.docred.dataset import DatasetError, load_documents
+
+    try:  # gold in the schema's terms (CDR: NR dropped, pairs turned); names from it too
+        schema = resolve_schema(args.schema)
+        gold = load_documents(args.gold, schema)
+    except (SchemaError, DatasetError) as error:
+        raise UserError(str(error)) from None
     try:
         predictions = evaluation.load_predictions(args.pred)
     except json.JSONDecodeError as error:
@@ -121,14 +129,18 @@ def _eval(args: argparse.Namespace) -> int:
         scores = evaluation.evaluate_candidates(gold, predictions)
         print(json.dumps(asdict(scores), indent=2) if args.json else evaluation.format_candidates(scores))
         return 0
-    train = docred.load_raw(args.train) if args.train else None
+    train = load_documents(args.train, schema) if args.train else None
     report = evaluation.evaluate_relations(gold, predictions, train)
     if args.json:
         print(json.dumps(report.as_dict(), indent=2))
         return 0
     if not args.per_relation:
         report = evaluation.Report(scores=report.scores)
-    names = docred.load_relation_names(args.rel_info) if args.per_relation else None
+    names = (
+        (docred.load_relation_names(args.rel_info) if args.rel_info else schema.relation_names)
+        if args.per_relation
+        else None
+    )
     print(evaluation.format_report(report, names))
     return 0
 
@@ -261,7 +273,7 @@ def _up(args: argparse.Namespace) -> int:
             f"port {args.port} is in use (a broker, or another lmrc up?); choose another with --port"
         )
     try:
-        return up(args.port, args.graph, args.encoder_only)
+        return up(args.port, args.graph, args.encoder_only, args.models)
     except UpError as error:
         print(f"lmrc up: {error}", file=sys.stderr)
         return 1
@@ -298,14 +310,21 @@ def _memory(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from lmrc.bundle import DEFAULT_BUNDLE, BundleError, load_bundle
     from lmrc.local.publish import TextInputError, iter_text_events
     from lmrc.local.run import run_local
 
     if args.gold is not None and args.text is None:
         raise UserError("--gold scores a plain-text run (--text); a DocRED --input carries its own labels")
+    try:
+        bundle = load_bundle(args.models or DEFAULT_BUNDLE)
+    except BundleError as error:
+        raise UserError(str(error)) from None
+    if args.text is not None and bundle.model_dir("annotator") is None:
+        raise UserError(f"{bundle.directory}: the bundle has no annotator model; --text needs one (--input)")
     text_gold = None
     if args.input is not None:
-        _check_document_input(args.input)
+        _check_document_input(args.input, bundle.schema)
     if args.text is not None:
         if args.input is not None:
             raise UserError("--text and --input name the input twice; give one")
@@ -316,7 +335,9 @@ def _run(args: argparse.Namespace) -> int:
         except TextInputError as error:
             raise UserError(str(error)) from error
         if args.gold is not None:
-            text_gold = _gold_for_texts(args.gold, [event.doc_id for event in events[: args.limit]])
+            text_gold = _gold_for_texts(
+                args.gold, [event.doc_id for event in events[: args.limit]], bundle.schema
+            )
     return run_local(
         args.text or args.input,
         args.limit,
@@ -325,22 +346,24 @@ def _run(args: argparse.Namespace) -> int:
         encoder_only=args.encoder_only,
         text=args.text is not None,
         text_gold=text_gold,
+        models=args.models,
     )
 
 
-def _check_document_input(path: Path) -> None:
-    """``lmrc run --input``, checked whole before anything starts: a DocRED JSON list (as the
-    evaluation files are checked) or JSON lines of DocumentEvents, each valid."""
+def _check_document_input(path: Path, schema: Schema) -> None:
+    """``lmrc run --input``, checked whole before anything starts: a DocRED JSON list (as a
+    dataset's files are checked, against the bundle's schema) or JSON lines of DocumentEvents,
+    each valid."""
     from pydantic import ValidationError
 
-    from lmrc import docred
     from lmrc.contracts import DocumentEvent
+    from lmrc.docred.dataset import DatasetError, load_documents
 
     text = path.read_text(encoding="utf-8")
     if text.lstrip().startswith("["):
         try:
-            docred.load_gold_file(path, docred.load_relation_names())
-        except docred.GoldFileError as error:
+            load_documents(path, schema)
+        except DatasetError as error:
             raise UserError(str(error)) from error
         return
     lines = [(number, line) for number, line in enumerate(text.splitlines(), start=1) if line.strip()]
@@ -357,14 +380,14 @@ def _check_document_input(path: Path) -> None:
             ) from None
 
 
-def _gold_for_texts(path: Path, doc_ids: list[str]) -> list[dict]:
+def _gold_for_texts(path: Path, doc_ids: list[str], schema: Schema) -> list[dict]:
     """The gold documents of the texts a run will annotate (a text's id is its document's title),
     checked before anything starts: every text needs its gold document."""
-    from lmrc import docred
+    from lmrc.docred.dataset import DatasetError, load_documents
 
     try:
-        gold = {raw["title"]: raw for raw in docred.load_gold_file(path, docred.load_relation_names())}
-    except docred.GoldFileError as error:
+        gold = {raw["title"]: raw for raw in load_documents(path, schema)}
+    except DatasetError as error:
         raise UserError(str(error)) from error
     missing = [doc_id for doc_id in doc_ids if doc_id not in gold]
     if missing:
@@ -393,7 +416,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--pred", required=True, type=Path, help="predictions: JSON list or JSON lines")
     ev.add_argument("--train", type=Path, help="training file, for Ign F1")
     ev.add_argument("--per-relation", action="store_true", help="print per-relation P/R/F1")
-    ev.add_argument("--rel-info", type=Path, help="rel_info.json for relation names")
+    ev.add_argument("--rel-info", type=Path, help="rel_info.json for relation names (default: the schema's)")
+    ev.add_argument(
+        "--schema",
+        default="redocred",
+        help="the schema the files are labelled in: a schema file or a shipped one (redocred, cdr)",
+    )
     ev.add_argument("--json", action="store_true", help="print JSON")
     ev.set_defaults(func=_eval)
 
@@ -460,8 +488,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_annotator_commands(commands)
 
     from lmrc.cli.llm import add_commands as add_llm_commands
+    from lmrc.cli.train import add_commands as add_train_commands
 
     add_llm_commands(commands)
+    add_train_commands(commands)
 
     run = commands.add_parser(
         "run",
@@ -486,6 +516,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="embedded graph directory, added to (default: var/graph.lbug, emptied at the start of each run)",
     )
     run.add_argument("--report", type=Path, help="also write the figures to this JSON file")
+    run.add_argument(
+        "--models",
+        type=Path,
+        help="a model bundle from `lmrc train` (default: models/, Re-DocRED's); without --input or "
+        "--text, three documents of its dataset's dev.json",
+    )
     run.add_argument(
         "--gold",
         type=Path,
@@ -530,6 +566,7 @@ def build_parser() -> argparse.ArgumentParser:
     upc.add_argument(
         "--encoder-only", action="store_true", help="no LLM: the proposer's relations go to the sink"
     )
+    upc.add_argument("--models", type=Path, help="a model bundle from `lmrc train` (default: models/)")
     upc.set_defaults(func=_up)
 
     memory = commands.add_parser(

@@ -19,6 +19,8 @@ def _train(args: argparse.Namespace) -> int:
         encoder_lr=args.encoder_lr,
         head_lr=args.head_lr,
         init_from=args.init_from,
+        max_minutes=args.max_minutes,
+        resume=args.resume,
     )
     config = train_tagger(options)
     print(json.dumps(config.validation, indent=2))
@@ -41,17 +43,23 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from lmrc.bundle import DEFAULT_BUNDLE, BundleError, load_bundle
+    from lmrc.cli import UserError
+    from lmrc.docred.dataset import DatasetError, load_documents
     from lmrc.local.annotator_report import evaluate
 
     documents = None
     split = args.split
+    try:
+        bundle = load_bundle(args.models or DEFAULT_BUNDLE)
+    except BundleError as error:
+        raise UserError(str(error)) from None
+    if args.input is None and not bundle.is_default:
+        raise UserError("--models: give --input (the bundle's dataset, e.g. its dev.json)")
     if args.input is not None:
-        from lmrc import docred
-        from lmrc.cli import UserError
-
         try:
-            documents = docred.load_gold_file(args.input, docred.load_relation_names())
-        except docred.GoldFileError as error:
+            documents = load_documents(args.input, bundle.schema)
+        except DatasetError as error:
             raise UserError(str(error)) from error
         split = f"file {args.input}"
     if args.out is None:
@@ -61,7 +69,9 @@ def _evaluate(args: argparse.Namespace) -> int:
             else Path("docs/results") / f"annotator-{args.split}.json"
         )
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    report = evaluate(split, args.out, live=not args.no_live, limit=args.limit, documents=documents)
+    report = evaluate(
+        split, args.out, live=not args.no_live, limit=args.limit, documents=documents, models=args.models
+    )
     keys = ("mention_f1", "entity_f1", "typed_entity_f1", "relation_f1_strict", "relation_f1_relaxed")
     print(json.dumps({key: report.get(key) for key in keys}, indent=2))
     print(f"written to {args.out}")
@@ -82,6 +92,12 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--head-lr", type=float, default=1e-3, help="the tag layer's learning rate")
     train.add_argument(
         "--init-from", type=Path, help="go on from a trained tagger (default: the pretrained encoder)"
+    )
+    train.add_argument(
+        "--max-minutes", type=float, help="stop after the epoch that ends past this (best epoch kept)"
+    )
+    train.add_argument(
+        "--resume", action="store_true", help="go on from the checkpoint the last run left in --out"
     )
     train.set_defaults(func=_train)
 
@@ -120,6 +136,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "var/annotator-<file name>.json)",
     )
     evaluate.add_argument("--limit", type=int, help="only the first N documents")
+    evaluate.add_argument(
+        "--models", type=Path, help="a model bundle from `lmrc train` (its tagger and schema; needs --input)"
+    )
     evaluate.add_argument(
         "--no-live", action="store_true", help="annotation figures only, no pipeline run (no relation F1)"
     )

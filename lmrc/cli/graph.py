@@ -89,7 +89,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     verbs = graph.add_subparsers(dest="verb", required=True)
     relations = verbs.add_parser("relations", help="relations as a table (filters combine)")
     relations.add_argument("--entity", help="entity name (any case) or id, as head or tail")
-    relations.add_argument("--relation", help="P-id or relation name")
+    relations.add_argument("--relation", help="relation id (a P-id, CID...) or relation name")
     relations.add_argument("--doc", help="document id")
     relations.add_argument(
         "--limit",

@@ -21,9 +21,12 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     )
     train.add_argument(
         "--encoder",
-        choices=ENCODERS,
         default=DEFAULT_ENCODER,
-        help=f"the pretrained encoder ({MPNET_ENCODER}: install it first with install-encoder)",
+        help=f"the pretrained encoder: {', '.join(ENCODERS)} ({MPNET_ENCODER}: install it first with "
+        "install-encoder), or a Hugging Face encoder folder (config.json, tokenizer.json, weights)",
+    )
+    train.add_argument(
+        "--resume", action="store_true", help="go on from the checkpoint the last run left in --out"
     )
     train.add_argument(
         "--emb-size",
@@ -211,6 +214,7 @@ def _train(args: argparse.Namespace) -> int:
         fold=args.fold,
         folds=args.folds,
         max_minutes=args.max_minutes,
+        resume=args.resume,
     )
     config = train(options)
     print(json.dumps(config.model_dump(mode="json"), indent=2))
@@ -303,13 +307,13 @@ def _evaluate(args: argparse.Namespace) -> int:
     documents = None
     split = args.split
     if args.input is not None:
-        from lmrc import docred
+        from lmrc.bundle import BundleError, schema_of_model
         from lmrc.cli import UserError
-        from lmrc.proposer.artifact import load_config
+        from lmrc.docred.dataset import DatasetError, load_documents
 
-        try:
-            documents = docred.load_gold_file(args.input, load_config(args.artifact).relation_ids)
-        except docred.GoldFileError as error:
+        try:  # the gold in the terms of the schema the artifact was trained in (its bundle's)
+            documents = load_documents(args.input, schema_of_model(args.artifact))
+        except (DatasetError, BundleError) as error:
             raise UserError(str(error)) from error
         split = f"file {args.input}"
     figures = evaluate_artifact(

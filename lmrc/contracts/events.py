@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
+from lmrc.contracts.schema import RELATION_ID_PATTERN
 from lmrc.contracts.text import graph_text, sentence_text
 
 DOCUMENT_SCHEMA_VERSION = 1
@@ -35,7 +36,10 @@ DocId = Annotated[GraphText, Field(min_length=1, max_length=512, description="St
 MAX_INDEX = 2**31 - 1
 EntityIndex = Annotated[int, Field(ge=0, le=MAX_INDEX, description="Index into the document's entities.")]
 SentenceIndex = Annotated[int, Field(ge=0, le=MAX_INDEX, description="Index into the document's sentences.")]
-RelationId = Annotated[str, Field(pattern=r"^P[0-9]+$", description="Wikidata property id.")]
+RelationId = Annotated[
+    str,
+    Field(pattern=RELATION_ID_PATTERN, description="A relation id of the schema (Wikidata P-id, CID...)."),
+]
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 
 

@@ -15,6 +15,7 @@ from lmrc import docred
 from lmrc.annotator.tagger import DEFAULT_TAGGER_DIR
 from lmrc.annotator.training.evaluate import engine_scores, write_texts
 from lmrc.annotator.training.export import ensure_tagger_onnx
+from lmrc.bundle import load_bundle
 from lmrc.local.pipeline import quiet_export
 from lmrc.local.run import run_local
 
@@ -25,15 +26,19 @@ def evaluate(
     live: bool = True,
     limit: int | None = None,
     documents: list[dict[str, Any]] | None = None,
+    models: Path | None = None,
 ) -> dict[str, Any]:
     """Annotation figures (and, ``live``, relations end to end) on a split of Re-DocRED dev, or on
-    ``documents`` (a user's DocRED-format file, ``split`` naming it)."""
+    ``documents`` (a user's DocRED-format file, ``split`` naming it). ``models``: a bundle whose
+    tagger is measured (spaCy, which tags DocRED's types, only beside the default bundle's)."""
     if documents is None:
         documents = docred.load_split(split)  # type: ignore[arg-type]
     documents = documents[:limit]
+    tagger_dir = load_bundle(models).require("annotator") if models is not None else DEFAULT_TAGGER_DIR
     with quiet_export():
-        ensure_tagger_onnx(DEFAULT_TAGGER_DIR)
-    engines = {engine: engine_scores(engine, documents) for engine in ("tagger", "spacy")}
+        ensure_tagger_onnx(tagger_dir)
+    names = ("tagger", "spacy") if models is None or load_bundle(models).is_default else ("tagger",)
+    engines = {engine: engine_scores(engine, documents, tagger_dir) for engine in names}
     default = engines["tagger"]
     report: dict[str, Any] = {
         "split": split,
@@ -49,7 +54,7 @@ def evaluate(
         with tempfile.TemporaryDirectory() as scratch:
             texts = write_texts(documents, Path(scratch) / "texts.jsonl")
             run_report = Path(scratch) / "run.json"
-            code = run_local(texts, report_path=run_report, text=True, text_gold=documents)
+            code = run_local(texts, report_path=run_report, text=True, text_gold=documents, models=models)
             if code:
                 raise RuntimeError(f"the live run ended with status {code}")
             run = json.loads(run_report.read_text())

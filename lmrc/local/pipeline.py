@@ -58,6 +58,7 @@ class LocalPipeline:
     encoder_only: bool = False  # the proposer writes relation sets; no classifier, no LLM
     annotate: bool = False  # plain texts in: the annotator stage runs first
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # per stage
+    models: Path | None = None  # a model bundle (lmrc train); None: the default, models/
 
     @property
     def stages(self) -> tuple[str, ...]:
@@ -85,6 +86,8 @@ class LocalPipeline:
             "session_timeout_ms": 2000,
             **self.overrides.get(stage, {}),
         }
+        if self.models is not None and stage in ("annotator", "proposer", "classifier"):
+            common.setdefault("models", self.models)
         if stage == "annotator":
             return AnnotatorSettings(**common)
         if stage == "proposer":

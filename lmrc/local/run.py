@@ -26,9 +26,10 @@ from typing import Any
 from tqdm import tqdm
 
 from lmrc import docred
-from lmrc.classifier.artifact import DEFAULT_ADAPTER_DIR
+from lmrc.bundle import DEFAULT_BUNDLE, Bundle, load_bundle
 from lmrc.classifier.artifact import load_config as load_classifier_config
 from lmrc.contracts.text import printable
+from lmrc.docred.dataset import load_documents, training_documents
 from lmrc.docred.evaluation import evaluate_candidates, evaluate_relations, format_candidates, type_prior
 from lmrc.local.broker import LocalBroker
 from lmrc.local.graph_lock import graph_lock
@@ -77,12 +78,30 @@ def interrupt_on_signals() -> Iterator[None]:
             signal.signal(signum, handler)
 
 
+def default_input(bundle: Bundle) -> Path | None:
+    """What a run without input reads: Re-DocRED's holdout split for the default bundle, the dev
+    file of the dataset another bundle was trained on (None: the holdout split)."""
+    if bundle.is_default:
+        return None
+    data = bundle.manifest.training.get("data")
+    dev = Path(str(data)) / "dev.json" if data else None
+    if dev is None or not dev.exists():
+        raise FileNotFoundError(
+            f"{bundle.directory}: its dataset's dev.json is not where it was trained from; "
+            "give --input or --text"
+        )
+    return dev
+
+
 def _inputs(
-    input_path: Path | None, limit: int | None, text: bool = False
+    input_path: Path | None, limit: int | None, bundle: Bundle, text: bool = False
 ) -> tuple[list[tuple[str, bytes]], list[dict], str]:
     if text:
         assert input_path is not None
         return list(iter_text_payloads(input_path))[:limit], [], str(input_path)
+    if input_path is None and not bundle.is_default:
+        input_path = default_input(bundle)
+        limit = limit or DEFAULT_DOCUMENTS
     if input_path is None:
         raw = docred.load_split("holdout")[: limit or DEFAULT_DOCUMENTS]
         payloads = [
@@ -92,7 +111,8 @@ def _inputs(
         return payloads, raw, "the Re-DocRED holdout split"
     payloads = list(iter_document_payloads(input_path))[:limit]
     text = input_path.read_text(encoding="utf-8").lstrip()
-    gold = docred.load_raw(input_path)[:limit] if text.startswith("[") else []
+    # Gold in the bundle's terms: CDR's NR labels dropped, pairs turned as the schema reads them.
+    gold = load_documents(input_path, bundle.schema)[:limit] if text.startswith("[") else []
     return payloads, gold, str(input_path)
 
 
@@ -104,6 +124,7 @@ def run_local(
     encoder_only: bool = False,
     text: bool = False,
     text_gold: list[dict] | None = None,
+    models: Path | None = None,
 ) -> int:
     """Run the pipeline on the input; 0 when done, 1 when no input went through (every one
     dead-lettered), 130 when interrupted (Ctrl-C or SIGTERM), with the broker and model server
@@ -111,10 +132,14 @@ def run_local(
 
     ``text``: the input is plain text (a file, a folder, JSON lines), annotated first.
     ``text_gold``: the DocRED documents the texts were rebuilt from, to score the annotated run
-    (strict and relaxed relation F1; ``lmrc annotator evaluate``)."""
+    (strict and relaxed relation F1; ``lmrc annotator evaluate``).
+    ``models``: the model bundle (default: models/, Re-DocRED's)."""
+    bundle = load_bundle(models or DEFAULT_BUNDLE)
     try:
         with interrupt_on_signals():
-            return _run_local(input_path, limit, graph_path, report_path, encoder_only, text, text_gold)
+            return _run_local(
+                input_path, limit, graph_path, report_path, encoder_only, bundle, text, text_gold
+            )
     except KeyboardInterrupt:
         print("interrupted: the pipeline, the broker and the model server were stopped", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -128,10 +153,11 @@ def _run_local(
     graph_path: Path | None,
     report_path: Path | None,
     encoder_only: bool,
+    bundle: Bundle,
     text: bool = False,
     text_gold: list[dict] | None = None,
 ) -> int:
-    payloads, gold, source = _inputs(input_path, limit, text)
+    payloads, gold, source = _inputs(input_path, limit, bundle, text)
     fresh_graph = graph_path is None
     graph_path = graph_path or REPO_ROOT / "var" / "graph.lbug"
     # The graph is this run's alone until it ends (another run or `lmrc graph` is refused in one
@@ -141,7 +167,9 @@ def _run_local(
             # The default graph holds this run alone, so that its figures are this run's: edges
             # left by an earlier run (another model, another mode) would be scored with it.
             shutil.rmtree(graph_path) if graph_path.is_dir() else graph_path.unlink()
-        return _run_on_graph(payloads, gold, source, graph_path, report_path, encoder_only, text, text_gold)
+        return _run_on_graph(
+            payloads, gold, source, graph_path, report_path, encoder_only, bundle, text, text_gold
+        )
 
 
 def _run_on_graph(
@@ -151,21 +179,24 @@ def _run_on_graph(
     graph_path: Path,
     report_path: Path | None,
     encoder_only: bool,
+    bundle: Bundle,
     text: bool,
     text_gold: list[dict] | None,
 ) -> int:
-    adapter = load_classifier_config(DEFAULT_ADAPTER_DIR)
+    adapter_dir = bundle.classifier_dir
+    adapter = load_classifier_config(adapter_dir)
     mode = "encoder only (the proposer's relation head, no LLM)" if encoder_only else "encoder + LLM"
     noun = "text" if text else "document"
     what = noun if len(payloads) == 1 else f"{noun}s"
-    print(f"local run: {len(payloads)} {what} from {source}; {mode}", flush=True)
-    _say_what_is_prepared(encoder_only, text)
+    models = "" if bundle.is_default else f"; models {bundle.directory} ({bundle.schema.name})"
+    print(f"local run: {len(payloads)} {what} from {source}; {mode}{models}", flush=True)
+    _say_what_is_prepared(encoder_only, text, bundle)
     log_dir = REPO_ROOT / "var" / "log"
     log_dir.mkdir(parents=True, exist_ok=True)
     model_server = (
         contextlib.nullcontext()
         if encoder_only
-        else LocalTgiServer({adapter.version: DEFAULT_ADAPTER_DIR}, log_path=log_dir / "tgi.log")
+        else LocalTgiServer({adapter.version: adapter_dir}, log_path=log_dir / "tgi.log")
     )
     with LocalBroker(log_path=log_dir / "broker.log") as broker, model_server as tgi:
         pipeline = LocalPipeline(
@@ -175,6 +206,7 @@ def _run_on_graph(
             graph_path,
             encoder_only=encoder_only,
             annotate=text,
+            models=None if bundle.is_default else bundle.directory,
         )
         runtimes = [pipeline.build(stage) for stage in pipeline.stages]
         threads = [start_thread(runtime) for runtime in runtimes]
@@ -202,7 +234,7 @@ def _run_on_graph(
             stop_all(runtimes, threads, timeout=INTERRUPT_GRACE_SECONDS if interrupted else 60.0)
     summary = {
         "mode": "encoder_only" if encoder_only else "encoder_llm",
-        **_report(progress, elapsed, gold, graph_path),
+        **_report(progress, elapsed, gold, graph_path, bundle),
     }
     if text:
         _print_text_relations(progress)
@@ -218,18 +250,20 @@ def _run_on_graph(
     return 0
 
 
-def _say_what_is_prepared(encoder_only: bool, text: bool) -> None:
+def _say_what_is_prepared(encoder_only: bool, text: bool, bundle: Bundle) -> None:
     """The first run prepares models once; say so, and why it takes a while."""
-    from lmrc.annotator.tagger import DEFAULT_TAGGER_DIR, load_tagger_config, tagger_onnx_path
+    from lmrc.annotator.tagger import load_tagger_config, tagger_onnx_path
     from lmrc.classifier.training.base_model import default_base_model_dir, is_materialized
     from lmrc.paths import encoder_dir, encoder_tokenizer_file
-    from lmrc.proposer.artifact import DEFAULT_ARTIFACT_DIR, load_config, onnx_path
+    from lmrc.proposer.artifact import load_config, onnx_path
 
-    if text and not tagger_onnx_path(DEFAULT_TAGGER_DIR, load_tagger_config(DEFAULT_TAGGER_DIR)).exists():
+    tagger_dir = bundle.require("annotator") if text else None
+    if tagger_dir is not None and not tagger_onnx_path(tagger_dir, load_tagger_config(tagger_dir)).exists():
         print("preparing the annotator: exporting its mention tagger to ONNX (once, ~20 s)", flush=True)
-    proposer = load_config(DEFAULT_ARTIFACT_DIR)
+    proposer_dir = bundle.require("proposer")
+    proposer = load_config(proposer_dir)
     encoder_tokenizer_file(proposer.encoder)  # not installed: one line that says how, before anything starts
-    if not onnx_path(DEFAULT_ARTIFACT_DIR, proposer).exists():
+    if not onnx_path(proposer_dir, proposer).exists():
         encoder_dir(proposer.encoder)
         print("preparing the proposer: exporting it to ONNX (once, ~30 s)", flush=True)
     if not encoder_only and not is_materialized(default_base_model_dir()):
@@ -384,7 +418,9 @@ def graph_predictions(stored: list[StoredRelation], gold: list[dict]) -> tuple[l
     return predictions, ambiguous
 
 
-def _report(progress: DocumentProgress, elapsed: float, gold: list[dict], graph_path: Path) -> dict[str, Any]:
+def _report(
+    progress: DocumentProgress, elapsed: float, gold: list[dict], graph_path: Path, bundle: Bundle
+) -> dict[str, Any]:
     """Print what the run produced and, for DocRED input, its scores; return the figures."""
     candidate_sets = [progress.proposed[d] for d in sorted(progress.proposed) if d in progress.documents]
     relation_sets = [progress.classified[d] for d in sorted(progress.classified) if d in progress.documents]
@@ -471,7 +507,7 @@ def _report(progress: DocumentProgress, elapsed: float, gold: list[dict], graph_
         for r in relations
     ]
     from_graph, ambiguous = graph_predictions(stored, gold)
-    train = docred.load_split("train")
+    train = training_documents(bundle)  # Ign F1 leaves out facts seen in training
 
     def score(key: str, what: str, predictions: list[dict[str, Any]]) -> None:
         result = evaluate_relations(gold, predictions, train).scores

@@ -19,7 +19,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from lmrc.classifier.artifact import DEFAULT_ADAPTER_DIR
+from lmrc.bundle import DEFAULT_BUNDLE, Bundle, load_bundle
 from lmrc.classifier.artifact import load_config as load_classifier_config
 from lmrc.local.broker import LocalBroker
 from lmrc.local.graph_lock import graph_lock
@@ -65,19 +65,17 @@ def _environment(
     return env
 
 
-def _prepare_models() -> None:
+def _prepare_models(bundle: Bundle) -> None:
     """The ONNX exports the services serve, made once here (a service does not export)."""
-    from lmrc.annotator.tagger import DEFAULT_TAGGER_DIR
     from lmrc.annotator.training.export import ensure_tagger_onnx
-    from lmrc.proposer.artifact import DEFAULT_ARTIFACT_DIR
     from lmrc.proposer.training.export import ensure_onnx
 
     with quiet_export():
-        ensure_tagger_onnx(DEFAULT_TAGGER_DIR)
-        ensure_onnx(DEFAULT_ARTIFACT_DIR)
+        ensure_tagger_onnx(bundle.require("annotator"))
+        ensure_onnx(bundle.require("proposer"))
 
 
-def up(broker_port: int, graph: Path, encoder_only: bool) -> int:
+def up(broker_port: int, graph: Path, encoder_only: bool, models: Path | None = None) -> int:
     """Start everything, say where it is, wait for Ctrl-C or SIGTERM, stop everything: 0; 1 when a
     part stopped on its own (its log's last lines are shown)."""
     stages = ["annotator", "proposer", *([] if encoder_only else ["classifier"]), "sink"]
@@ -85,14 +83,15 @@ def up(broker_port: int, graph: Path, encoder_only: bool) -> int:
     logs.mkdir(parents=True, exist_ok=True)
     with graph_lock(graph, exclusive=True), interrupt_on_signals(), contextlib.ExitStack() as stack:
         print("preparing the models (ONNX exports, once)", flush=True)
-        _prepare_models()
+        bundle = load_bundle(models or DEFAULT_BUNDLE)
+        _prepare_models(bundle)
         broker = LocalBroker(port=broker_port, log_path=logs / "broker.log")
         stack.callback(broker.stop)
         broker.start()
-        tgi_url, adapter = "", load_classifier_config(DEFAULT_ADAPTER_DIR).version
+        tgi_url, adapter = "", load_classifier_config(bundle.classifier_dir).version
         if not encoder_only:
             print("starting the model server (the first start de-quantizes the LLM, ~20 s)", flush=True)
-            tgi = LocalTgiServer({adapter: DEFAULT_ADAPTER_DIR}, log_path=logs / "tgi.log")
+            tgi = LocalTgiServer({adapter: bundle.classifier_dir}, log_path=logs / "tgi.log")
             stack.callback(tgi.stop)
             tgi.start()
             tgi_url = tgi.url
@@ -102,6 +101,8 @@ def up(broker_port: int, graph: Path, encoder_only: bool) -> int:
             port = free_port()
             log = logs / f"{stage}.log"
             env = _environment(stage, broker.bootstrap_servers, port, graph, tgi_url, adapter, encoder_only)
+            if models is not None and stage != "sink":
+                env[f"{stage.upper()}_MODELS"] = str(models.resolve())
             with open(log, "wb") as handle:
                 process = subprocess.Popen(
                     [sys.executable, "-m", f"lmrc.{stage}"],

@@ -8,6 +8,7 @@ it is small enough to ship in the repository. The ONNX model is derived from it 
 
 from __future__ import annotations
 
+import hashlib
 import json
 from importlib import metadata
 from pathlib import Path
@@ -23,7 +24,9 @@ from lmrc.paths import (
     encoder_dir,
     encoder_package,
     encoder_tokenizer_file,
+    is_encoder_folder,
 )
+from lmrc.proposer.features import DOCRED_ENTITY_TYPES, DocumentFeaturizer
 
 DEFAULT_ARTIFACT_DIR = REPO_ROOT / "models" / "proposer"
 CONFIG_FILE = "proposer.json"
@@ -59,9 +62,19 @@ class ProposerConfig(BaseModel):
         description="Recall target ('0.950') -> threshold and validation pair recall and pass rate.",
     )
     relation_ids: list[str] = Field(
-        default_factory=list, description="Wikidata P-ids in the order of the relation head's outputs."
+        default_factory=list,
+        description="The schema's relation ids in the order of the relation head's outputs.",
     )
-    relation_names: dict[str, str] = Field(default_factory=dict, description="P-id -> relation name.")
+    relation_names: dict[str, str] = Field(default_factory=dict, description="Relation id -> name.")
+    entity_types: list[str] = Field(
+        default_factory=lambda: list(DOCRED_ENTITY_TYPES),
+        description="The schema's entity types, in the order of the type embedding (after 0: unknown).",
+    )
+    type_pairs: list[tuple[str, str]] | None = Field(
+        default=None,
+        description="The (head type, tail type) pairs the schema's relations allow; only those pairs "
+        "are scored (None: every ordered pair).",
+    )
     relation_threshold: float | None = Field(
         default=None,
         ge=0.0,
@@ -115,7 +128,26 @@ def tokenizer_file(encoder: str) -> Path:
     return encoder_tokenizer_file(encoder)
 
 
+def featurizer_for(config: ProposerConfig) -> DocumentFeaturizer:
+    """The featurizer an artifact was trained with: its encoder's tokenizer, windows and schema."""
+    return DocumentFeaturizer(
+        tokenizer_file(config.encoder),
+        config.window_length,
+        config.window_stride,
+        config.entity_types,
+        config.type_pairs,
+    )
+
+
 def encoder_package_version(encoder: str = DEFAULT_ENCODER) -> str:
+    """The installed version of the encoder's package; for a user's folder, a hash of its config
+    and weights' size (a different encoder put in the same place is noticed)."""
+    if is_encoder_folder(encoder):
+        folder = Path(encoder)
+        weights = folder / "model.safetensors"
+        digest = hashlib.sha256((folder / "config.json").read_bytes())
+        digest.update(str(weights.stat().st_size if weights.exists() else 0).encode())
+        return f"sha256-{digest.hexdigest()[:12]}"
     if encoder == DEFAULT_ENCODER:
         return metadata.version(encoder_package(encoder))
     source = json.loads((encoder_dir(encoder) / ENCODER_SOURCE_FILE).read_text(encoding="utf-8"))

@@ -8,6 +8,7 @@ renormalised where windows overlap).
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,9 +18,9 @@ from tokenizers import Tokenizer
 from lmrc.contracts import DocumentEvent
 
 MARKER = "*"
-#: DocRED's entity types; any other type maps to 0.
-ENTITY_TYPES = ("UNKNOWN", "PER", "ORG", "LOC", "TIME", "NUM", "MISC")
-_TYPE_INDEX = {name: index for index, name in enumerate(ENTITY_TYPES)}
+#: DocRED's entity types, the default schema's: type i is embedded as i + 1, and 0 stands for a
+#: type the model never saw.
+DOCRED_ENTITY_TYPES = ("PER", "ORG", "LOC", "TIME", "NUM", "MISC")
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,7 @@ class DocumentFeatures:
     token_mask: np.ndarray  # [tokens]: its length is the document's length in word pieces
     mention_positions: np.ndarray  # [entities, max_mentions]: start-marker positions (0 = padding)
     mention_mask: np.ndarray  # [entities, max_mentions]
-    entity_types: np.ndarray  # [entities]: index into ENTITY_TYPES
+    entity_types: np.ndarray  # [entities]: 1 + index into the schema's entity types (0: unknown)
     pair_heads: np.ndarray  # [pairs]
     pair_tails: np.ndarray  # [pairs]
     #: Not a model input: the sentence of every word piece (markers count with their mention), so
@@ -66,7 +67,19 @@ INPUT_NAMES = (
 
 
 class DocumentFeaturizer:
-    def __init__(self, tokenizer_file: str | Path, window_length: int = 512, window_stride: int = 256):
+    """``entity_types``: the schema's, in the model's order; ``type_pairs``: the (head type, tail
+    type) pairs some relation of the schema allows (None: every ordered pair is scored)."""
+
+    def __init__(
+        self,
+        tokenizer_file: str | Path,
+        window_length: int = 512,
+        window_stride: int = 256,
+        entity_types: Sequence[str] = DOCRED_ENTITY_TYPES,
+        type_pairs: Iterable[Sequence[str]] | None = None,
+    ):
+        self.type_index = {name: index + 1 for index, name in enumerate(entity_types)}
+        self.type_pairs = None if type_pairs is None else {(str(h), str(t)) for h, t in type_pairs}
         self.tokenizer = Tokenizer.from_file(str(tokenizer_file))
         self.tokenizer.no_padding()
         self.tokenizer.no_truncation()
@@ -141,7 +154,13 @@ class DocumentFeaturizer:
             mention_positions[entity_index, : len(entity_positions)] = entity_positions
             mention_mask[entity_index, : len(entity_positions)] = 1
         n = len(positions)
-        heads, tails = np.nonzero(~np.eye(n, dtype=bool))
+        allowed = ~np.eye(n, dtype=bool)
+        if self.type_pairs is not None:
+            kinds = [entity.type for entity in document.entities]
+            allowed &= np.asarray(
+                [[(head, tail) in self.type_pairs for tail in kinds] for head in kinds], dtype=bool
+            ).reshape(n, n)
+        heads, tails = np.nonzero(allowed)
         return DocumentFeatures(
             window_input_ids=windows[:, :width],
             window_attention_mask=mask[:, :width],
@@ -149,7 +168,9 @@ class DocumentFeaturizer:
             token_mask=np.ones(len(pieces), dtype=np.int64),
             mention_positions=mention_positions,
             mention_mask=mention_mask,
-            entity_types=np.asarray([_TYPE_INDEX.get(e.type, 0) for e in document.entities], dtype=np.int64),
+            entity_types=np.asarray(
+                [self.type_index.get(e.type, 0) for e in document.entities], dtype=np.int64
+            ),
             pair_heads=heads.astype(np.int64),
             pair_tails=tails.astype(np.int64),
             token_sentences=np.asarray(piece_sentences, dtype=np.int64),

@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from lmrc.bundle import bundle_model_dir
 from lmrc.contracts import (
     CandidatePair,
     CandidateSetEvent,
@@ -34,12 +35,11 @@ from lmrc.proposer.artifact import (
     DEFAULT_ARTIFACT_DIR,
     ProposerConfig,
     evidence_sentences,
+    featurizer_for,
     load_config,
     onnx_path,
     threshold_for,
-    tokenizer_file,
 )
-from lmrc.proposer.features import DocumentFeaturizer
 from lmrc.proposer.inference import OnnxPairScorer, preferred_providers
 from lmrc.runtime import (
     BatchResult,
@@ -66,6 +66,9 @@ class ProposerSettings(ServiceSettings):
     dead_letter_topic: str = TOPICS.stage("proposer").dead_letter
     max_batch_size: int = Field(default=16, ge=1, le=10_000)
     artifact_dir: Path = DEFAULT_ARTIFACT_DIR
+    models: Path | None = Field(
+        default=None, description="A model bundle (lmrc train): serve its proposer (overrides artifact_dir)."
+    )
     onnx_path: Path | None = Field(default=None, description="Default: <artifact_dir>/<version>.onnx")
     recall_target: float | None = Field(
         default=None,
@@ -104,6 +107,12 @@ class ProposerSettings(ServiceSettings):
     execution_provider: Literal["auto", "cuda", "cpu"] = "auto"
     inference_threads: int = Field(default=0, ge=0, description="0: onnxruntime decides.")
 
+    @model_validator(mode="after")
+    def _from_bundle(self) -> ProposerSettings:
+        if self.models is not None:
+            self.artifact_dir = bundle_model_dir(self.models, "proposer")
+        return self
+
 
 class ProposerHandler(Handler[DocumentEvent]):
     input_model = DocumentEvent
@@ -126,9 +135,8 @@ class ProposerHandler(Handler[DocumentEvent]):
         self.shortlist_size = settings.shortlist_size or config.shortlist_size
         relation_threshold = settings.relation_threshold or config.relation_threshold
         self.relation_threshold = 0.5 if relation_threshold is None else relation_threshold
-        self.featurizer = DocumentFeaturizer(
-            tokenizer_file(config.encoder), config.window_length, config.window_stride
-        )
+        self.featurizer = featurizer_for(config)
+        self.known_types = set(config.entity_types)
         self.service = settings.service_name
         # At 0 from the start, so that rate() sees the first documents.
         for series in (metrics.DOCUMENTS, metrics.PAIRS_SCORED, metrics.PAIRS_PASSED):
@@ -177,6 +185,13 @@ class ProposerHandler(Handler[DocumentEvent]):
                 "DocumentTooLarge",
                 f"document {document.doc_id!r} has {document.token_count} words "
                 f"(limit {self.settings.max_document_tokens} word pieces)",
+            )
+        unknown = sorted({entity.type for entity in document.entities} - self.known_types)
+        if unknown:
+            raise UnprocessableMessageError(
+                "SchemaMismatch",
+                f"document {document.doc_id!r} has entity types {', '.join(unknown)} that the schema of "
+                f"proposer {self.config.version} lacks (it knows {', '.join(self.config.entity_types)})",
             )
         started = time.perf_counter()
         features = self.featurizer.featurize(document)

@@ -2,10 +2,10 @@
 
 Entities are nodes keyed by a stable id (entity type + normalised name), so the same entity
 mentioned in many documents is one node. Each relation is a ``RELATION`` edge carrying the
-Wikidata P-id (``relation_id``) and name, with provenance: document, confidence, evidence
-sentences, model versions, source and first/last seen. An edge is MERGEd on
-(head, tail, relation_id, doc_id): a re-delivered event rewrites the same edge, so replaying a
-topic leaves the graph as it was. Seen times come from the events, not the clock, for the same
+relation id (``relation_id``: a Wikidata P-id, or any schema's) and name, with provenance:
+document, confidence, evidence sentences, model versions, source and first/last seen. An edge is
+MERGEd on (head, tail, relation_id, doc_id): a re-delivered event rewrites the same edge, so
+replaying a topic leaves the graph as it was. Seen times come from the events, not the clock, for the same
 reason. Both backends run the same Cypher.
 """
 
@@ -189,6 +189,10 @@ class GraphCounts:
     documents: int
 
 
+#: The relation id column's title: a Wikidata P-id, CDR's CID, any schema's id.
+TABLE_ID_TITLE = "rel-id"
+
+
 def format_table(relations: list[StoredRelation], total: int | None = None, more: str = "") -> str:
     """Relations as a table for a terminal: names in full (columns as wide as their longest),
     control characters shown escaped; when ``total`` says more exist, a last line says how many
@@ -204,7 +208,7 @@ def format_table(relations: list[StoredRelation], total: int | None = None, more
         )
         for r in relations
     ]
-    titles = ("head", "P-id", "relation", "tail", "conf", "document")
+    titles = ("head", TABLE_ID_TITLE, "relation", "tail", "conf", "document")
     widths = [max([len(title), *(len(row[column]) for row in rows)]) for column, title in enumerate(titles)]
 
     def line(cells: tuple[str, ...]) -> str:

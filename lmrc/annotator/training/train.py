@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
 
@@ -35,10 +36,13 @@ from lmrc.annotator.tagger import (
     decode_tags,
     merge_windows,
     save_tagger_config,
+    tags_for,
     viterbi_tags,
     word_tag_ids,
 )
 from lmrc.annotator.training.tagger_model import TaggerModel, load_tagger, save_tagger
+from lmrc.checkpoints import TrainingState, load_checkpoint, save_checkpoint
+from lmrc.docred.dataset import Dataset, redocred_dataset
 from lmrc.docred.text import rebuild_text
 from lmrc.paths import ENCODER_PACKAGE, encoder_tokenizer_file, shared_dir
 
@@ -56,6 +60,15 @@ class TaggerTrainOptions:
     threads: int = 0
     extra_documents: tuple[Path, ...] | None = None  # None: the shared DocRED files
     init_from: Path | None = None  # go on from a trained tagger instead of the pretrained encoder
+    #: Stop after the epoch that ends past this many minutes (the best epoch so far is kept).
+    max_minutes: float | None = None
+    #: Go on from the checkpoint in ``out`` (written after every epoch).
+    resume: bool = False
+    device: str = "cpu"
+
+
+#: Where ``out`` keeps the last epoch's checkpoint while training.
+CHECKPOINT_DIR = "checkpoint"
 
 
 @dataclass(frozen=True)
@@ -65,11 +78,11 @@ class _Example:
     labels: np.ndarray  # [windows, width]: tag of a word's first piece, -100 elsewhere
 
 
-def _example(featurizer: TaggerFeaturizer, raw: dict) -> _Example:
+def _example(featurizer: TaggerFeaturizer, raw: dict, tags: tuple[str, ...]) -> _Example:
     rebuilt = rebuild_text(raw)
     pieces = featurizer.pieces(rebuilt.text)
     gold = [MentionSpan(m.start, m.end, m.type) for m in rebuilt.mentions]
-    word_tags = word_tag_ids(pieces, gold)
+    word_tags = word_tag_ids(pieces, gold, tags)
     piece_labels = np.full(len(pieces.ids), -100, dtype=np.int64)
     piece_labels[pieces.first_pieces] = word_tags
     window_ids, mask, offsets = featurizer.windows(pieces.ids)
@@ -90,37 +103,45 @@ def word_logits(model: TaggerModel, featurizer: TaggerFeaturizer, text: str) -> 
     """[words, tags] logits of a text (its words' first pieces, windows merged)."""
     pieces = featurizer.pieces(text)
     if not pieces.ids:
-        return np.zeros((0, len(TAGS))), pieces
+        return np.zeros((0, model.classifier.out_features)), pieces
     window_ids, mask, offsets = featurizer.windows(pieces.ids)
     with torch.no_grad():
-        logits = model(torch.from_numpy(window_ids), torch.from_numpy(mask)).numpy()
+        device = next(model.parameters()).device
+        ids, attention = torch.from_numpy(window_ids).to(device), torch.from_numpy(mask).to(device)
+        logits = model(ids, attention).float().cpu().numpy()
     return merge_windows(logits, offsets, len(pieces.ids))[pieces.first_pieces], pieces
 
 
 def predict_spans(
-    model: TaggerModel, featurizer: TaggerFeaturizer, text: str, outside_bias: float = 0.0
+    model: TaggerModel,
+    featurizer: TaggerFeaturizer,
+    text: str,
+    outside_bias: float = 0.0,
+    tags: tuple[str, ...] = TAGS,
 ) -> list[MentionSpan]:
     """As the service decodes: BIO-constrained Viterbi over the word logits."""
     logits, pieces = word_logits(model, featurizer, text)
-    return decode_tags([TAGS[t] for t in viterbi_tags(logits, outside_bias)], pieces.word_spans)
+    return decode_tags([tags[t] for t in viterbi_tags(logits, outside_bias, tags)], pieces.word_spans)
 
 
 #: The O biases tried on validation.
 OUTSIDE_BIASES = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
 
 
-def calibrate_tagger(directory: Path) -> TaggerConfig:
-    """Choose the O bias by validation mention F1 (exact spans), with the shipped fp16 weights;
-    written into the tagger's config with the validation figures at that bias."""
+def calibrate_tagger(directory: Path, validation: list[dict] | None = None) -> TaggerConfig:
+    """Choose the O bias by mention F1 (exact spans) on the validation documents (default:
+    Re-DocRED's), with the shipped fp16 weights; written into the tagger's config with the
+    validation figures at that bias."""
     model, config = load_tagger(directory)
+    tags = tuple(config.tags)
     featurizer = TaggerFeaturizer(encoder_tokenizer_file(), config.window_length, config.window_stride)
-    validation = docred.load_split("validation")
+    validation = validation if validation is not None else redocred_dataset().validation
     texts = [rebuild_text(raw).text for raw in validation]
     cached = [(text, *word_logits(model, featurizer, text)) for text in texts]
 
     def scores(bias: float) -> dict[str, float]:
         spans = {
-            text: decode_tags([TAGS[t] for t in viterbi_tags(logits, bias)], pieces.word_spans)
+            text: decode_tags([tags[t] for t in viterbi_tags(logits, bias, tags)], pieces.word_spans)
             for text, logits, pieces in cached
         }
         return span_scores(validation, spans.__getitem__)
@@ -162,21 +183,32 @@ def span_scores(documents: list[dict], predict) -> dict[str, float]:
     return scores
 
 
-def train_tagger(options: TaggerTrainOptions) -> TaggerConfig:
+def train_tagger(options: TaggerTrainOptions, dataset: Dataset | None = None) -> TaggerConfig:
+    """Train on ``dataset``'s documents (default: Re-DocRED's fixed split plus the DocRED files of
+    ``extra_documents``), the epoch chosen on its validation documents; a checkpoint after every
+    epoch in ``out``, ``options.resume`` goes on from it."""
     if options.threads:
         torch.set_num_threads(options.threads)
     random.seed(options.seed)
     torch.manual_seed(options.seed)
     featurizer = TaggerFeaturizer(encoder_tokenizer_file())
-    validation = docred.load_split("validation")
-    held_out = {raw["title"] for name in ("validation", "holdout") for raw in docred.load_split(name)}
-    documents = docred.load_split("train")
-    extra = options.extra_documents if options.extra_documents is not None else default_extra_documents()
+    default = dataset is None
+    dataset = dataset or redocred_dataset()
+    tags = tags_for(dataset.schema.entity_types)
+    validation = dataset.validation
+    held_out = {raw["title"] for raw in validation} | {
+        raw["title"] for documents in dataset.holdouts.values() for raw in documents
+    }
+    documents = list(dataset.train)
+    extra = options.extra_documents if options.extra_documents is not None else ()
+    if default and options.extra_documents is None:
+        extra = default_extra_documents()
     for path in extra:
         documents += [raw for raw in docred.load_raw(path) if raw["title"] not in held_out]
-    train = [_example(featurizer, raw) for raw in documents]
+    train = [_example(featurizer, raw, tags) for raw in documents]
     windows = [(example, row) for example in train for row in range(example.window_ids.shape[0])]
-    model = load_tagger(options.init_from)[0] if options.init_from else TaggerModel.pretrained()
+    model = load_tagger(options.init_from)[0] if options.init_from else TaggerModel.pretrained(len(tags))
+    model.to(options.device)
     head = list(model.classifier.parameters())
     encoder = [p for p in model.encoder.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
@@ -189,22 +221,41 @@ def train_tagger(options: TaggerTrainOptions) -> TaggerConfig:
     )
     options.out.mkdir(parents=True, exist_ok=True)
     log_path = options.out / "train_log.jsonl"
-    log_path.write_text("", encoding="utf-8")
-    config = TaggerConfig(
-        version=options.version,
-        encoder_package_version=metadata.version(ENCODER_PACKAGE),
-        window_length=featurizer.window_length,
-        window_stride=featurizer.window_stride,
-    )
-    best_f1 = -1.0
-    started = time.monotonic()
+    checkpoint_dir = options.out / CHECKPOINT_DIR
+    resumable = {
+        **{
+            key: str(value)
+            for key, value in asdict(options).items()
+            if key not in {"out", "threads", "max_minutes", "resume", "device"}
+        },
+        "schema": dataset.schema.fingerprint(),
+        "train_documents": len(train),
+    }
+    if options.resume:
+        state = load_checkpoint(checkpoint_dir, model, optimizer, scheduler, resumable)
+        config = TaggerConfig.model_validate(state.extra["config"])
+    else:
+        state = TrainingState()
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+        log_path.write_text("", encoding="utf-8")
+        config = TaggerConfig(
+            version=options.version,
+            encoder_package_version=metadata.version(ENCODER_PACKAGE),
+            tags=list(tags),
+            window_length=featurizer.window_length,
+            window_stride=featurizer.window_stride,
+        )
+    resumed_after = state.epoch
+    session_started = time.monotonic()
+    started = session_started - state.elapsed_seconds
     loss_function = torch.nn.CrossEntropyLoss(ignore_index=-100)
-    for epoch in range(1, options.epochs + 1):
+    stopped_at: int | None = None
+    for epoch in range(state.epoch + 1, options.epochs + 1):
         model.train()
         random.shuffle(windows)
         total = 0.0
         batches = range(0, len(windows), options.batch_windows)
-        progress = tqdm(batches, desc=f"epoch {epoch}/{options.epochs}", unit="batch")
+        progress = tqdm(batches, desc=f"tagger epoch {epoch}/{options.epochs}", unit="batch")
         for start in progress:
             batch = windows[start : start + options.batch_windows]
             width = max(int(example.mask[row].sum()) for example, row in batch)
@@ -216,8 +267,8 @@ def train_tagger(options: TaggerTrainOptions) -> TaggerConfig:
                 ids[index, :length] = torch.from_numpy(example.window_ids[row, :length])
                 mask[index, :length] = 1
                 labels[index, :length] = torch.from_numpy(example.labels[row, :length])
-            logits = model(ids, mask)
-            loss = loss_function(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
+            logits = model(ids.to(options.device), mask.to(options.device))
+            loss = loss_function(logits.reshape(-1, logits.shape[-1]), labels.to(options.device).reshape(-1))
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
@@ -226,18 +277,22 @@ def train_tagger(options: TaggerTrainOptions) -> TaggerConfig:
             total += float(loss)
             progress.set_postfix(loss=f"{loss.item():.4f}")
         model.eval()
-        scores = span_scores(validation, lambda text: predict_spans(model, featurizer, text))
+        scores = span_scores(validation, lambda text: predict_spans(model, featurizer, text, tags=tags))
+        session_seconds = time.monotonic() - session_started
         record = {
             "epoch": epoch,
             "loss": total / max(1, len(batches)),
             "elapsed_s": round(time.monotonic() - started, 1),
+            "estimated_s_left": round(
+                session_seconds / (epoch - resumed_after) * (options.epochs - epoch), 1
+            ),
             **{f"validation_{k}": round(v, 4) for k, v in scores.items()},
         }
         tqdm.write(json.dumps(record))
         with open(log_path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
-        if scores["typed_mention_f1"] > best_f1:
-            best_f1 = scores["typed_mention_f1"]
+        if scores["typed_mention_f1"] > state.best_score:
+            state.best_score, state.best_epoch = scores["typed_mention_f1"], epoch
             config = config.model_copy(
                 update={
                     "validation": {k: round(v, 4) for k, v in scores.items()},
@@ -245,6 +300,8 @@ def train_tagger(options: TaggerTrainOptions) -> TaggerConfig:
                         "epoch": epoch,
                         "epochs": options.epochs,
                         "train_documents": len(train),
+                        "dataset": dataset.name,
+                        "schema": dataset.schema.name,
                         "extra_documents": [str(path.name) for path in extra],
                         "train_windows": len(windows),
                         "batch_windows": options.batch_windows,
@@ -256,10 +313,21 @@ def train_tagger(options: TaggerTrainOptions) -> TaggerConfig:
                 }
             )
             save_tagger(model, config, options.out)
+        state.epoch, state.elapsed_seconds = epoch, time.monotonic() - started
+        state.extra["config"] = config.model_dump(mode="json")
+        save_checkpoint(checkpoint_dir, model, optimizer, scheduler, state, resumable)
+        over_budget = options.max_minutes is not None and session_seconds > 60 * options.max_minutes
+        if over_budget and epoch < options.epochs:
+            stopped_at = epoch
+            break
     config.training["wall_s"] = round(time.monotonic() - started, 1)
+    if stopped_at is not None:
+        config.training["stopped_at_time_limit_after_epoch"] = stopped_at
     save_tagger_config(config, options.out)
+    if stopped_at is None:
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)  # finished: nothing left to resume
     # What ships is the fp16 file: the decoding is calibrated and measured on it.
-    return calibrate_tagger(options.out)
+    return calibrate_tagger(options.out, validation)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from lmrc import docred
-from lmrc.proposer.artifact import tokenizer_file
+from lmrc.proposer.artifact import featurizer_for
 from lmrc.proposer.features import DocumentFeatures, DocumentFeaturizer
 from lmrc.proposer.training.selection import candidate_scores
 
@@ -72,9 +72,7 @@ def run_benchmark(
     from lmrc.proposer.training.torch_model import load_artifact, torch_scores
 
     model, config = load_artifact(artifact_dir)
-    featurizer = DocumentFeaturizer(
-        tokenizer_file(config.encoder), config.window_length, config.window_stride
-    )
+    featurizer = featurizer_for(config)
     documents = docred.load_split(split)[:limit]  # type: ignore[arg-type]
     onnx_file = ensure_onnx(artifact_dir)
     onnx_cpu = OnnxPairScorer(onnx_file, ["CPUExecutionProvider"], pair_width=config.pair_width)
@@ -111,7 +109,7 @@ def compare_encoders(
     """Artifacts trained on different encoders, side by side in one process: their validation
     figures (from calibration) and the ONNX CPU speed of what the service runs (all relation
     outputs), each on the same documents with the same threads."""
-    from lmrc.proposer.artifact import WEIGHTS_FILE, load_config
+    from lmrc.proposer.artifact import WEIGHTS_FILE, featurizer_for, load_config
     from lmrc.proposer.inference import OnnxPairScorer
     from lmrc.proposer.training.export import ensure_onnx
 
@@ -121,9 +119,7 @@ def compare_encoders(
         config = load_config(directory)
         onnx_file = ensure_onnx(directory)
         scorer = OnnxPairScorer(onnx_file, ["CPUExecutionProvider"], threads, pair_width=config.pair_width)
-        featurizer = DocumentFeaturizer(
-            tokenizer_file(config.encoder), config.window_length, config.window_stride
-        )
+        featurizer = featurizer_for(config)
 
         def score(
             features: DocumentFeatures, scorer: OnnxPairScorer = scorer, loss: str = config.relation_loss

@@ -8,20 +8,21 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from lmrc import docred
+from lmrc.docred.dataset import redocred_dataset
 from lmrc.proposer.artifact import (
     ProposerConfig,
     evidence_sentences,
+    featurizer_for,
     relation_probabilities,
     save_config,
     sentence_attention,
     sigmoid,
-    tokenizer_file,
 )
-from lmrc.proposer.features import DocumentFeaturizer
 from lmrc.proposer.training.model import PairScorer
 from lmrc.proposer.training.selection import (
     candidate_scores,
@@ -48,17 +49,15 @@ def calibrate_model(
     model: PairScorer,
     config: ProposerConfig,
     recall_target: float,
+    documents: Sequence[dict[str, Any]],
     targets: Sequence[float] = RECALL_TARGETS,
     device: str = "cpu",
 ) -> ProposerConfig:
-    """The config with ``threshold`` for ``recall_target`` and a table for every target."""
-    featurizer = DocumentFeaturizer(
-        tokenizer_file(config.encoder), config.window_length, config.window_stride
-    )
+    """The config with ``threshold`` for ``recall_target`` and a table for every target, chosen on
+    ``documents`` (the validation documents)."""
+    featurizer = featurizer_for(config)
     model.eval()
-    scored = score_documents(
-        docred.load_split("validation"), featurizer, lambda f: torch_scores(model, f, device)
-    )
+    scored = score_documents(documents, featurizer, lambda f: torch_scores(model, f, device))
     scores = np.concatenate([s for _raw, _f, s in scored])
     labels = np.concatenate([pair_labels(raw, f) for raw, f, _s in scored])
     table: dict[str, dict[str, float]] = {}
@@ -82,15 +81,19 @@ def calibrate_model(
 
 
 def calibrate(artifact_dir: str | Path, recall_target: float) -> ProposerConfig:
+    """Re-choose a Re-DocRED artifact's thresholds on the fixed split's validation documents."""
     model, config = load_artifact(artifact_dir)
-    config = calibrate_model(model, config, recall_target)
+    documents = redocred_dataset().validation
+    config = calibrate_model(model, config, recall_target, documents)
     if config.relation_classes:
-        config = calibrate_relations(model, config)
-        config = calibrate_evidence(model, config)
+        config = calibrate_relations(model, config, documents)
+        config = calibrate_evidence(model, config, documents)
     save_config(config, artifact_dir)
     return config
 
 
+#: The relation thresholds tried on validation (the probability at which the encoder predicts).
+RELATION_THRESHOLDS = tuple(round(t, 2) for t in np.arange(0.05, 0.96, 0.05))
 #: The shortlist keeps as many relations as the candidate filter keeps pairs (0.95 of the gold).
 SHORTLIST_RECALL_TARGET = 0.95
 MAX_SHORTLIST = 10
@@ -124,32 +127,28 @@ def shortlist_recall(
     return covered / total if total else 0.0
 
 
-def calibrate_relations(model: PairScorer, config: ProposerConfig, device: str = "cpu") -> ProposerConfig:
-    """The relation head's label order and names, its decision threshold (best validation F1) and
-    the shortlist size (the smallest whose validation recall reaches the target)."""
-    relation_names = docred.load_relation_names()
-    relation_ids = sorted(relation_names)
+def calibrate_relations(
+    model: PairScorer, config: ProposerConfig, documents: Sequence[dict[str, Any]], device: str = "cpu"
+) -> ProposerConfig:
+    """The relation head's decision threshold (best F1 on ``documents``) and the shortlist size
+    (the smallest whose recall there reaches the target)."""
+    relation_ids = config.relation_ids
     index = {relation: i for i, relation in enumerate(relation_ids)}
-    featurizer = DocumentFeaturizer(
-        tokenizer_file(config.encoder), config.window_length, config.window_stride
-    )
+    featurizer = featurizer_for(config)
     model.eval()
     gold, probabilities, candidates = [], [], []
-    for raw in docred.load_split("validation"):
+    for raw in documents:
         features = featurizer.featurize(docred.to_document_event(raw))
         pair_logits, relation_logits = torch_pair_and_relation_logits(model, features, device)
         gold.append(relation_labels(raw, features, index))
         probabilities.append(relation_probabilities(relation_logits, config.relation_loss))
         candidates.append(sigmoid(pair_logits) >= config.threshold)
-    grid = [round(t, 2) for t in np.arange(0.05, 0.96, 0.05)]
-    best = max(grid, key=lambda t: relation_figures(gold, probabilities, t)[2])
+    best = max(RELATION_THRESHOLDS, key=lambda t: relation_figures(gold, probabilities, t)[2])
     precision, recall, f1 = relation_figures(gold, probabilities, best)
     recalls = {k: shortlist_recall(gold, probabilities, candidates, k) for k in range(1, MAX_SHORTLIST + 1)}
     size = next((k for k, r in recalls.items() if r >= SHORTLIST_RECALL_TARGET), MAX_SHORTLIST)
     return config.model_copy(
         update={
-            "relation_ids": relation_ids,
-            "relation_names": {relation: relation_names[relation] for relation in relation_ids},
             "relation_threshold": best,
             "shortlist_size": size,
             "relation_validation": {
@@ -181,15 +180,18 @@ def evidence_figures(
     return precision, recall, f1
 
 
-def calibrate_evidence(model: PairScorer, config: ProposerConfig, device: str = "cpu") -> ProposerConfig:
-    """The evidence threshold with the best evidence F1 on the validation split's gold relations
-    (every relation of a pair shares the pair's evidence, as in DREEAM)."""
-    featurizer = DocumentFeaturizer(
-        tokenizer_file(config.encoder), config.window_length, config.window_stride
-    )
+def calibrate_evidence(
+    model: PairScorer, config: ProposerConfig, documents: Sequence[dict[str, Any]], device: str = "cpu"
+) -> ProposerConfig:
+    """The evidence threshold with the best evidence F1 on the gold relations of ``documents``
+    (every relation of a pair shares the pair's evidence, as in DREEAM); none when they have no
+    evidence labels (CDR): the artifact then predicts no evidence."""
+    if not any(label.evidence for raw in documents for label in docred.labels_of(raw)):
+        return config.model_copy(update={"evidence_threshold": None, "evidence_validation": {}})
+    featurizer = featurizer_for(config)
     model.eval()
     relations: list[tuple[np.ndarray, frozenset[int]]] = []
-    for raw in docred.load_split("validation"):
+    for raw in documents:
         features = featurizer.featurize(docred.to_document_event(raw))
         pairs = zip(features.pair_heads, features.pair_tails, strict=True)
         pair_index = {(int(h), int(t)): i for i, (h, t) in enumerate(pairs)}

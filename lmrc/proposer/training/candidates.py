@@ -19,12 +19,11 @@ from tqdm import tqdm
 from lmrc import docred
 from lmrc.proposer.artifact import (
     ProposerConfig,
+    featurizer_for,
     relation_probabilities,
     sigmoid,
     threshold_for,
-    tokenizer_file,
 )
-from lmrc.proposer.features import DocumentFeaturizer
 
 
 def in_fold(position: int, fold: int, folds: int) -> bool:
@@ -110,9 +109,7 @@ def score_candidates(
 
     model, config = load_artifact(artifact_dir)
     model.to(device)
-    featurizer = DocumentFeaturizer(
-        tokenizer_file(config.encoder), config.window_length, config.window_stride
-    )
+    featurizer = featurizer_for(config)
     size = shortlist_size or config.shortlist_size
     results = []
     for raw in tqdm(documents, desc=f"proposer {config.version}", unit="doc"):

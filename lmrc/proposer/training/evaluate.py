@@ -16,18 +16,20 @@ from typing import Any
 import numpy as np
 
 from lmrc import docred
+from lmrc.bundle import MANIFEST_FILE, load_bundle
+from lmrc.docred.dataset import training_documents
 from lmrc.docred.evaluation import CandidateScores, Scores, evaluate_relations
 from lmrc.proposer.artifact import (
     ProposerConfig,
     evidence_sentences,
+    featurizer_for,
     load_config,
     relation_probabilities,
     sentence_attention,
     sigmoid,
     threshold_for,
-    tokenizer_file,
 )
-from lmrc.proposer.features import DocumentFeatures, DocumentFeaturizer
+from lmrc.proposer.features import DocumentFeatures
 from lmrc.proposer.training.selection import candidate_scores
 
 #: Pair probabilities [pairs], relation probabilities [pairs, relations] or None, sentence
@@ -105,11 +107,17 @@ def evaluate_artifact(
     it."""
     config = load_config(artifact_dir)
     name, score = onnx_scorer(artifact_dir, config) if device is None else torch_scorer(artifact_dir, device)
-    featurizer = DocumentFeaturizer(
-        tokenizer_file(config.encoder), config.window_length, config.window_stride
-    )
+    featurizer = featurizer_for(config)
     chosen = threshold_for(config, recall_target) if threshold is None else threshold
     relation_threshold = 0.5 if config.relation_threshold is None else config.relation_threshold
+    # Ign F1 leaves out facts seen in training: the train documents of the artifact's bundle
+    # (Re-DocRED's train split for an artifact outside any bundle).
+    bundle_dir = Path(artifact_dir).resolve().parent
+    seen_in_training = (
+        training_documents(load_bundle(bundle_dir))
+        if (bundle_dir / MANIFEST_FILE).exists()
+        else docred.load_split("train")
+    )
     if documents is None:
         documents = docred.load_split(split)  # type: ignore[arg-type]
     documents = documents[:limit]
@@ -142,7 +150,7 @@ def evaluate_artifact(
                 )
     seconds = time.perf_counter() - started
     relation_scores = (
-        evaluate_relations(documents, predictions, docred.load_split("train")).scores
+        evaluate_relations(documents, predictions, seen_in_training).scores
         if config.has_relation_head
         else None
     )

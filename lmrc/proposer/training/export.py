@@ -54,7 +54,7 @@ def ensure_onnx(artifact_dir: str | Path, path: Path | None = None) -> Path:
 def export_onnx(artifact_dir: str | Path, out: Path | None = None) -> Path:
     model, config = load_artifact(artifact_dir)
     featurizer = DocumentFeaturizer(
-        tokenizer_file(config.encoder), config.window_length, config.window_stride
+        tokenizer_file(config.encoder), config.window_length, config.window_stride, config.entity_types
     )
     features = featurizer.featurize(_example_document())
     inputs = torch_inputs(features)

@@ -59,8 +59,7 @@ def synthetic_document(case: MemoryCase, vocabulary: list[str] | None = None) ->
 _CHILD = """
 import json, resource, sys, time
 from lmrc.contracts import DocumentEvent
-from lmrc.proposer.artifact import load_config, tokenizer_file
-from lmrc.proposer.features import DocumentFeaturizer
+from lmrc.proposer.artifact import featurizer_for, load_config
 from lmrc.proposer.inference import OnnxPairScorer
 artifact, onnx, threads = sys.argv[1], sys.argv[2], int(sys.argv[3])
 document = DocumentEvent.model_validate_json(sys.stdin.read())
@@ -69,7 +68,7 @@ scorer = OnnxPairScorer(
     onnx, ["CPUExecutionProvider"], threads=threads, pair_width=config.pair_width
 )
 loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-featurizer = DocumentFeaturizer(tokenizer_file(config.encoder), config.window_length, config.window_stride)
+featurizer = featurizer_for(config)
 features = featurizer.featurize(document)
 started = time.perf_counter()
 scorer.score_with_relations(features, config.relation_loss)

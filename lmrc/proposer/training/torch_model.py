@@ -30,6 +30,7 @@ def build_model(config: ProposerConfig) -> PairScorer:
         config.type_size,
         config.relation_classes,
         relation_threshold_class=config.relation_loss == "atlop",
+        type_count=len(config.entity_types) + 1,
     )
     model.freeze_lower_layers(config.frozen_layers)
     return model

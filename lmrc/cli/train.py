@@ -1,0 +1,131 @@
+"""``lmrc train``: train every model of a dataset into one model bundle."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from lmrc.local.train import BundleTrainOptions
+
+
+def _train(args: argparse.Namespace) -> int:
+    from lmrc.checkpoints import CheckpointMismatchError
+    from lmrc.cli import UserError
+    from lmrc.docred.dataset import DatasetError, load_dataset
+    from lmrc.local.train import train_bundle
+    from lmrc.paths import encoder_dir
+
+    if args.max_minutes is not None and args.max_minutes <= 0:
+        raise UserError("--max-minutes must be above 0")
+    if args.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UserError("--device cuda: torch sees no CUDA device here")
+    try:  # the whole dataset and the encoder checked before any model loads
+        dataset = load_dataset(args.data, args.schema)
+        encoder_dir(args.encoder, needed="tokenizer.json")
+    except (DatasetError, ValueError) as error:
+        raise UserError(str(error)) from None
+    if args.resume and not (args.out / "schema.json").exists():
+        raise UserError(f"--resume: {args.out} holds no earlier run of lmrc train")
+    print(
+        f"lmrc train: {args.data} (schema {dataset.schema.name}: {len(dataset.schema.entity_types)} "
+        f"entity types, {len(dataset.schema.relations)} relations), {len(dataset.train)} train documents, "
+        f"validation: {dataset.validation_source}; holdouts: "
+        f"{', '.join(f'{k} ({len(v)})' for k, v in dataset.holdouts.items()) or 'none'}",
+        flush=True,
+    )
+    options = BundleTrainOptions(
+        out=args.out,
+        encoder=args.encoder,
+        device=args.device,
+        max_minutes=args.max_minutes,
+        resume=args.resume,
+        tagger_epochs=args.tagger_epochs,
+        proposer_epochs=args.epochs,
+        threads=args.threads,
+        max_train_docs=args.max_train_docs,
+        skip_tagger=args.no_tagger,
+        data_dir=args.data,
+    )
+    try:
+        train_bundle(dataset, options)
+    except CheckpointMismatchError as error:
+        raise UserError(str(error)) from None
+    print(f"run it: lmrc run --models {args.out} --text FILE (--encoder-only: no LLM)")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from lmrc.bundle import BundleError, load_bundle
+    from lmrc.cli import UserError
+    from lmrc.docred.dataset import DatasetError, load_documents
+    from lmrc.local.bundle_evaluation import STEPS, evaluate_bundle
+
+    unknown = sorted(set(args.steps or ()) - set(STEPS))
+    if unknown:
+        raise UserError(f"--steps: {', '.join(unknown)} unknown; steps: {', '.join(STEPS)}")
+    try:  # the bundle and the holdout file checked before anything starts
+        bundle = load_bundle(args.models)
+        load_documents(args.holdout, bundle.schema)
+    except (BundleError, DatasetError) as error:
+        raise UserError(str(error)) from None
+    report = evaluate_bundle(args.models, args.holdout, args.out, tuple(args.steps or STEPS), args.limit)
+    print(json.dumps({k: v for k, v in report.items() if isinstance(v, dict) and "f1" in v}, indent=2))
+    print(f"written to {args.out}")
+    return 0
+
+
+def add_commands(commands: argparse._SubParsersAction) -> None:
+    train = commands.add_parser(
+        "train",
+        help="train every model of a dataset (tagger, proposer) into one model bundle",
+        description="Train the mention tagger and the proposer of a dataset folder (train.json, an\n"
+        "optional validation.json, dev.json and test.json in DocRED format, and schema.json) into a\n"
+        "model bundle that `lmrc run --models` and the services' *_MODELS settings select. Epochs\n"
+        "and thresholds are chosen on validation.json, or on a slice of train.json without it;\n"
+        "dev and test are never looked at. A checkpoint is written after every epoch.",
+    )
+    train.add_argument("--data", type=Path, required=True, help="the dataset folder")
+    train.add_argument(
+        "--schema", help="a schema file, or a shipped schema (redocred, cdr); default: DIR/schema.json"
+    )
+    train.add_argument("--out", type=Path, required=True, help="the bundle folder to write")
+    train.add_argument(
+        "--encoder",
+        default=BundleTrainOptions.encoder,
+        help="the proposer's pretrained encoder: all-MiniLM-L6-v2 (default, fast on CPU), "
+        "all-mpnet-base-v2 (after `lmrc proposer install-encoder`), or a Hugging Face encoder folder "
+        "(SciBERT, PubMedBERT...)",
+    )
+    train.add_argument("--device", default="cpu", help="cpu, or cuda (a GPU torch sees)")
+    train.add_argument(
+        "--max-minutes", type=float, help="time budget: each stage stops after the epoch past its share"
+    )
+    train.add_argument("--resume", action="store_true", help="go on from the checkpoints in --out")
+    train.add_argument(
+        "--epochs", type=int, default=BundleTrainOptions.proposer_epochs, help="proposer epochs"
+    )
+    train.add_argument(
+        "--tagger-epochs", type=int, default=BundleTrainOptions.tagger_epochs, help="mention tagger epochs"
+    )
+    train.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    train.add_argument("--max-train-docs", type=int, help="train on the first N documents only (a quick try)")
+    train.add_argument(
+        "--no-tagger", action="store_true", help="the proposer only (documents come with their entities)"
+    )
+    train.set_defaults(func=_train)
+
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="a bundle's figures on a holdout file, live: encoder only, the LLM pipeline, the tagger, "
+        "plain text; beside the default bundle's Re-DocRED holdout",
+    )
+    evaluate.add_argument("--models", type=Path, required=True, help="the model bundle")
+    evaluate.add_argument("--holdout", type=Path, required=True, help="a DocRED-format file with gold labels")
+    evaluate.add_argument("--out", type=Path, required=True, help="the JSON report to write")
+    evaluate.add_argument("--limit", type=int, help="only the first N documents of the holdout")
+    evaluate.add_argument("--steps", nargs="+", metavar="STEP", help="only these steps (default: all)")
+    evaluate.set_defaults(func=_evaluate)
