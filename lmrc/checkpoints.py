@@ -11,14 +11,18 @@ from __future__ import annotations
 
 import os
 import random
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+#: The folder, inside a training run's output, holding its checkpoint (removed once it finishes).
+CHECKPOINT_DIR = "checkpoint"
 CHECKPOINT_FILE = "checkpoint.pt"
+#: Options a run may be resumed with changed: where it writes, its budget, what it runs on.
+NOT_COMPARED = frozenset({"out", "max_minutes", "threads", "device", "resume"})
 
 
 class CheckpointMismatchError(ValueError):
@@ -34,6 +38,18 @@ class TrainingState:
     best_epoch: int = 0
     elapsed_seconds: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def has_checkpoint(out: Path) -> bool:
+    """Whether a training run's output holds a checkpoint to resume from (an unfinished run)."""
+    return (out / CHECKPOINT_DIR / CHECKPOINT_FILE).exists()
+
+
+def resumable_options(options: Any, **identity: object) -> dict[str, Any]:
+    """What a checkpoint must have been written with to be resumed: the run's options (a
+    dataclass) but those in NOT_COMPARED, and what identifies its data (``identity``)."""
+    kept = {key: str(value) for key, value in asdict(options).items() if key not in NOT_COMPARED}
+    return {**kept, **identity}
 
 
 def save_checkpoint(

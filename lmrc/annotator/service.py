@@ -20,7 +20,7 @@ from pydantic_settings import SettingsConfigDict
 from lmrc.annotator import metrics
 from lmrc.annotator.engine import Annotator, EngineName
 from lmrc.annotator.tagger import DEFAULT_TAGGER_DIR, ENTITY_TYPES
-from lmrc.bundle import bundle_model_dir, load_bundle
+from lmrc.bundle import load_bundle
 from lmrc.contracts import MAX_TEXT_CHARS, DocumentEvent, SourceMetadata, TextDocumentEvent
 from lmrc.runtime import (
     BatchResult,
@@ -69,8 +69,9 @@ class AnnotatorSettings(ServiceSettings):
     @model_validator(mode="after")
     def _from_bundle(self) -> AnnotatorSettings:
         if self.models is not None:
-            self.tagger_dir = bundle_model_dir(self.models, "annotator")
-            types = load_bundle(self.models).schema.entity_types
+            bundle = load_bundle(self.models)
+            self.tagger_dir = bundle.require("annotator")
+            types = bundle.schema.entity_types
             if self.engine == "spacy" and set(types) != set(ENTITY_TYPES):
                 raise ValueError(
                     f"engine spacy tags DocRED's entity types; the bundle's schema has {', '.join(types)}"

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from lmrc.bundle import Bundle
-from lmrc.contracts.schema import Schema, SchemaError, load_schema, shipped_schema, shipped_schemas
+from lmrc.contracts.schema import Schema, SchemaError, resolve_schema, shipped_schema, shipped_schemas
 from lmrc.docred import GoldFileError, load_gold_file, load_split, split_key
 
 SCHEMA_FILE = "schema.json"
@@ -121,9 +121,7 @@ def schema_of(directory: Path, schema: Schema | str | Path | None = None) -> Sch
             "(a file, or a shipped schema: redocred, cdr)"
         )
     try:
-        if schema is not None and not path.exists() and path.suffix != ".json":
-            return shipped_schema(str(schema))
-        return load_schema(path)
+        return resolve_schema(schema if schema is not None else path)
     except SchemaError as error:
         raise DatasetError(str(error)) from None
 

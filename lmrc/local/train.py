@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lmrc.bundle import SCHEMA_FILE, BundleManifest, ModelEntry, write_manifest
+from lmrc.checkpoints import has_checkpoint
 from lmrc.docred.dataset import Dataset
 from lmrc.paths import DEFAULT_ENCODER
 
@@ -44,7 +45,7 @@ class BundleTrainOptions:
 
 
 def _finished(stage_dir: Path, config_file: str) -> bool:
-    return (stage_dir / config_file).exists() and not (stage_dir / "checkpoint").exists()
+    return (stage_dir / config_file).exists() and not has_checkpoint(stage_dir)
 
 
 def _log(message: str) -> None:
@@ -89,7 +90,7 @@ def train_bundle(dataset: Dataset, options: BundleTrainOptions) -> BundleManifes
                     epochs=options.tagger_epochs,
                     threads=options.threads,
                     max_minutes=minutes_left(TAGGER_SHARE),
-                    resume=options.resume and (tagger_dir / "checkpoint").exists(),
+                    resume=options.resume and has_checkpoint(tagger_dir),
                     device=options.device,
                 ),
                 Dataset(dataset.name, dataset.schema, train_docs, dataset.validation, dataset.holdouts),
@@ -118,7 +119,7 @@ def train_bundle(dataset: Dataset, options: BundleTrainOptions) -> BundleManifes
                 threads=options.threads or None,
                 max_train_docs=options.max_train_docs,
                 max_minutes=minutes_left(1.0),
-                resume=options.resume and (proposer_dir / "checkpoint").exists(),
+                resume=options.resume and has_checkpoint(proposer_dir),
             ),
             dataset,
         )

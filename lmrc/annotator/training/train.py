@@ -18,7 +18,7 @@ import json
 import random
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
@@ -41,7 +41,13 @@ from lmrc.annotator.tagger import (
     word_tag_ids,
 )
 from lmrc.annotator.training.tagger_model import TaggerModel, load_tagger, save_tagger
-from lmrc.checkpoints import TrainingState, load_checkpoint, save_checkpoint
+from lmrc.checkpoints import (
+    CHECKPOINT_DIR,
+    TrainingState,
+    load_checkpoint,
+    resumable_options,
+    save_checkpoint,
+)
 from lmrc.docred.dataset import Dataset, redocred_dataset
 from lmrc.docred.text import rebuild_text
 from lmrc.paths import ENCODER_PACKAGE, encoder_tokenizer_file, shared_dir
@@ -65,10 +71,6 @@ class TaggerTrainOptions:
     #: Go on from the checkpoint in ``out`` (written after every epoch).
     resume: bool = False
     device: str = "cpu"
-
-
-#: Where ``out`` keeps the last epoch's checkpoint while training.
-CHECKPOINT_DIR = "checkpoint"
 
 
 @dataclass(frozen=True)
@@ -222,15 +224,7 @@ def train_tagger(options: TaggerTrainOptions, dataset: Dataset | None = None) ->
     options.out.mkdir(parents=True, exist_ok=True)
     log_path = options.out / "train_log.jsonl"
     checkpoint_dir = options.out / CHECKPOINT_DIR
-    resumable = {
-        **{
-            key: str(value)
-            for key, value in asdict(options).items()
-            if key not in {"out", "threads", "max_minutes", "resume", "device"}
-        },
-        "schema": dataset.schema.fingerprint(),
-        "train_documents": len(train),
-    }
+    resumable = resumable_options(options, schema=dataset.schema.fingerprint(), train_documents=len(train))
     if options.resume:
         state = load_checkpoint(checkpoint_dir, model, optimizer, scheduler, resumable)
         config = TaggerConfig.model_validate(state.extra["config"])

@@ -17,7 +17,7 @@ import json
 import random
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +26,13 @@ from torch.nn.functional import binary_cross_entropy_with_logits
 from tqdm import tqdm
 
 from lmrc import docred
-from lmrc.checkpoints import TrainingState, load_checkpoint, save_checkpoint
+from lmrc.checkpoints import (
+    CHECKPOINT_DIR,
+    TrainingState,
+    load_checkpoint,
+    resumable_options,
+    save_checkpoint,
+)
 from lmrc.docred.dataset import Dataset, redocred_dataset
 from lmrc.paths import DEFAULT_ENCODER, encoder_package
 from lmrc.proposer.artifact import (
@@ -147,21 +153,6 @@ def _validate(model, featurizer, documents, device, recall_target, relation_inde
     return threshold, candidate_scores(scored, threshold), *_relation_f1(validation, relation_loss)
 
 
-def _resumable_options(options: TrainOptions, dataset: Dataset) -> dict[str, object]:
-    """What a checkpoint must have been written with to be resumed (not the budget nor the
-    threads or device it runs on)."""
-    kept = {
-        key: str(value)
-        for key, value in asdict(options).items()
-        if key not in {"out", "max_minutes", "threads", "device", "resume"}
-    }
-    return {**kept, "schema": dataset.schema.fingerprint(), "train_documents": len(dataset.train)}
-
-
-#: Where ``out`` keeps the last epoch's checkpoint and the best epoch's artifact while training.
-CHECKPOINT_DIR = "checkpoint"
-
-
 def train(options: TrainOptions, dataset: Dataset | None = None) -> ProposerConfig:
     """Train on ``dataset`` (default: Re-DocRED's fixed split), choosing the epoch and every
     threshold on its validation documents. A checkpoint after every epoch in ``out``;
@@ -227,7 +218,9 @@ def train(options: TrainOptions, dataset: Dataset | None = None) -> ProposerConf
     options.out.mkdir(parents=True, exist_ok=True)
     checkpoint_dir = options.out / CHECKPOINT_DIR
     best_dir = checkpoint_dir / "best"
-    resumable = _resumable_options(options, dataset)
+    resumable = resumable_options(
+        options, schema=dataset.schema.fingerprint(), train_documents=len(dataset.train)
+    )
     if options.resume:
         state = load_checkpoint(checkpoint_dir, model, optimizer, scheduler, resumable)
         model.to(options.device)
