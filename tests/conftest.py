@@ -10,7 +10,11 @@ from pathlib import Path
 import pytest
 
 from lmrc.local.broker import LocalBroker
+from lmrc.local.graph_server import LocalFalkorDB
 from lmrc.local.llm.local_server import LocalTgiServer
+from lmrc.sink.falkordb_store import FalkorDBGraphStore
+from lmrc.sink.graph import GraphStore
+from lmrc.sink.ladybug_store import LadybugGraphStore
 
 _names = itertools.count()
 
@@ -37,3 +41,18 @@ def tgi_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalTgiSer
     log_path = Path(tmp_path_factory.mktemp("tgi")) / "server.log"
     with LocalTgiServer({adapter_id: DEFAULT_ADAPTER_DIR}, log_path=log_path) as server:
         yield server
+
+
+@pytest.fixture(params=["ladybug", "falkordb"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, GraphStore, dict]]:
+    """A real store of each kind, with the settings that point the sink at it."""
+    if request.param == "ladybug":
+        path = tmp_path / "graph.lbug"
+        store: GraphStore = LadybugGraphStore(path)
+        yield "ladybug", store, {"store_backend": "ladybug", "ladybug_path": path}
+        store.close()
+        return
+    with LocalFalkorDB(data_dir=tmp_path / "falkordb") as server:
+        store = FalkorDBGraphStore(port=server.port)
+        yield "falkordb", store, {"store_backend": "falkordb", "falkordb_port": server.port}
+        store.close()

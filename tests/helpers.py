@@ -243,6 +243,20 @@ def gold_relation_events(
     return events
 
 
+def graph_edge_count(relations: list[Relation]) -> int:
+    """The edges these relation events make in the graph: one per (head node, tail node,
+    relation, document); two entities of a document that are one node ("Kazakhstan" and
+    "Republic of Kazakhstan", "German" and "Germany") share their edges, and an edge between
+    them is none."""
+    from lmrc.sink.entities import node_id
+
+    edges = {
+        (node_id(r.head.name, r.head.type), node_id(r.tail.name, r.tail.type), r.relation_id, r.doc_id)
+        for r in relations
+    }
+    return sum(head != tail for head, tail, _relation, _doc in edges)
+
+
 def relation_sets(relations: list[Relation]) -> list[RelationSetEvent]:
     """One RelationSetEvent per document, as the classifier emits them, in first-seen order."""
     by_document: dict[str, list[Relation]] = {}

@@ -233,6 +233,8 @@ def test_topic_job_creates_every_topic_the_services_use(rendered: list[dict[str,
         if name.endswith(("_INPUT_TOPIC", "_OUTPUT_TOPIC", "_DEAD_LETTER_TOPIC"))
     }
     assert set(parsed.topic) == used == set(TOPICS.all)
+    create = VALUES["topics"]["create"]
+    assert parsed.compact and parsed.tombstone_retention_ms == create["tombstoneRetentionMs"]
     assert parsed.partitions >= max(
         d["spec"].get("replicas", 1) for d in service_deployments(rendered).values()
     )

@@ -23,8 +23,17 @@ from lmrc.local.broker import LocalBroker, S3Storage
 from lmrc.local.llm.local_server import LocalTgiServer
 from lmrc.local.processes import LocalProcess
 from lmrc.local.publish import publish
+from lmrc.sink.ladybug_store import LadybugGraphStore
 from tests.faults import FaultyProxy
-from tests.helpers import metric_sum, metric_value, produce, scaled, small_documents, wait_for
+from tests.helpers import (
+    metric_sum,
+    metric_value,
+    produce,
+    read_topic,
+    scaled,
+    small_documents,
+    wait_for,
+)
 from tests.pipeline import SERVICES, Pipeline, assert_every_document_accounted_for
 
 pytestmark = pytest.mark.broker
@@ -142,6 +151,37 @@ def test_a_service_killed_mid_stream_and_restarted_loses_nothing_and_duplicates_
     assert_every_document_accounted_for(accounting, documents, expected_pairs)
     assert not any(accounting.dead_letters.values()), accounting.dead_letters
     assert accounting.graph_edges, "the run wrote no relation: the checks above compared nothing"
+
+
+def test_a_tombstone_travels_through_every_stage_and_deletes_its_document_from_the_graph(
+    make_pipeline: Callable[..., Pipeline], documents: list[DocumentEvent]
+) -> None:
+    """Published, then deleted (a null value under its id) on the documents topic: the proposer
+    and the classifier pass the tombstone on in order, and the sink removes the document."""
+    pipeline = make_pipeline()
+    pipeline.start()
+    send(pipeline, documents[:3])
+    deleted = documents[0].doc_id
+    publish({"bootstrap.servers": pipeline.bootstrap}, pipeline.documents_topic, iter([(deleted, None)]))
+    pipeline.drain()
+    pipeline.stop()
+
+    accounting = pipeline.account()
+    assert deleted not in accounting.documents_with_edges
+    store = LadybugGraphStore(pipeline.graph_path, read_only=True)
+    try:
+        live = [d.doc_id for d in store.documents()]
+        (marker,) = store.documents(doc_id=deleted, deleted=True)
+    finally:
+        store.close()
+    assert live == sorted(d.doc_id for d in documents[1:3]) and marker.deleted
+    on_relations = [
+        (record.key, record.value is None)
+        for record in read_topic(pipeline.bootstrap, [pipeline.relations_topic], expect=4)
+        if record.key == deleted
+    ]
+    assert on_relations == [(deleted, False), (deleted, True)]  # its relation set, then its tombstone
+    assert not any(accounting.dead_letters.values()), accounting.dead_letters
 
 
 def test_model_server_answering_503_for_a_while_delays_but_loses_nothing(

@@ -94,6 +94,46 @@ def test_documents_flow_through_with_their_keys(
     assert committed_offsets(broker.bootstrap_servers, settings.group_id, settings.input_topic, 2) == {0: 30}
 
 
+def test_tombstones_pass_through_in_order_with_their_documents_and_keyless_ones_are_dead_lettered(
+    broker: LocalBroker, unique: str, documents: list[DocumentEvent]
+) -> None:
+    """A tombstone (a key, a null value) deletes its document downstream: every stage passes it on
+    under its key, between the records it came between, so a document published, deleted and
+    published again arrives in that order. A null value without a key names nothing to delete."""
+    settings = relay_settings(broker, unique)
+    first, second = documents[0], documents[1]
+    inputs: list[tuple[str | None, bytes | None]] = [
+        (first.doc_id, first.model_dump_json().encode()),
+        (first.doc_id, None),
+        (second.doc_id, second.model_dump_json().encode()),
+        (None, None),
+        (first.doc_id, first.model_dump_json().encode()),
+        (second.doc_id, None),
+    ]
+    producer = Producer({"bootstrap.servers": broker.bootstrap_servers, "enable.idempotence": True})
+    ensure_topics({"bootstrap.servers": broker.bootstrap_servers}, [settings.input_topic], 1)
+    for key, value in inputs:
+        producer.produce(settings.input_topic, key=key, value=value, partition=0)
+    assert producer.flush(scaled(15)) == 0
+    runtime = build_runtime(settings)
+    with running(runtime):
+        wait_committed(broker.bootstrap_servers, settings.group_id, settings.input_topic, {0: 6})
+        out = read_topic(broker.bootstrap_servers, [settings.output_topic], expect=5)
+        dlq = read_topic(broker.bootstrap_servers, [settings.dead_letter_topic], expect=1)
+        tombstones = metric_value(runtime.http_port, "lmrc_tombstones_total", service=settings.service_name)
+    by_key: dict[str | None, list[str | None]] = {}
+    for record in out:  # order holds per key (a key's records share a partition)
+        value = None if record.value is None else DocumentEvent.model_validate_json(record.value).doc_id
+        by_key.setdefault(record.key, []).append(value)
+    assert by_key == {
+        first.doc_id: [first.doc_id, None, first.doc_id],
+        second.doc_id: [second.doc_id, None],
+    }
+    (letter,) = [DeadLetterEvent.model_validate_json(r.value or b"") for r in dlq]
+    assert (letter.error_class, letter.origin.offset) == ("TombstoneWithoutKey", 3)
+    assert tombstones == 3
+
+
 def test_bad_messages_are_dead_lettered_with_reasons_and_the_partition_keeps_flowing(
     broker: LocalBroker, unique: str, documents: list[DocumentEvent]
 ) -> None:
@@ -104,7 +144,7 @@ def test_bad_messages_are_dead_lettered_with_reasons_and_the_partition_keeps_flo
         documents[0].model_dump_json().encode(),
         b'{"doc_id": "broken", ',
         json.dumps(wrong).encode(),
-        None,
+        b"",
         b"x" * 100_001,
         documents[2].model_dump_json().encode(),
     ]

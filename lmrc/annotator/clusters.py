@@ -5,7 +5,9 @@ A document names an entity in full once and then by a shorter alias. The rules, 
 2. an acronym and the multi-word name whose initials it spells ("NASA", "National Aeronautics
    and Space Administration");
 3. a part of a person's name (a surname "Ayala", a first name) and the one full name it is part
-   of; when it is part of several full names it stays alone;
+   of; when it is part of several ("Curie": Marie Curie, Pierre Curie), the one of them mentioned
+   before the short name first appears, if only one was (cluster F1 on gold mentions: train
+   0.8989 -> 0.9003, validation 0.9042 -> 0.9073); otherwise it stays alone;
 4. a name in parentheses right after a name: its spelling in another script ("Arjuna ( अर्जुन )"),
    or, for organisations and works, another name of the same one ("Recording Industry
    Association of America ( RIAA )"); not after a person or a place, where it is often another
@@ -102,6 +104,10 @@ def cluster_mentions(text: str, spans: Sequence[MentionSpan]) -> list[list[int]]
             continue
         words = set(key.split())
         matches = [i for full, i in full_people.items() if words <= set(full.split())]
+        if len(matches) > 1:
+            # Several full names fit ("Curie": Marie Curie, Pierre Curie): the reader resolves the
+            # short name where it first appears, to the one full name met before it, if one.
+            matches = [i for i in matches if spans[i].start < spans[index].start]
         if len(matches) == 1:
             union(matches[0], index)
 

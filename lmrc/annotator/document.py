@@ -119,6 +119,7 @@ def build_document(
         doc_id=doc_id,
         title=title,
         sentences=[[text[start:end] for start, end in sentence] for sentence in nonempty],
+        original_sentences=[text[sentence[0][0] : sentence[-1][1]] for sentence in nonempty],
         entities=entities,
         source=source,
     )

@@ -30,6 +30,7 @@ from lmrc.runtime import (
     ServiceRuntime,
     ServiceSettings,
     UnprocessableMessageError,
+    record_time_ms,
 )
 from lmrc.runtime.settings import load_settings
 from lmrc.topology import TOPICS
@@ -102,6 +103,8 @@ class AnnotatorHandler(Handler[TextDocumentEvent]):
                 reason = str(error).splitlines()[0][:1000]
                 result.rejected.append((item, UnprocessableMessageError("AnnotationFailed", reason)))
                 continue
+            version = item.event.version if item.event.version is not None else record_time_ms(item.message)
+            document = document.model_copy(update={"version": version})
             result.outputs.append(Output(document, key=document.doc_id, source=item))
         return result
 

@@ -507,11 +507,18 @@ class ClassifierHandler(Handler[CandidateSetEvent]):
     ) -> RelationSetEvent:
         """The document's record: its relations, possibly none."""
         metrics.DOCUMENTS.labels(self.service).inc()
+        document = candidates.document
         return RelationSetEvent(
             event_id=event_id(candidates.event_id, self.config.version),
             doc_id=candidates.doc_id,
-            doc_title=candidates.document.title,
+            version=document.version,
+            content_hash=document.content_hash(),
+            doc_title=document.title,
             relations=relations,
+            entities=[
+                EntityRef(index=index, name=entity.name, type=entity.type)
+                for index, entity in enumerate(document.entities)
+            ],
             candidate_pairs=len(candidates.pairs),
             failed_pairs=failed,
             models=self.models(candidates),

@@ -17,7 +17,7 @@ from lmrc.contracts.schema import Schema
 from lmrc.contracts.text import printable
 from lmrc.docred import evaluation
 from lmrc.local.graph_lock import GraphInUseError
-from lmrc.topology import TOPICS
+from lmrc.topology import DEAD_LETTER_SUFFIX, TOPICS
 
 DESCRIPTION = """lmrc: document-level relation extraction on Kafka (LMRC).
 
@@ -185,6 +185,15 @@ def _publish(args: argparse.Namespace) -> int:
     from lmrc.local.publish import TextInputError, iter_document_payloads, iter_text_payloads, publish
 
     topic = args.topic or (TOPICS.texts if args.text else TOPICS.documents)
+    if (args.file is None) == (not args.delete):
+        raise UserError("publish: give a FILE to publish, or --delete DOC_ID (not both)")
+    if args.delete:
+        empty = [doc_id for doc_id in args.delete if not doc_id.strip()]
+        if empty:
+            raise UserError("publish --delete: a document id is empty")
+        publish(kafka_client(args)[0], topic, iter([(doc_id, None) for doc_id in args.delete]))
+        print(f"published {len(args.delete)} tombstones (deletions) to {topic}: {', '.join(args.delete)}")
+        return 0
     try:
         payloads = list(iter_text_payloads(args.file) if args.text else iter_document_payloads(args.file))
     except TextInputError as error:
@@ -200,7 +209,10 @@ def format_relations(value: Any) -> str:
     from pydantic import ValidationError
 
     from lmrc.contracts import RelationSetEvent
+    from lmrc.local.publish import Deleted
 
+    if isinstance(value, Deleted):
+        return printable(f"{value.doc_id}: deleted (a tombstone)")
     try:
         event = RelationSetEvent.model_validate(value)
     except ValidationError:
@@ -218,7 +230,7 @@ def format_relations(value: Any) -> str:
 
 def _tail(args: argparse.Namespace) -> int:
     """Print events as they arrive; Ctrl-C (or --max-messages, --timeout) stops."""
-    from lmrc.local.publish import tail
+    from lmrc.local.publish import Deleted, tail
 
     client, existing = kafka_client(args)
     where = "from the beginning" if args.from_beginning else "from now on"
@@ -229,7 +241,11 @@ def _tail(args: argparse.Namespace) -> int:
     def show(_topic: str, value: Any) -> bool:
         nonlocal seen
         seen += 1
-        print(json.dumps(value) if args.json else format_relations(value), flush=True)
+        if args.json:
+            shown = {"doc_id": value.doc_id, "deleted": True} if isinstance(value, Deleted) else value
+            print(json.dumps(shown), flush=True)
+        else:
+            print(format_relations(value), flush=True)
         return args.max_messages is None or seen < args.max_messages
 
     try:
@@ -253,14 +269,20 @@ def _tail(args: argparse.Namespace) -> int:
 
 def _topics(args: argparse.Namespace) -> int:
     """Create the pipeline's topics (the Helm chart's Job runs this); existing ones stay as they are."""
-    from lmrc.runtime.topics import ensure_topics
+    from lmrc.runtime.topics import compaction_config, ensure_topics
 
     topics = args.topic or TOPICS.all
+    compacted = [t for t in topics if not t.endswith(DEAD_LETTER_SUFFIX)] if args.compact else []
     created = ensure_topics(
-        kafka_client(args)[0], topics, args.partitions, replication_factor=args.replication_factor
+        kafka_client(args)[0],
+        topics,
+        args.partitions,
+        replication_factor=args.replication_factor,
+        configs={topic: compaction_config(args.tombstone_retention_ms) for topic in compacted},
     )
     for topic in topics:
-        print(f"{topic:<32} {'created' if topic in created else 'exists'}")
+        state = "created" if topic in created else "exists"
+        print(f"{topic:<32} {state}{', compacted' if topic in compacted and topic in created else ''}")
     return 0
 
 
@@ -447,8 +469,17 @@ def build_parser() -> argparse.ArgumentParser:
     pub.add_argument(
         "file",
         type=Path,
+        nargs="?",
         help="DocRED JSON or JSON lines of DocumentEvents; with --text a text file, a folder of them, "
-        'or JSON lines of {"id", "title", "text"}',
+        'or JSON lines of {"id", "title", "text", "version"}',
+    )
+    pub.add_argument(
+        "--delete",
+        metavar="DOC_ID",
+        action="append",
+        default=[],
+        help="publish a tombstone (the key, a null value) that deletes the document from the graph; "
+        "send it to the topic the document went to (--text: the texts topic); repeatable",
     )
     pub.add_argument("--text", action="store_true", help=f"plain text for the annotator (to {TOPICS.texts})")
     pub.add_argument("--topic", help=f"default: {TOPICS.documents}, or {TOPICS.texts} with --text")
@@ -468,6 +499,18 @@ def build_parser() -> argparse.ArgumentParser:
     topics.add_argument("topic", nargs="*", help="topics to create (default: the pipeline's eight)")
     topics.add_argument("--partitions", type=int, default=4, help="partitions of each topic created")
     topics.add_argument("--replication-factor", type=int, default=-1, help="-1: the broker's default")
+    topics.add_argument(
+        "--compact",
+        action="store_true",
+        help="create the data topics compacted (the latest record per document, tombstones delete); "
+        "dead-letter topics never are",
+    )
+    topics.add_argument(
+        "--tombstone-retention-ms",
+        type=int,
+        default=7 * 24 * 3600 * 1000,
+        help="with --compact: how long a tombstone stays (more than any consumer may lag; default 7 days)",
+    )
     add_bootstrap_option(topics)
     topics.set_defaults(func=_topics)
 

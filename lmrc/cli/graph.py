@@ -12,8 +12,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TextIO
 
-from lmrc.contracts.text import xml_text
-from lmrc.sink.graph import GraphStore, StoredEntity, StoredRelation, format_table
+from lmrc.contracts.text import printable, xml_text
+from lmrc.sink.graph import GraphStore, StoredDocument, StoredEntity, StoredRelation, format_table
 from lmrc.sink.settings import SinkSettings, open_store
 
 GRAPHML = "http://graphml.graphdrawing.org/xmlns"
@@ -73,6 +73,50 @@ def write_graphml(entities: list[StoredEntity], relations: list[StoredRelation],
     ET.ElementTree(root).write(out, encoding="unicode", xml_declaration=True)
 
 
+def format_documents(documents: list[StoredDocument]) -> str:
+    """Documents as a table: id, version, relations, status, title."""
+    rows = [
+        (
+            printable(d.doc_id),
+            str(d.version),
+            str(d.relation_count),
+            "deleted" if d.deleted else "",
+            printable(d.title),
+        )
+        for d in documents
+    ]
+    titles = ("document", "version", "relations", "status", "title")
+    widths = [max([len(title), *(len(row[i]) for row in rows)]) for i, title in enumerate(titles)]
+    lines = [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in [titles, *rows]
+    ]
+    return "\n".join([lines[0], "-" * len(lines[0]), *lines[1:]])
+
+
+def describe_document(store: GraphStore, doc_id: str) -> str:
+    """One document: the version the graph holds, what it changed from the one before, its relations."""
+    found = store.documents(doc_id=doc_id, deleted=True)
+    if not found:
+        return f"no document {printable(doc_id)!r} in the graph"
+    d = found[0]
+    if d.deleted:
+        return f"{printable(d.doc_id)}: deleted (it held version {d.version})"
+    before = f", replaced version {d.previous_version}" if d.previous_version >= 0 else ", its first version"
+    lines = [
+        f"{printable(d.doc_id)}: version {d.version}{before}; {d.relation_count} relations",
+        f"  title: {printable(d.title)}",
+        f"  models: proposer {d.proposer_model or '-'}, classifier {d.classifier_model or '-'}; "
+        f"processed {d.processed_at}; content {d.content_hash or '-'}",
+    ]
+    if d.previous_version >= 0:
+        lines.append(f"  this version added {len(d.added)} and removed {len(d.removed)} relations:")
+        lines += [f"    + {printable(label)}" for label in d.added]
+        lines += [f"    - {printable(label)}" for label in d.removed]
+    relations = store.relations(doc_id=doc_id, limit=None)
+    return "\n".join([*lines, "", format_table(relations)]) if relations else "\n".join(lines)
+
+
 def add_commands(commands: argparse._SubParsersAction) -> None:
     graph = commands.add_parser("graph", help="query or export the relation graph (SINK_* settings)")
     graph.add_argument(
@@ -100,6 +144,15 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     relations.add_argument("--all", action="store_true", help="show every relation that matches")
     relations.add_argument("--json", action="store_true", help="JSON lines instead of a table")
     verbs.add_parser("counts", help="entities, relations, documents")
+    documents = verbs.add_parser(
+        "documents", help="the documents the graph holds, with their versions (which documents say X)"
+    )
+    documents.add_argument("--entity", help="only documents mentioning this entity (name in any case, or id)")
+    documents.add_argument("--deleted", action="store_true", help="list deleted documents' markers too")
+    document = verbs.add_parser(
+        "document", help="what one document says: its version, what that version changed, its relations"
+    )
+    document.add_argument("doc_id", help="the document id")
     export = verbs.add_parser("export", help="the whole graph")
     export.add_argument(
         "--format",
@@ -168,6 +221,11 @@ def _run(args: argparse.Namespace, store: GraphStore) -> int:
         elif args.verb == "counts":
             counts = store.counts()
             print(f"entities {counts.entities}  relations {counts.relations}  documents {counts.documents}")
+        elif args.verb == "documents":
+            found = store.documents(entity=args.entity, deleted=args.deleted)
+            print(format_documents(found) if found else "no documents")
+        elif args.verb == "document":
+            print(describe_document(store, args.doc_id))
         elif args.verb == "relations":
             found = store.relations(entity=args.entity, relation=args.relation, doc_id=args.doc, limit=None)
             shown = found if args.all else found[: args.limit]

@@ -104,13 +104,32 @@ class SourceMetadata(_Event):
     attributes: dict[str, str] = Field(default_factory=dict)
 
 
+#: A document's version: a later one replaces an earlier one in the graph, an earlier one arriving
+#: late is skipped. Users may set it (an edit counter, a revision id, a Unix time in milliseconds);
+#: without it the first stage takes the record's timestamp on the input topic (milliseconds).
+DocumentVersion = Annotated[
+    int,
+    Field(
+        ge=0,
+        le=2**63 - 1,
+        description="Larger replaces smaller; absent: the record's timestamp (ms) where it entered.",
+    ),
+]
+
+
 class DocumentEvent(_Event):
     """A tokenised document with its entities, published by users to the documents topic."""
 
     schema_version: Literal[1] = DOCUMENT_SCHEMA_VERSION
     doc_id: DocId
+    version: DocumentVersion | None = None
     title: GraphText = Field(default="", max_length=4096)
     sentences: list[list[str]] = Field(min_length=1, description="Sentences as token lists.")
+    original_sentences: list[str] | None = Field(
+        default=None,
+        description='Each sentence as the original text writes it (its spacing kept: "company\'s", '
+        'not "company \'s"), one per sentence; the annotator sets it from its sentence offsets.',
+    )
     entities: list[Entity] = Field(default_factory=list)
     source: SourceMetadata | None = None
 
@@ -119,6 +138,11 @@ class DocumentEvent(_Event):
         for sent_id, sentence in enumerate(self.sentences):
             if not sentence:
                 raise ValueError(f"sentences[{sent_id}] is empty")
+        if self.original_sentences is not None and len(self.original_sentences) != len(self.sentences):
+            raise ValueError(
+                f"original_sentences has {len(self.original_sentences)} sentences, "
+                f"sentences {len(self.sentences)}"
+            )
         for entity_index, entity in enumerate(self.entities):
             for mention_index, mention in enumerate(entity.mentions):
                 where = f"entities[{entity_index}].mentions[{mention_index}]"
@@ -148,6 +172,8 @@ class DocumentEvent(_Event):
         """The text of these sentences, in that order, within a relation's ``evidence_text`` limits
         (the first 64 sentences, each cut at 8,192 characters)."""
         wanted = [i for i in sentence_ids or [] if i < len(self.sentences)][:MAX_EVIDENCE_SENTENCES]
+        if self.original_sentences is not None:  # as written, white space runs as one space
+            return [sentence_text(self.original_sentences[i].split())[:MAX_EVIDENCE_CHARS] for i in wanted]
         return [sentence_text(self.sentences[i])[:MAX_EVIDENCE_CHARS] for i in wanted]
 
     def content_hash(self) -> str:
@@ -179,6 +205,7 @@ class TextDocumentEvent(_Event):
 
     schema_version: Literal[1] = DOCUMENT_SCHEMA_VERSION
     doc_id: DocId
+    version: DocumentVersion | None = None
     title: GraphText = Field(default="", max_length=4096)
     text: Annotated[str, AfterValidator(_readable_text)] = Field(max_length=MAX_TEXT_CHARS)
     language: str | None = Field(
@@ -321,8 +348,17 @@ class RelationSetEvent(_Event):
     schema_version: Literal[2] = SCHEMA_VERSION
     event_id: str = Field(min_length=1, max_length=64, description="Deterministic: candidate set, model.")
     doc_id: DocId
+    version: DocumentVersion | None = None
+    content_hash: str | None = Field(
+        default=None, max_length=64, description="The document's content hash (DocumentEvent.content_hash)."
+    )
     doc_title: GraphText = Field(default="", max_length=4096)
     relations: list[Relation]
+    entities: list[EntityRef] = Field(
+        default_factory=list,
+        description="Every entity of the document, also those in no relation: the graph links the "
+        "document to each (absent: the relations' heads and tails).",
+    )
     candidate_pairs: int = Field(ge=0, description="Pairs the classifier was given.")
     failed_pairs: list[FailedPair] = Field(default_factory=list)
     models: ModelVersions = Field(default_factory=ModelVersions)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +59,7 @@ def _read_utf8(path: Path) -> str:
 def iter_text_events(path: str | Path) -> Iterator[TextDocumentEvent]:
     """TextDocumentEvents from a plain text file (one document, named after the file), a folder of
     them (``*.txt``, ``*.text``, ``*.md``), or JSON lines of ``{"id", "title", "text"}``
-    (``doc_id`` also accepted). Invalid texts (empty, binary) are refused here, by name."""
+    (``doc_id`` and ``version`` also accepted). Invalid texts (empty, binary) are refused here, by name."""
     path = Path(path)
     files = sorted(p for p in path.iterdir() if p.suffix in TEXT_SUFFIXES) if path.is_dir() else [path]
     if path.is_dir() and not files:
@@ -73,6 +74,7 @@ def iter_text_events(path: str | Path) -> Iterator[TextDocumentEvent]:
                     record = json.loads(line)
                     yield TextDocumentEvent(
                         doc_id=str(record.get("doc_id") or record["id"]),
+                        version=record.get("version"),
                         title=str(record.get("title", "")),
                         text=record["text"],
                         language=record.get("language"),
@@ -103,9 +105,10 @@ def iter_text_payloads(path: str | Path) -> Iterator[tuple[str, bytes]]:
 
 
 def publish(
-    client_config: dict[str, Any], topic: str, payloads: Iterator[tuple[str, bytes]]
+    client_config: dict[str, Any], topic: str, payloads: Iterator[tuple[str, bytes | None]]
 ) -> dict[int, int]:
-    """Produce every payload keyed by document id, and wait for every acknowledgement.
+    """Produce every payload keyed by document id (a None payload is a tombstone: it deletes
+    the document), and wait for every acknowledgement.
 
     Returns, per partition, the offset after the last message written: what a consumer group has
     committed once it has processed everything published here.
@@ -160,8 +163,18 @@ def beginning_of(consumer: Consumer, topics: list[str], timeout: float = 10.0) -
     return partitions_of(consumer, topics, OFFSET_BEGINNING, timeout)
 
 
-def decode(value: bytes | None) -> Any:
-    """A message's JSON value; what is not JSON (a poison message) comes back as text."""
+@dataclass(frozen=True)
+class Deleted:
+    """A tombstone read from a topic: the document ``doc_id`` was deleted."""
+
+    doc_id: str
+
+
+def decode(value: bytes | None, key: bytes | None = None) -> Any:
+    """A message's JSON value; what is not JSON (a poison message) comes back as text; a tombstone
+    (a null value) as :class:`Deleted`."""
+    if value is None:
+        return Deleted((key or b"").decode("utf-8", errors="replace"))
     try:
         return json.loads(value or b"null")
     except (json.JSONDecodeError, UnicodeDecodeError):
@@ -198,7 +211,7 @@ def tail(
             message = consumer.poll(0.2)
             if message is None or message.error():
                 continue
-            if not on_message(message.topic() or "", decode(message.value())):
+            if not on_message(message.topic() or "", decode(message.value(), message.key())):
                 return
         raise TimeoutError(f"tail of {topics} timed out after {timeout}s")
     finally:

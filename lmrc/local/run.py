@@ -44,6 +44,7 @@ from lmrc.local.pipeline import (
 from lmrc.local.publish import iter_document_payloads, iter_text_payloads, publish
 from lmrc.paths import REPO_ROOT
 from lmrc.runtime import KafkaSettings
+from lmrc.sink.entities import node_id
 from lmrc.sink.graph import StoredRelation, entity_id, format_table
 from lmrc.sink.settings import SinkSettings, open_store
 
@@ -401,8 +402,16 @@ def graph_predictions(stored: list[StoredRelation], gold: list[dict]) -> tuple[l
         by_key = keys.get(edge.doc_id)
         if by_key is None:
             continue  # an earlier run's document in the same graph directory
-        heads, tails = by_key.get(edge.head_id, []), by_key.get(edge.tail_id, [])
-        ambiguous += len(heads) * len(tails) > 1
+        # The entities the edge stands for, by the names the document used ("French" is the node
+        # France; "Kazakhstan" and "Republic of Kazakhstan" one node, one edge naming both).
+        named = edge.named_pairs() or [(edge.head_name, edge.tail_name)]
+        pairs = {
+            (h, t)
+            for head, tail in named
+            for h in by_key.get(entity_id(head, edge.head_type), [])
+            for t in by_key.get(entity_id(tail, edge.tail_type), [])
+        }
+        ambiguous += len(pairs) > len(named)  # a name two entities of the document share
         predictions += [
             {
                 "title": edge.doc_id,
@@ -411,8 +420,7 @@ def graph_predictions(stored: list[StoredRelation], gold: list[dict]) -> tuple[l
                 "r": edge.relation_id,
                 "evidence": list(edge.evidence),
             }
-            for h in heads
-            for t in tails
+            for h, t in sorted(pairs)
             if h != t
         ]
     return predictions, ambiguous
@@ -520,6 +528,19 @@ def _report(
     for where, predictions in (("relations topic", from_topic), ("graph", from_graph)):
         key = f"scores_{where.replace(' ', '_')}"
         score(key, f"DocRED scores of the {where} on these {len(gold)} documents", predictions)
+    # A relation between two entities that are one graph node ("German" -> "Germany") is no edge.
+    one_node = [
+        node_id(r["head"]["name"], r["head"]["type"]) == node_id(r["tail"]["name"], r["tail"]["type"])
+        for r in relations
+    ]
+    summary["relations_one_node"] = sum(one_node)
+    if any(one_node):
+        score(
+            "scores_relations_topic_as_edges",
+            f"  the relations topic without its {sum(one_node)} relations between two names of one "
+            "graph node (no edge)",
+            [p for p, same in zip(from_topic, one_node, strict=True) if not same],
+        )
     if ambiguous:
         print(f"  ({ambiguous} graph edges join entities that share a name and type in their document)")
     summary["graph_edges_ambiguous"] = ambiguous

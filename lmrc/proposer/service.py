@@ -49,6 +49,7 @@ from lmrc.runtime import (
     ServiceRuntime,
     ServiceSettings,
     UnprocessableMessageError,
+    record_time_ms,
 )
 from lmrc.runtime.settings import load_settings
 from lmrc.topology import TOPICS
@@ -147,8 +148,11 @@ class ProposerHandler(Handler[DocumentEvent]):
         result = BatchResult()
         scored = passed = 0
         for item in batch:
+            document = item.event
+            if document.version is None:  # published without one: the record's time orders versions
+                document = document.model_copy(update={"version": record_time_ms(item.message)})
             try:
-                candidates = self.propose(item.event)
+                candidates = self.propose(document)
             except UnprocessableMessageError as error:
                 result.rejected.append((item, error))
                 continue
@@ -297,8 +301,11 @@ class ProposerHandler(Handler[DocumentEvent]):
         return RelationSetEvent(
             event_id=event_id(candidates.event_id, "encoder-only"),
             doc_id=document.doc_id,
+            version=document.version,
+            content_hash=content,
             doc_title=document.title,
             relations=relations,
+            entities=[ref(index) for index in range(len(document.entities))],
             candidate_pairs=len(candidates.pairs),
             models=models,
             source=document.source,

@@ -8,7 +8,9 @@ from lmrc.runtime.loop import (
     Output,
     RetryableError,
     ServiceRuntime,
+    Tombstone,
     produce_when_room,
+    record_time_ms,
 )
 from lmrc.runtime.settings import KafkaSettings, ServiceSettings
 
@@ -22,5 +24,7 @@ __all__ = [
     "RetryableError",
     "ServiceRuntime",
     "ServiceSettings",
+    "Tombstone",
     "produce_when_room",
+    "record_time_ms",
 ]

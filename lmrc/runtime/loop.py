@@ -12,7 +12,10 @@ Guarantees (at-least-once):
   that lost its state refuses the old idempotent producer id for good);
 - what one consume returns is cut into batches of at most ``max_batch_bytes``, so what a handler
   holds at once is bounded by size, not only by count;
-- SIGTERM/SIGINT finish the batch in hand, commit, leave the group and flush the producer.
+- SIGTERM/SIGINT finish the batch in hand, commit, leave the group and flush the producer;
+- a tombstone (a key with a null value: Kafka's "delete this key") is passed on to the output
+  topic under the same key, in order with the records around it, unless the handler applies
+  tombstones itself (the sink); a tombstone without a key is dead-lettered.
 
 Re-delivery makes duplicates possible; downstream they are harmless because every output carries a
 deterministic ``event_id`` and the graph store MERGEs on (head, tail, relation, doc_id).
@@ -54,7 +57,7 @@ RECORD_OVERHEAD_BYTES = 4096
 
 
 def produce_when_room(
-    producer: Producer, topic: str, key: str | None, value: bytes, on_delivery: Any
+    producer: Producer, topic: str, key: str | None, value: bytes | None, on_delivery: Any
 ) -> None:
     """``producer.produce``, waiting (serving delivery reports) while its local queue is full."""
     while True:
@@ -81,6 +84,20 @@ def byte_bounded_batches(records: list[Message], max_bytes: int) -> list[list[Me
     return batches
 
 
+def record_time_ms(message: Message) -> int:
+    """The record's timestamp in milliseconds (its CreateTime, or the broker's LogAppendTime),
+    0 where the record has none: what orders a document's versions when the publisher set none."""
+    timestamp_type, timestamp = message.timestamp()
+    return max(0, int(timestamp)) if timestamp_type and timestamp is not None else 0
+
+
+@dataclass(frozen=True)
+class Tombstone:
+    """A record with a key and no value: delete the document ``key`` names."""
+
+    key: str
+
+
 class RetryableError(Exception):
     """A failure that may go away (dependency down, broker did not confirm): retry the batch."""
 
@@ -95,11 +112,11 @@ class Consumed(Generic[EventT]):
 
 @dataclass(frozen=True)
 class Output:
-    """An event to produce; ``topic`` defaults to the service's output topic. ``source`` is the
-    input it came from: when the output cannot be produced (larger than the broker takes), that
-    input is dead-lettered instead and the partition moves on."""
+    """An event to produce (None: a tombstone); ``topic`` defaults to the service's output topic.
+    ``source`` is the input it came from: when the output cannot be produced (larger than the
+    broker takes), that input is dead-lettered instead and the partition moves on."""
 
-    value: BaseModel
+    value: BaseModel | None
     key: str | None = None
     topic: str | None = None
     source: Consumed[Any] | None = None
@@ -126,6 +143,9 @@ class Handler(Generic[EventT]):
     """
 
     input_model: type[BaseModel]
+    #: False: the runtime passes tombstones on to the output topic itself, in order, and the
+    #: handler never sees one; True: they reach ``handle`` as ``Consumed(Tombstone(key), ...)``.
+    handles_tombstones: bool = False
 
     def start(self) -> None:
         """Acquire resources; called once before the first batch."""
@@ -337,8 +357,21 @@ class ServiceRuntime:
                 decoded.append(Consumed(self._decode(message), message))
             except UnprocessableMessageError as rejection:
                 result.rejected.append((Consumed(None, message), rejection))
-        if decoded:
-            result.extend(self._handle(decoded))
+        if self.handler.handles_tombstones:
+            if decoded:
+                result.extend(self._handle(decoded))
+            return result
+        run: list[Consumed[Any]] = []  # records between tombstones, handled together
+        for item in decoded:
+            if not isinstance(item.event, Tombstone):
+                run.append(item)
+                continue
+            if run:
+                result.extend(self._handle(run))
+                run = []
+            result.outputs.append(Output(None, key=item.event.key, source=item))
+        if run:
+            result.extend(self._handle(run))
         return result
 
     def _while_polling(self, work: Callable[[], ResultT]) -> ResultT:
@@ -380,9 +413,23 @@ class ServiceRuntime:
             raise outcome["error"]
         return outcome["result"]
 
-    def _decode(self, message: Message) -> BaseModel:
+    def _decode(self, message: Message) -> BaseModel | Tombstone:
         value = message.value()
-        if not value:  # a tombstone (null) or zero bytes
+        if value is None:
+            metrics.TOMBSTONES.labels(self.service).inc()
+            key = message.key()
+            if not key:
+                raise UnprocessableMessageError(
+                    "TombstoneWithoutKey",
+                    "a null value deletes its key's document, and this record has no key",
+                )
+            try:
+                return Tombstone(key.decode("utf-8") if isinstance(key, bytes) else str(key))
+            except UnicodeDecodeError:
+                raise UnprocessableMessageError(
+                    "TombstoneWithoutKey", "the tombstone's key is not UTF-8"
+                ) from None
+        if not value:
             raise UnprocessableMessageError("EmptyMessage", "message has no value")
         if len(value) > self.settings.max_message_bytes:
             raise UnprocessableMessageError(
@@ -433,8 +480,8 @@ class ServiceRuntime:
         limit = self.settings.max_message_bytes
         rejected = list(result.rejected)
         for output in result.outputs:
-            value = output.value.model_dump_json().encode()
-            if len(value) > limit:
+            value = None if output.value is None else output.value.model_dump_json().encode()
+            if value is not None and len(value) > limit:
                 rejected.append(self._output_too_large(output, len(value)))
                 continue
             try:
@@ -444,7 +491,7 @@ class ServiceRuntime:
                     # A producer in a fatal state (an idempotent producer the broker no longer
                     # knows): rewind, and the runtime replaces the producer.
                     raise RetryableError(f"produce failed: {error.args[0].str()}") from error
-                rejected.append(self._output_too_large(output, len(value)))
+                rejected.append(self._output_too_large(output, len(value or b"")))
         for item, rejection in rejected:
             letter, value = fitted_dead_letter(
                 self.service, item.message, rejection, limit, self.settings.dead_letter_payload_max_bytes

@@ -39,6 +39,11 @@ PRODUCER_RESETS = Counter(
     "Producers replaced by a fresh one (a new idempotent producer id) after a failed delivery.",
     ["service"],
 )
+TOMBSTONES = Counter(
+    "lmrc_tombstones_total",
+    "Tombstones read (a key with a null value: delete that document), passed on or applied.",
+    ["service"],
+)
 OFFSET_COMMITS = Counter("lmrc_offset_commits_total", "Offset commits, by outcome.", ["service", "outcome"])
 KAFKA_ERRORS = Counter(
     "lmrc_kafka_errors_total", "Errors reported by the Kafka client, by code.", ["service", "code"]
@@ -63,3 +68,4 @@ def initialize(service: str) -> None:
     BATCH_SIZE.labels(service)
     BATCH_PROCESSING_SECONDS.labels(service)
     PRODUCER_RESETS.labels(service)
+    TOMBSTONES.labels(service)

@@ -9,23 +9,36 @@ from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
 
+def compaction_config(tombstone_retention_ms: int) -> dict[str, str]:
+    """A compacted topic's settings: the latest record per key is kept, and a tombstone for
+    ``tombstone_retention_ms`` (any consumer further behind than that would miss the deletion)."""
+    return {"cleanup.policy": "compact", "delete.retention.ms": str(tombstone_retention_ms)}
+
+
 def ensure_topics(
     client_config: dict[str, Any],
     topics: Iterable[str],
     partitions: int,
     timeout: float = 15.0,
     replication_factor: int = -1,
+    configs: dict[str, dict[str, str]] | None = None,
 ) -> list[str]:
     """Create the topics that do not exist yet; existing ones are left as they are.
 
-    Returns the topics created. ``replication_factor`` -1 takes the broker's default.
+    Returns the topics created. ``replication_factor`` -1 takes the broker's default; ``configs``
+    gives a topic its settings when it is created (compaction).
     """
     # log_level 5: librdkafka's informational lines ("Purging 1 unserved events from background
     # queue" when the client goes) are not for the user; warnings and errors still are.
     admin = AdminClient({**client_config, "log_level": 5})
     existing = set(admin.list_topics(timeout=timeout).topics)
     wanted = [
-        NewTopic(topic, num_partitions=partitions, replication_factor=replication_factor)
+        NewTopic(
+            topic,
+            num_partitions=partitions,
+            replication_factor=replication_factor,
+            config=(configs or {}).get(topic, {}),
+        )
         for topic in dict.fromkeys(topics)
         if topic not in existing
     ]

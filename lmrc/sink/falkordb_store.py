@@ -24,6 +24,13 @@ _SICK = (
 _SICK_PREFIXES = ("OOM", "READONLY", "LOADING", "BUSY", "MASTERDOWN", "NOAUTH", "WRONGPASS", "NOPERM")
 
 
+INDEXES = (
+    "CREATE INDEX FOR (e:Entity) ON (e.id)",
+    "CREATE INDEX FOR (d:Document) ON (d.doc_id)",
+    "CREATE INDEX FOR ()-[e:RELATION]-() ON (e.doc_id)",
+)
+
+
 class FalkorDBGraphStore(CypherGraphStore):
     """A batch is one query, and each query is atomic on the server: one transaction per batch."""
 
@@ -62,14 +69,16 @@ class FalkorDBGraphStore(CypherGraphStore):
         return self._client
 
     def _ensure_schema(self) -> None:
-        """Index the entity key once; done lazily so a store that is down does not stop start-up."""
+        """Index the entity and document keys and the edges' document once; done lazily so a
+        store that is down does not stop start-up."""
         if self._schema_ready:
             return
-        try:
-            self._graph().query("CREATE INDEX FOR (e:Entity) ON (e.id)")
-        except redis_errors.ResponseError as error:
-            if "already indexed" not in str(error):
-                raise
+        for index in INDEXES:
+            try:
+                self._graph().query(index)
+            except redis_errors.ResponseError as error:
+                if "already indexed" not in str(error):
+                    raise
         self._schema_ready = True
 
     def _graph(self) -> Any:

@@ -39,6 +39,12 @@ SCHEMA = (
     "event_id STRING, first_seen STRING, last_seen STRING, evidence_text STRING)",
     # A database made before evidence_text was stored gains the column (empty for old edges).
     "ALTER TABLE RELATION ADD IF NOT EXISTS evidence_text STRING DEFAULT ''",
+    "CREATE NODE TABLE IF NOT EXISTS Document("
+    "doc_id STRING PRIMARY KEY, version INT64, deleted BOOL, title STRING, content_hash STRING, "
+    "source_uri STRING, proposer_model STRING, classifier_model STRING, processed_at STRING, "
+    "relation_count INT64, previous_version INT64, added STRING[], removed STRING[])",
+    "CREATE REL TABLE IF NOT EXISTS MENTIONS(FROM Document TO Entity, names STRING[])",
+    "ALTER TABLE RELATION ADD IF NOT EXISTS named_as STRING[]",
 )
 
 

@@ -6,12 +6,23 @@ from prometheus_client import Counter, Histogram
 
 RELATIONS_WRITTEN = Counter(
     "lmrc_sink_relations_written_total",
-    "Relations MERGEd into the graph store (re-deliveries count again, create nothing).",
+    "Relations the written documents hold in the graph store (re-deliveries count again, create nothing).",
     ["service", "backend"],
 )
 DOCUMENTS_WRITTEN = Counter(
     "lmrc_sink_documents_written_total",
-    "Documents (relation sets, also empty ones) whose relations were written to the graph store.",
+    "Document versions (relation sets, also empty ones) written to the graph store, each replacing "
+    "the version before.",
+    ["service", "backend"],
+)
+DOCUMENTS_DELETED = Counter(
+    "lmrc_sink_documents_deleted_total",
+    "Documents removed from the graph store by a tombstone (unknown documents not counted).",
+    ["service", "backend"],
+)
+STALE_VERSIONS = Counter(
+    "lmrc_sink_stale_versions_total",
+    "Relation sets skipped because the graph holds a later version of their document.",
     ["service", "backend"],
 )
 WRITE_SECONDS = Histogram(

@@ -1,6 +1,12 @@
 """The sink service: batches of RelationSetEvents (whole documents), one store transaction per batch,
 so a document's relations reach the graph together or not at all.
 
+A relation set replaces what its document said before; a tombstone (its key, a null value)
+deletes the document. Versions order them: a set older than the version the graph holds (a replay,
+a lagging partition) is skipped and counted, never rolling the graph back; the same version again
+(re-processing with newer models, a re-delivery) replaces. Within a batch the records of a
+document are folded in offset order, so the transaction writes each document's final state once.
+
 The runtime commits offsets only after ``handle`` returns, i.e. after the store confirmed the
 write. A store that cannot be reached raises RetryableError: the batch is rewound and retried with
 backoff, nothing is committed, nothing is lost.
@@ -13,15 +19,57 @@ import time
 from collections.abc import Sequence
 
 from lmrc.contracts import RelationSetEvent
-from lmrc.runtime import BatchResult, Consumed, Handler, RetryableError, ServiceRuntime
+from lmrc.runtime import (
+    BatchResult,
+    Consumed,
+    Handler,
+    RetryableError,
+    ServiceRuntime,
+    Tombstone,
+    record_time_ms,
+)
 from lmrc.runtime.settings import load_settings
 from lmrc.sink import metrics
-from lmrc.sink.graph import GraphStore, StoreUnavailableError
+from lmrc.sink.graph import DocumentChange, DocumentState, GraphStore, StoreUnavailableError
 from lmrc.sink.settings import SinkSettings, open_store
+
+log = logging.getLogger(__name__)
+
+
+def fold_changes(
+    batch: Sequence[Consumed[RelationSetEvent | Tombstone]], states: dict[str, DocumentState]
+) -> tuple[list[DocumentChange], list[tuple[str, int, int]]]:
+    """Each document's final state after the batch's records in order, from what the graph holds
+    (``states``): the changes to write, and the stale sets skipped (doc_id, version, held)."""
+    held = {doc_id: state.version for doc_id, state in states.items()}
+    live = {doc_id for doc_id, state in states.items() if state.known and not state.deleted}
+    final: dict[str, DocumentChange] = {}
+    stale: list[tuple[str, int, int]] = []
+    for item in batch:
+        event = item.event
+        if isinstance(event, Tombstone):
+            if event.key in live:  # a tombstone for a document never seen (or deleted) is a no-op
+                final[event.key] = DocumentChange(event.key, held.get(event.key) or 0, None)
+                live.discard(event.key)
+            continue
+        version = event.version if event.version is not None else record_time_ms(item.message)
+        current = held.get(event.doc_id)
+        if current is not None and version < current:
+            stale.append((event.doc_id, version, current))
+            continue
+        held[event.doc_id] = version
+        live.add(event.doc_id)
+        final[event.doc_id] = DocumentChange(event.doc_id, version, event)
+    return list(final.values()), stale
+
+
+def _doc_id(item: Consumed[RelationSetEvent | Tombstone]) -> str:
+    return item.event.key if isinstance(item.event, Tombstone) else item.event.doc_id
 
 
 class SinkHandler(Handler[RelationSetEvent]):
     input_model = RelationSetEvent
+    handles_tombstones = True
 
     def __init__(self, store: GraphStore, service: str, owns_store: bool = True) -> None:
         self.store = store
@@ -30,6 +78,8 @@ class SinkHandler(Handler[RelationSetEvent]):
         metrics.RELATIONS_WRITTEN.labels(service, store.backend)  # at 0 from the start, for rate()
         metrics.DOCUMENTS_WRITTEN.labels(service, store.backend)
         metrics.WRITE_SECONDS.labels(service, store.backend)
+        metrics.DOCUMENTS_DELETED.labels(service, store.backend)
+        metrics.STALE_VERSIONS.labels(service, store.backend)
 
     def close(self) -> None:
         """Release a store the sink opened itself (the embedded one has a single writer)."""
@@ -40,8 +90,9 @@ class SinkHandler(Handler[RelationSetEvent]):
         backend = self.store.backend
         started = time.perf_counter()
         try:
-            relations = [relation for item in batch for relation in item.event.relations]
-            self.store.upsert(relations)  # verified: every edge read back
+            states = self.store.states([_doc_id(item) for item in batch])
+            changes, stale = fold_changes(batch, states)
+            written = self.store.apply(changes, states)  # verified: every document read back
         except StoreUnavailableError as error:
             metrics.STORE_ERRORS.labels(self.service, backend, type(error).__name__).inc()
             raise RetryableError(str(error)) from error
@@ -49,8 +100,12 @@ class SinkHandler(Handler[RelationSetEvent]):
             metrics.STORE_ERRORS.labels(self.service, backend, type(error).__name__).inc()
             raise
         metrics.WRITE_SECONDS.labels(self.service, backend).observe(time.perf_counter() - started)
-        metrics.RELATIONS_WRITTEN.labels(self.service, backend).inc(len(relations))
-        metrics.DOCUMENTS_WRITTEN.labels(self.service, backend).inc(len(batch))
+        metrics.RELATIONS_WRITTEN.labels(self.service, backend).inc(written)
+        metrics.DOCUMENTS_WRITTEN.labels(self.service, backend).inc(sum(not c.deleted for c in changes))
+        metrics.DOCUMENTS_DELETED.labels(self.service, backend).inc(sum(c.deleted for c in changes))
+        for doc_id, version, held in stale:
+            metrics.STALE_VERSIONS.labels(self.service, backend).inc()
+            log.info("%s: skipped version %d of %r (the graph holds %d)", self.service, version, doc_id, held)
         return BatchResult()
 
 

@@ -58,7 +58,24 @@ class GraphReader:
         found.sort(key=lambda e: (-e["relations"], e["name"]))
         return {"total": len(found), "items": found[:MAX_ITEMS]}
 
-    def documents(self) -> dict[str, Any]:
+    def documents(self, entity: str | None = None) -> dict[str, Any]:
+        """The Document nodes (deleted ones marked), those mentioning ``entity`` (an id or a
+        name), or for a graph without them (written by ``upsert`` alone) the documents its edges
+        name."""
+        with self.lock:
+            nodes = self.store.documents(entity=entity, deleted=entity is None)
+        if nodes or entity is not None:
+            items = [
+                {
+                    "doc_id": d.doc_id,
+                    "title": d.title,
+                    "relations": d.relation_count,
+                    "version": d.version,
+                    "deleted": d.deleted,
+                }
+                for d in nodes
+            ]
+            return {"total": len(items), "items": items[:MAX_ITEMS]}
         by_doc: dict[str, dict[str, Any]] = {}
         for relation in self._relations():
             entry = by_doc.setdefault(
@@ -67,6 +84,15 @@ class GraphReader:
             entry["relations"] += 1
         found = sorted(by_doc.values(), key=lambda d: d["doc_id"])
         return {"total": len(found), "items": found[:MAX_ITEMS]}
+
+    def document(self, doc_id: str) -> dict[str, Any]:
+        """One Document node: its version and what that version changed ({} when the graph has none)."""
+        with self.lock:
+            found = self.store.documents(doc_id=doc_id, deleted=True)
+        if not found:
+            return {}
+        document = asdict(found[0])
+        return {**document, "added": list(document["added"]), "removed": list(document["removed"])}
 
     def relations(self, entity: str | None, doc_id: str | None) -> dict[str, Any]:
         if entity is not None:
@@ -115,7 +141,9 @@ def make_handler(reader: GraphReader) -> type[BaseHTTPRequestHandler]:
                 elif url.path == "/api/entities":
                     self._json(reader.entities(query.get("q", "")))
                 elif url.path == "/api/documents":
-                    self._json(reader.documents())
+                    self._json(reader.documents(query.get("entity")))
+                elif url.path == "/api/document" and "doc" in query:
+                    self._json(reader.document(query["doc"]))
                 elif url.path == "/api/relations" and ("entity" in query or "doc" in query):
                     self._json(reader.relations(query.get("entity"), query.get("doc")))
                 else:
