@@ -15,6 +15,7 @@ import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -66,6 +67,18 @@ def _serve(*store_arguments: str) -> tuple[subprocess.Popen[str], str]:
     wait_for(lambda: _answers(url) or process.poll() is not None, timeout=60, what="the graph page")
     assert process.poll() is None, process.stdout.read() if process.stdout else ""
     return process, url
+
+
+def _chrome() -> Any:
+    """Debian's Chromium, headless, through its chromedriver."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM or ""
+    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1280,900"):
+        options.add_argument(argument)
+    return webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
 
 
 def _stop(process: subprocess.Popen[str]) -> None:
@@ -158,17 +171,11 @@ def test_idle_connections_to_the_page_are_bounded_and_dropped(tmp_path: Path, ev
     not (CHROMIUM and CHROMEDRIVER), reason="Debian's chromium and chromium-driver are not installed"
 )
 def test_a_user_finds_an_entity_and_sees_its_edges_and_evidence(ladybug_page: str, tmp_path: Path) -> None:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ready
     from selenium.webdriver.support.ui import WebDriverWait
 
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM or ""
-    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1280,900"):
-        options.add_argument(argument)
-    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+    driver = _chrome()
     wait = WebDriverWait(driver, scaled(20))
     try:
         driver.get(ladybug_page)
@@ -213,8 +220,6 @@ def test_dense_views_never_overlap_labels_and_documents_show_versions_and_deleti
     """The densest holdout document drawn: no two edge labels (nor a label and a node's name)
     overlap; a label with no free place is left out and its edge dashed. Documents carry their
     version, a deleted one is listed as deleted, and a document's view says what its version changed."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ready
     from selenium.webdriver.support.ui import WebDriverWait
@@ -236,11 +241,7 @@ def test_dense_views_never_overlap_labels_and_documents_show_versions_and_deleti
     store.apply([DocumentChange(gone.doc_id, 1, None)])
     store.close()
     process, url = _serve("--path", str(path))
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM or ""
-    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1280,900"):
-        options.add_argument(argument)
-    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+    driver = _chrome()
     wait = WebDriverWait(driver, scaled(20))
     try:
         driver.get(f"{url}/?doc={urllib.parse.quote(dense.doc_id)}")

@@ -498,6 +498,11 @@ class CypherGraphStore:
         """Run the statements as one transaction."""
         raise NotImplementedError
 
+    def _write_statements(self, statements: list[tuple[str, dict[str, Any]]]) -> None:
+        """One transaction of the statements that have work: a statement over an empty list does
+        nothing (and LadybugDB cannot type an empty UNWIND)."""
+        self._write_batch([(query, params) for query, params in statements if all(params.values())])
+
     def upsert(self, events: Sequence[Relation]) -> int:
         """Write the events; returns the edges written, each read back (UnverifiedWriteError if one
         is missing: a write the store silently dropped is never counted or committed)."""
@@ -511,7 +516,7 @@ class CypherGraphStore:
                 {"rows": parameters["rows"]},
             ),
         ]
-        self._write_batch([(query, params) for query, params in statements if all(params.values())])
+        self._write_statements(statements)
         expected = len(parameters["rows"])
         if not expected:
             return 0
@@ -586,8 +591,7 @@ class CypherGraphStore:
             ),
             (REMOVE_ORPHANS, {"orphans": parameters["orphans"]}),
         ]
-        # A statement over an empty list does nothing (and LadybugDB cannot type an empty UNWIND).
-        self._write_batch([(query, params) for query, params in statements if all(params.values())])
+        self._write_statements(statements)
         expected = {d["doc_id"]: (d["version"], d["relation_count"]) for d in parameters["documents"]}
         found = {
             row[0]: (row[1], row[2])
