@@ -1,4 +1,4 @@
-"""Per-epoch training checkpoints, shared by the tagger's and the proposer's training.
+"""Per-epoch training checkpoints, shared by the tagger's, the proposer's and the LLM adapter's training.
 
 A checkpoint holds everything an interrupted run needs to go on as if it had not stopped: the
 model's and the optimiser's state, the learning-rate schedule, the random generators, the epoch
@@ -59,13 +59,22 @@ def save_checkpoint(
     scheduler: Any,
     state: TrainingState,
     options: dict[str, Any],
+    trainable_only: bool = False,
 ) -> Path:
+    """``trainable_only``: the weights training changes, not the frozen rest (a LoRA adapter's
+    few MB instead of its base model's hundreds)."""
     directory.mkdir(parents=True, exist_ok=True)
     target = directory / CHECKPOINT_FILE
     partial = target.with_suffix(".partial")
+    trainable = {name for name, parameter in model.named_parameters() if parameter.requires_grad}
     torch.save(
         {
-            "model": {name: tensor for name, tensor in model.state_dict().items()},
+            "model": {
+                name: tensor
+                for name, tensor in model.state_dict().items()
+                if not trainable_only or name in trainable
+            },
+            "trainable_only": trainable_only,
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "state": state.__dict__,
@@ -101,7 +110,12 @@ def load_checkpoint(
             f"{path}: written with other options ({', '.join(differing)}); resume with the same ones "
             "or start afresh without --resume"
         )
-    model.load_state_dict(saved["model"])
+    if saved.get("trainable_only"):
+        unexpected = model.load_state_dict(saved["model"], strict=False).unexpected_keys
+        if unexpected:
+            raise CheckpointMismatchError(f"{path}: weights of another model ({unexpected[0]}...)")
+    else:
+        model.load_state_dict(saved["model"])
     optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
     random.setstate(saved["random"]["python"])

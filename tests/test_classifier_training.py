@@ -9,7 +9,7 @@ import torch
 
 from lmrc import docred
 from lmrc.classifier.prompt import docred_labels
-from lmrc.classifier.training.evaluate import PairOutcome, tune_decision
+from lmrc.classifier.training.decision import PairOutcome, tune_decision
 from lmrc.classifier.training.offline import allowed_answers, choose_options
 from lmrc.classifier.training.train import (
     LORA_TARGETS,

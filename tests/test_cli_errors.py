@@ -3,8 +3,10 @@ line and a non-zero exit, never a traceback; pipes that close early are not erro
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -335,3 +337,35 @@ def test_a_graph_in_use_by_a_run_is_refused_in_one_line(graph: Path) -> None:
         )
     assert "starting the broker" not in second.stdout
     assert lmrc("graph", "--path", str(graph), "counts", timeout=60).returncode == 0  # free again
+
+
+def test_on_a_terminal_the_table_fits_its_width_and_a_pipe_gets_names_in_full(graph: Path) -> None:
+    """Under a pseudo-terminal 80 columns wide every line fits, cut cells end with "…" and the
+    confidence column is never cut; piped, the same command prints every name in full."""
+    import pty
+
+    command = [sys.executable, "-m", "lmrc", "graph", "--path", str(graph), "relations", "--relation", "P131"]
+    command += ["--limit", "10"]
+    controller, terminal = pty.openpty()
+    done = subprocess.run(
+        command,
+        stdout=terminal,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "COLUMNS": "80", "LINES": "24"},
+        timeout=scaled(120),
+    )
+    os.close(terminal)
+    output = b""
+    with contextlib.suppress(OSError):  # the terminal's other end is closed once it is read empty
+        while chunk := os.read(controller, 65536):
+            output += chunk
+    os.close(controller)
+    assert done.returncode == 0, done.stderr
+    lines = output.decode().replace("\r\n", "\n").strip().splitlines()
+    table = lines[:-1]  # the last line says how many are shown
+    assert len(table) == 12 and all(len(line) <= 80 for line in table), [len(line) for line in table]
+    assert any("…" in line for line in table[2:])
+    assert all(re.search(r"\s[01]\.\d\d\s", line) for line in table[2:])
+    piped = lmrc(*command[3:])
+    assert "located in the administrative territorial entity" in piped.stdout
+    assert max(len(line) for line in piped.stdout.splitlines()) > 80

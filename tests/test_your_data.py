@@ -306,3 +306,60 @@ def test_services_refuse_a_bundle_missing_a_model_and_dead_letter_another_schema
     problem = classifier.schema_problem(candidates)
     assert problem is not None and "CID" in problem
     assert classifier.schema_problem(candidates.model_copy(update={"pairs": []})) is None
+
+
+def test_lmrc_train_classifier_trains_the_adapter_on_out_of_fold_shortlists_and_resumes_mid_epoch(
+    tmp_path: Path,
+) -> None:
+    """`lmrc train --classifier`: two fold proposers score the train documents each never saw, the
+    fold proposers are removed once scored, and the LLM's adapter learns on those shortlists in the
+    dataset's relation names. A budget stops the adapter mid-epoch with a checkpoint; `--resume`
+    keeps every finished stage and goes on from the batch it stopped at; the bundle then serves
+    its own adapter with its tuned decision."""
+    from lmrc.bundle import load_bundle
+    from lmrc.classifier.service import ClassifierSettings
+
+    # The smallest documents (5 to 9 entities): a few dozen candidate pairs each keeps this quick.
+    smallest = sorted(_places(docred.load_split("train")), key=lambda raw: len(raw["vertexSet"]))[:10]
+    data = write_dataset(tmp_path / "small-places", TWO_RELATIONS, {"train": smallest})
+    out = tmp_path / "bundle"
+    common = [
+        "train", "--data", str(data), "--out", str(out), "--no-tagger", "--epochs", "1",
+        "--classifier", "--folds", "2", "--classifier-epochs", "1", "--classifier-max-docs", "2",
+    ]  # fmt: skip
+    stopped = lmrc(*common, "--max-minutes", "0.001")
+    assert stopped.returncode == 0, stopped.stdout[-3000:] + stopped.stderr[-3000:]
+    adapter = out / "classifier"
+    first = json.loads((adapter / "classifier.json").read_text())["training"]
+    assert first["stopped_at_time_limit"] and first["steps"] >= 1
+    assert (adapter / "checkpoint" / "checkpoint.pt").exists() and (adapter / "adapter_config.json").exists()
+    assert not (out / "training" / "folds").exists(), "fold proposers are removed once they have scored"
+    out_of_fold = json.loads((out / "training" / "out-of-fold-candidates.json").read_text())
+    assert len(out_of_fold["documents"]) == len(load_dataset(data).train)
+    shortlisted = {
+        r for doc in out_of_fold["documents"] for *_pair, shortlist in doc["pairs"] for r, _p in shortlist
+    }
+    assert shortlisted <= {"P17", "P131"} and shortlisted
+
+    resumed = lmrc(*common, "--resume")
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "proposer: finished earlier" in resumed.stdout
+    assert "fold proposer" not in resumed.stdout, "the out-of-fold shortlists were kept, not re-made"
+    config = json.loads((adapter / "classifier.json").read_text())
+    training = config["training"]
+    assert not training["stopped_at_time_limit"] and training["schema"] == "places"
+    assert training["steps"] > first["steps"] and training["documents"] == 2
+    log = [json.loads(line) for line in (adapter / "train_log.jsonl").read_text().splitlines()]
+    steps = [record["step"] for record in log if "step" in record]
+    assert steps == sorted(set(steps)), "the resumed run goes on from the step it stopped at"
+    assert [run["epoch"] for run in training["epochs_run"]][-1] == 1
+    assert all("validation" in run for run in training["epochs_run"])
+    assert "f1" in config["decision"]["validation"], "the decision is tuned on validation answers"
+    assert not (adapter / "checkpoint").exists()
+    bundle = load_bundle(out)
+    assert (
+        bundle.manifest.models["classifier"].version == config["version"] == "rc-bundle-smollm2-135m-lora-v1"
+    )
+    settings = ClassifierSettings(models=out)
+    assert settings.artifact_dir == adapter == bundle.classifier_dir
+    assert settings.schema().name == "places"

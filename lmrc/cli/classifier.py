@@ -46,6 +46,12 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "--epochs", type=int, default=defaults["epochs"], help="passes over the training pairs"
     )
     train.add_argument("--batch-pairs", type=int, default=defaults["batch_pairs"], help="pairs per step")
+    train.add_argument(
+        "--micro-batch-pairs",
+        type=int,
+        default=defaults["micro_batch_pairs"],
+        help="pairs per forward pass (memory: each attends to the whole document)",
+    )
     train.add_argument("--max-docs", type=int, help="train on N documents only")
     train.add_argument("--max-minutes", type=float, help="stop after this long")
     train.add_argument(
@@ -57,6 +63,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
     train.add_argument("--seed", type=int, default=defaults["seed"], help="random seed")
     train.add_argument("--threads", type=int, help="torch CPU threads")
+    train.add_argument("--resume", action="store_true", help="go on from the checkpoint in --out")
     train.set_defaults(func=_train)
 
     candidates = verbs.add_parser(
@@ -171,6 +178,7 @@ def _train(args: argparse.Namespace) -> int:
         lr=args.lr,
         epochs=args.epochs,
         batch_pairs=args.batch_pairs,
+        micro_batch_pairs=args.micro_batch_pairs,
         max_docs=args.max_docs,
         max_minutes=args.max_minutes,
         prefix_gradient=args.prefix_gradient,
@@ -178,6 +186,7 @@ def _train(args: argparse.Namespace) -> int:
         device=args.device,
         seed=args.seed,
         threads=args.threads,
+        resume=args.resume,
     )
     print(json.dumps(train(options).model_dump(mode="json"), indent=2))
     return 0
@@ -210,7 +219,7 @@ def _offline(args: argparse.Namespace) -> int:
         candidates = replace(candidates, documents=candidates.documents[: args.limit])
     tokenizer, model = load_base(args.base_model, args.device)
     model = PeftModel.from_pretrained(model, args.adapter).eval()
-    scores = offline_scores(model, tokenizer, docred_labels(), candidates, candidates.split, args.device)
+    scores, _outcomes = offline_scores(model, tokenizer, docred_labels(), candidates, args.device)
     print(json.dumps(asdict(scores), indent=2))
     return 0
 
@@ -271,7 +280,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _tune(args: argparse.Namespace) -> int:
     from lmrc.classifier.artifact import load_config, save_config
-    from lmrc.classifier.training.evaluate import load_outcomes, tune_decision
+    from lmrc.classifier.training.decision import load_outcomes, tune_decision
     from lmrc.classifier.training.offline import load_candidates
 
     candidates = load_candidates(args.candidates)

@@ -12,7 +12,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TextIO
 
-from lmrc.contracts.text import printable, xml_text
+from lmrc.contracts.text import printable, terminal_width, xml_text
 from lmrc.sink.graph import GraphStore, StoredDocument, StoredEntity, StoredRelation, format_table
 from lmrc.sink.settings import SinkSettings, open_store
 
@@ -114,7 +114,8 @@ def describe_document(store: GraphStore, doc_id: str) -> str:
         lines += [f"    + {printable(label)}" for label in d.added]
         lines += [f"    - {printable(label)}" for label in d.removed]
     relations = store.relations(doc_id=doc_id, limit=None)
-    return "\n".join([*lines, "", format_table(relations)]) if relations else "\n".join(lines)
+    table = format_table(relations, width=terminal_width())
+    return "\n".join([*lines, "", table]) if relations else "\n".join(lines)
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
@@ -232,7 +233,8 @@ def _run(args: argparse.Namespace, store: GraphStore) -> int:
             if args.json:
                 write_jsonl(shown, sys.stdout)
             else:
-                print(format_table(shown, total=len(found), more="--all shows every one"))
+                more = "--all shows every one"
+                print(format_table(shown, total=len(found), more=more, width=terminal_width()))
         else:
             relations = store.relations(limit=None)
             with open(args.out, "w", encoding="utf-8") as out:

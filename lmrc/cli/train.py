@@ -28,6 +28,8 @@ def _train(args: argparse.Namespace) -> int:
         encoder_dir(args.encoder, needed="tokenizer.json")
     except (DatasetError, ValueError) as error:
         raise UserError(str(error)) from None
+    if args.folds < 2:
+        raise UserError("--folds must be at least 2 (each fold proposer trains on the other folds)")
     if args.resume and not (args.out / "schema.json").exists():
         raise UserError(f"--resume: {args.out} holds no earlier run of lmrc train")
     print(
@@ -49,6 +51,10 @@ def _train(args: argparse.Namespace) -> int:
         max_train_docs=args.max_train_docs,
         skip_tagger=args.no_tagger,
         data_dir=args.data,
+        classifier=args.classifier,
+        folds=args.folds,
+        classifier_epochs=args.classifier_epochs,
+        classifier_max_docs=args.classifier_max_docs,
     )
     try:
         train_bundle(dataset, options)
@@ -81,12 +87,13 @@ def _evaluate(args: argparse.Namespace) -> int:
 def add_commands(commands: argparse._SubParsersAction) -> None:
     train = commands.add_parser(
         "train",
-        help="train every model of a dataset (tagger, proposer) into one model bundle",
-        description="Train the mention tagger and the proposer of a dataset folder (train.json, an\n"
-        "optional validation.json, dev.json and test.json in DocRED format, and schema.json) into a\n"
-        "model bundle that `lmrc run --models` and the services' *_MODELS settings select. Epochs\n"
-        "and thresholds are chosen on validation.json, or on a slice of train.json without it;\n"
-        "dev and test are never looked at. A checkpoint is written after every epoch.",
+        help="train every model of a dataset (tagger, proposer, the LLM's adapter) into one model bundle",
+        description="Train the mention tagger, the proposer and, with --classifier, the LLM's LoRA\n"
+        "adapter of a dataset folder (train.json, an optional validation.json, dev.json and\n"
+        "test.json in DocRED format, and schema.json) into a model bundle that `lmrc run --models`\n"
+        "and the services' *_MODELS settings select. Epochs and thresholds are chosen on\n"
+        "validation.json, or on a slice of train.json without it; dev and test are never looked at.\n"
+        "A checkpoint is written after every epoch.",
     )
     train.add_argument("--data", type=Path, required=True, help="the dataset folder")
     train.add_argument(
@@ -116,6 +123,25 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     train.add_argument(
         "--no-tagger", action="store_true", help="the proposer only (documents come with their entities)"
     )
+    train.add_argument(
+        "--classifier",
+        action="store_true",
+        help="also the classifier's LoRA adapter (trains --folds extra proposers for its data; without "
+        "it the bundle is served with the default bundle's adapter)",
+    )
+    train.add_argument(
+        "--folds",
+        type=int,
+        default=BundleTrainOptions.folds,
+        help="fold proposers for the adapter's out-of-fold shortlists (default %(default)s)",
+    )
+    train.add_argument(
+        "--classifier-epochs",
+        type=int,
+        default=BundleTrainOptions.classifier_epochs,
+        help="adapter epochs (default %(default)s)",
+    )
+    train.add_argument("--classifier-max-docs", type=int, help="train the adapter on N documents' pairs only")
     train.set_defaults(func=_train)
 
     evaluate = commands.add_parser(

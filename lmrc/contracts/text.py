@@ -2,12 +2,15 @@
 
 Names and titles come from documents users publish; a control character in them must neither
 drive the terminal (escape sequences) nor make an export unreadable (XML 1.0 forbids most C0
-characters). Both helpers keep every other character as it is.
+characters). Both helpers keep every other character as it is. Long names are cut to the
+terminal's width only when output goes to one.
 """
 
 from __future__ import annotations
 
 import re
+import shutil
+import sys
 
 # C0 controls but tab, DEL, C1 controls; and the bidirectional overrides that reorder what is shown.
 _TERMINAL_UNSAFE = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
@@ -23,6 +26,17 @@ def _escape(match: re.Match[str]) -> str:
 def printable(text: str) -> str:
     """``text`` with control and reordering characters shown as ``\\xNN`` / ``\\uNNNN`` escapes."""
     return _TERMINAL_UNSAFE.sub(_escape, text)
+
+
+def terminal_width() -> int | None:
+    """The terminal's columns when standard output is one (``COLUMNS`` overrides), else None: a file
+    or a pipe gets every cell in full."""
+    return shutil.get_terminal_size().columns if sys.stdout.isatty() else None
+
+
+def shorten(text: str, width: int | None) -> str:
+    """``text`` cut to ``width`` characters, the last one "…" when cut; None: as it is."""
+    return text if width is None or len(text) <= width else text[: max(0, width - 1)] + "…"
 
 
 def xml_text(text: str) -> str:

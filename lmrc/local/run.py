@@ -28,7 +28,7 @@ from tqdm import tqdm
 from lmrc import docred
 from lmrc.bundle import DEFAULT_BUNDLE, Bundle, load_bundle
 from lmrc.classifier.artifact import load_config as load_classifier_config
-from lmrc.contracts.text import printable
+from lmrc.contracts.text import printable, shorten, terminal_width
 from lmrc.docred.dataset import load_documents, training_documents
 from lmrc.docred.evaluation import evaluate_candidates, evaluate_relations, format_candidates, type_prior
 from lmrc.local.broker import LocalBroker
@@ -235,10 +235,8 @@ def _run_on_graph(
             stop_all(runtimes, threads, timeout=INTERRUPT_GRACE_SECONDS if interrupted else 60.0)
     summary = {
         "mode": "encoder_only" if encoder_only else "encoder_llm",
-        **_report(progress, elapsed, gold, graph_path, bundle),
+        **_report(progress, elapsed, gold, graph_path, bundle, text),
     }
-    if text:
-        _print_text_relations(progress)
     if text_gold:
         summary["annotated"] = _annotated_scores(progress, text_gold)
     if report_path is not None:
@@ -324,30 +322,35 @@ def _printer(documents: int, annotate: bool = False) -> Callable[[DocumentProgre
     return report
 
 
-def _print_text_relations(progress: DocumentProgress, limit: int = 20) -> None:
-    """The relations found in plain texts, each with the sentence its evidence points at, as the
-    annotator cut it out of the text."""
-    shown = 0
-    for doc_id in sorted(progress.classified):
-        document = progress.annotated.get(doc_id)
-        if document is None:
-            continue
-        for relation in progress.classified[doc_id]["relations"]:
-            if shown == limit:
-                more = sum(len(s["relations"]) for s in progress.classified.values()) - shown
-                print(f"  ... {more} more; `lmrc graph relations --all` lists every one")
-                return
-            shown += 1
-            head = document["entities"][relation["head"]["index"]]["mentions"][0]
-            tail = document["entities"][relation["tail"]["index"]]["mentions"][0]
-            where = (relation.get("evidence") or [head["sent_id"]])[0]
-            sentence = printable(" ".join(document["sentences"][where]))
-            print(
-                f"{doc_id}: {printable(head['name'])} [{head.get('start_char')}:{head.get('end_char')}] "
-                f"--{printable(relation['relation_name'])}--> {printable(tail['name'])} "
-                f"[{tail.get('start_char')}:{tail.get('end_char')}] ({relation['confidence']:.2f})\n"
-                f"    sentence {where}: {sentence}"
+def _print_text_relations(progress: DocumentProgress, more: str, limit: int = 20) -> None:
+    """The relations found in plain texts, most confident first within each text, each with the
+    sentence its evidence points at as the annotator cut it out of the text (one listing: the
+    graph's table would show the same relations again)."""
+    width = terminal_width()
+    found = [
+        (doc_id, relation)
+        for doc_id in sorted(progress.classified)
+        if doc_id in progress.annotated
+        for relation in sorted(progress.classified[doc_id]["relations"], key=lambda r: -r["confidence"])
+    ]
+    for doc_id, relation in found[:limit]:
+        document = progress.annotated[doc_id]
+        head = document["entities"][relation["head"]["index"]]["mentions"][0]
+        tail = document["entities"][relation["tail"]["index"]]["mentions"][0]
+        where = (relation.get("evidence") or [head["sent_id"]])[0]
+        sentence = printable(" ".join(document["sentences"][where]))
+        print(
+            shorten(
+                f"{printable(doc_id)}: {printable(head['name'])} [{head.get('start_char')}:"
+                f"{head.get('end_char')}] --{printable(relation['relation_name'])}--> "
+                f"{printable(tail['name'])} [{tail.get('start_char')}:{tail.get('end_char')}] "
+                f"({relation['confidence']:.2f})",
+                width,
             )
+        )
+        print(shorten(f"    sentence {where}: {sentence}", width))
+    if len(found) > limit:
+        print(f"showing {limit} of {len(found)} relations; {more}")
 
 
 def _annotated_scores(progress: DocumentProgress, text_gold: list[dict]) -> dict[str, Any]:
@@ -427,9 +430,10 @@ def graph_predictions(stored: list[StoredRelation], gold: list[dict]) -> tuple[l
 
 
 def _report(
-    progress: DocumentProgress, elapsed: float, gold: list[dict], graph_path: Path, bundle: Bundle
+    progress: DocumentProgress, elapsed: float, gold: list[dict], graph_path: Path, bundle: Bundle, text: bool
 ) -> dict[str, Any]:
-    """Print what the run produced and, for DocRED input, its scores; return the figures."""
+    """Print what the run produced (plain texts: each relation with its sentence; documents: the
+    graph's table) and, for DocRED input, its scores; return the figures."""
     candidate_sets = [progress.proposed[d] for d in sorted(progress.proposed) if d in progress.documents]
     relation_sets = [progress.classified[d] for d in sorted(progress.classified) if d in progress.documents]
     candidates = [
@@ -465,8 +469,10 @@ def _report(
         counts = store.counts()
         stored = store.relations(limit=None)
         more = f"`lmrc graph --path {graph_path} relations --all` shows every one"
-        if stored:
-            print(format_table(stored[:40], total=len(stored), more=more))
+        if stored and text:
+            _print_text_relations(progress, more)
+        elif stored:
+            print(format_table(stored[:40], total=len(stored), more=more, width=terminal_width()))
         elif not relation_sets:
             print("0 relations: no document went through the pipeline (see the dead letters above)")
         else:

@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from lmrc.contracts import EntityRef, Relation, RelationSetEvent
-from lmrc.contracts.text import printable
+from lmrc.contracts.text import printable, shorten
 from lmrc.sink.entities import entity_id, graph_name, node_id, normalise_name
 
 __all__ = ["entity_id", "graph_name", "node_id", "normalise_name"]  # where callers found them
@@ -417,10 +417,18 @@ class GraphCounts:
 TABLE_ID_TITLE = "rel-id"
 
 
-def format_table(relations: list[StoredRelation], total: int | None = None, more: str = "") -> str:
-    """Relations as a table for a terminal: names in full (columns as wide as their longest),
-    control characters shown escaped; when ``total`` says more exist, a last line says how many
-    are shown and ``more`` how to see them all."""
+#: The table's columns that give way when it is wider than the terminal (names, relation, document).
+_FLEXIBLE_COLUMNS = (0, 2, 3, 5)
+_NARROWEST = 8
+
+
+def format_table(
+    relations: list[StoredRelation], total: int | None = None, more: str = "", width: int | None = None
+) -> str:
+    """Relations as a table for a terminal, control characters shown escaped. Columns are as wide as
+    their longest cell; given a ``width`` the table is wider than, the widest of the name, relation
+    and document columns give way in turn (cells cut with "…", none below 8 characters). When
+    ``total`` says more exist, a last line says how many are shown and ``more`` how to see them all."""
     rows = [
         (
             printable(r.head_name),
@@ -434,11 +442,19 @@ def format_table(relations: list[StoredRelation], total: int | None = None, more
     ]
     titles = ("head", TABLE_ID_TITLE, "relation", "tail", "conf", "document")
     widths = [max([len(title), *(len(row[column]) for row in rows)]) for column, title in enumerate(titles)]
+    if width is not None:
+        excess = sum(widths) + 2 * (len(widths) - 1) - width
+        while excess > 0:
+            column = max(_FLEXIBLE_COLUMNS, key=lambda c: widths[c])
+            if widths[column] <= _NARROWEST:
+                break
+            widths[column] -= 1
+            excess -= 1
 
     def line(cells: tuple[str, ...]) -> str:
         padded = [
-            cell.rjust(width) if column == 4 else cell.ljust(width)
-            for column, (cell, width) in enumerate(zip(cells, widths, strict=True))
+            cell.rjust(size) if column == 4 else shorten(cell, size).ljust(size)
+            for column, (cell, size) in enumerate(zip(cells, widths, strict=True))
         ]
         return "  ".join(padded).rstrip()
 

@@ -11,32 +11,18 @@ can be written out (``--outcomes``), e.g. to study how the LLM and the encoder d
 from __future__ import annotations
 
 import asyncio
-import json
 import statistics
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from lmrc import docred
-from lmrc.classifier.artifact import ClassifierConfig, Decision
+from lmrc.classifier.artifact import ClassifierConfig
 from lmrc.classifier.service import ClassifierHandler, ClassifierSettings
+from lmrc.classifier.training.decision import PairOutcome, docred_scores
 from lmrc.classifier.training.offline import SplitCandidates
 from lmrc.contracts import CandidatePair, CandidateSetEvent, ScoredRelation, event_id
-from lmrc.docred import evaluation
 from lmrc.proposer.training.candidates import DocumentCandidates
-
-
-@dataclass
-class PairOutcome:
-    title: str
-    head: int
-    tail: int
-    gold: set[str]  # relation P-ids
-    predicted: dict[str, float] | None  # P-id -> confidence; None: no usable answer
-    shortlist: list[tuple[str, float]]
-    seconds: float
-    error: str | None = None
 
 
 @dataclass
@@ -144,18 +130,6 @@ def _token_counts(service: str) -> tuple[float, float]:
     return value("input"), value("output")
 
 
-def _docred_scores(
-    raw_documents: list[dict[str, Any]], predictions: list[dict[str, Any]]
-) -> dict[str, float]:
-    scores = evaluation.evaluate_relations(raw_documents, predictions, docred.load_split("train")).scores
-    return {
-        "f1": round(scores.f1, 4),
-        "ign_f1": round(scores.ign_f1 or 0.0, 4),
-        "precision": round(scores.precision, 4),
-        "recall": round(scores.recall, 4),
-    }
-
-
 def _report(candidates: SplitCandidates, outcomes: list[PairOutcome]) -> RcReport:
     answered = [o for o in outcomes if o.predicted is not None]
     correct = sum(len(o.gold & set(o.predicted or ())) for o in answered)
@@ -177,7 +151,7 @@ def _report(candidates: SplitCandidates, outcomes: list[PairOutcome]) -> RcRepor
         recall=round(recall, 4),
         f1=round(0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall), 4),
         none_answers=sum(1 for o in answered if not o.predicted),
-        docred=_docred_scores(
+        docred=docred_scores(
             raw_documents,
             [
                 {"title": o.title, "h_idx": o.head, "t_idx": o.tail, "r": r, "evidence": []}
@@ -185,7 +159,7 @@ def _report(candidates: SplitCandidates, outcomes: list[PairOutcome]) -> RcRepor
                 for r in sorted(o.predicted or ())
             ],
         ),
-        encoder_only=_docred_scores(
+        encoder_only=docred_scores(
             raw_documents,
             [
                 {"title": raw["title"], "h_idx": h, "t_idx": t, "r": r, "evidence": []}
@@ -213,45 +187,3 @@ def format_report(report: RcReport) -> str:
         f"wall {report.wall_seconds:.0f}s",
     ]
     return "\n".join(lines)
-
-
-def decided_predictions(outcomes: list[PairOutcome], decision: Decision) -> list[dict[str, Any]]:
-    return [
-        {"title": o.title, "h_idx": o.head, "t_idx": o.tail, "r": relation_id, "evidence": []}
-        for o in outcomes
-        if o.predicted is not None
-        for relation_id, probability in o.shortlist
-        if decision.keep(relation_id in o.predicted, probability)
-    ]
-
-
-def tune_decision(
-    outcomes: list[PairOutcome], raw_documents: list[dict[str, Any]]
-) -> tuple[Decision, list[dict[str, Any]]]:
-    """The decision with the best DocRED F1 on these (validation) outcomes, and the whole grid."""
-    grid = []
-    # Around the encoder's own decision threshold (0.4 for the shipped proposer) and above it.
-    for keep in [None, 0.3, 0.35, 0.4, 0.45, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95]:
-        for floor in [0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4]:
-            decision = Decision(encoder_keep_probability=keep, llm_min_probability=floor)
-            scores = _docred_scores(raw_documents, decided_predictions(outcomes, decision))
-            grid.append({"encoder_keep_probability": keep, "llm_min_probability": floor, **scores})
-    best = max(grid, key=lambda row: (row["f1"], row["encoder_keep_probability"] is None))
-    decision = Decision(
-        encoder_keep_probability=best["encoder_keep_probability"],
-        llm_min_probability=best["llm_min_probability"],
-        validation={"f1": best["f1"], "ign_f1": best["ign_f1"], "llm_alone_f1": grid[0]["f1"]},
-    )
-    return decision, grid
-
-
-def load_outcomes(path: Path) -> list[PairOutcome]:
-    """Per-pair answers written by ``lmrc classifier evaluate --outcomes --decision llm``."""
-    outcomes = []
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            record = json.loads(line)
-            record["gold"] = set(record["gold"])
-            record["shortlist"] = [tuple(item) for item in record["shortlist"]]
-            outcomes.append(PairOutcome(**record))
-    return outcomes

@@ -27,7 +27,7 @@ from lmrc.proposer.artifact import (
 
 
 def in_fold(position: int, fold: int, folds: int) -> bool:
-    """Whether the train document at ``position`` (in ``load_split("train")`` order) is in ``fold``."""
+    """Whether the train document at ``position`` (in the dataset's train order) is in ``fold``."""
     return position % folds == fold
 
 
@@ -130,10 +130,14 @@ def score_candidates(
 
 
 def out_of_fold_candidates(
-    fold_dirs: Sequence[Path], shortlist_size: int, device: str = "cpu"
+    fold_dirs: Sequence[Path],
+    shortlist_size: int,
+    device: str = "cpu",
+    documents: Sequence[dict[str, Any]] | None = None,
 ) -> list[tuple[dict[str, Any], DocumentCandidates]]:
-    """Every train document with the candidates of the fold proposer that did not train on it."""
-    documents = docred.load_split("train")
+    """Every train document (``documents``, in the order the folds were cut from; default
+    Re-DocRED's train split) with the candidates of the fold proposer that did not train on it."""
+    documents = docred.load_split("train") if documents is None else documents
     results: list[tuple[dict[str, Any], DocumentCandidates]] = []
     for fold, fold_dir in enumerate(fold_dirs):
         held_out = [raw for i, raw in enumerate(documents) if in_fold(i, fold, len(fold_dirs))]
