@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import struct
@@ -311,3 +312,6 @@ def test_a_headless_snapshot_of_the_page_shows_the_graph_not_an_empty_shell(lady
         check=True,
     ).stdout
     assert "3 documents (read-only)" in dom and "Aramis Ayala" in dom and 'data-ready="true"' in dom
+    # Opened plain, it draws the first document with relations at once: a graph, not empty lists.
+    assert re.search(r'id="focus-title"[^>]*>Document [^<]+: \d+ relations', dom), dom[:2000]
+    assert dom.count("<line") >= 2

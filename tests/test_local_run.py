@@ -128,10 +128,13 @@ def test_local_run_reads_plain_text_and_shows_the_words_relations_come_from(
     assert figures["dead_letters"]["texts"] == {}
 
 
-def test_a_plain_text_run_is_scored_against_a_users_gold_file(tmp_path: Path) -> None:
+def test_a_plain_text_run_is_scored_against_a_users_gold_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """`lmrc run --text FILE --gold GOLD`: the texts are annotated, run and scored against the
     gold documents titled as their ids, as `lmrc annotator evaluate` does; a text without its
-    gold document is one line before anything starts."""
+    gold document is one line before anything starts. The relations are listed once (no second
+    table in another order), most confident first within each text, each with its sentence."""
     from lmrc import docred
     from lmrc.annotator.training.evaluate import write_texts
     from lmrc.cli import main as lmrc_main
@@ -143,6 +146,13 @@ def test_a_plain_text_run_is_scored_against_a_users_gold_file(tmp_path: Path) ->
     report = tmp_path / "report.json"
     run = ["run", "--text", str(texts), "--encoder-only", "--graph", str(tmp_path / "graph.lbug")]
     assert lmrc_main([*run, "--gold", str(gold), "--report", str(report)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert TABLE_ID_TITLE not in "\n".join(lines)
+    listed = [(i, line) for i, line in enumerate(lines) if re.search(r"\] --.+--> .+ \(\d\.\d\d\)$", line)]
+    assert listed and all(lines[i + 1].startswith("    sentence ") for i, _line in listed)
+    for title in {document["title"] for document in documents}:
+        confidences = [float(line[-5:-1]) for _i, line in listed if line.startswith(f"{title}: ")]
+        assert confidences == sorted(confidences, reverse=True)
     annotated = json.loads(report.read_text())["annotated"]
     assert annotated["annotation"]["mention_f1"] > 0.5
     assert 0.0 < annotated["relations"]["strict"]["f1"] <= annotated["relations"]["relaxed"]["f1"]

@@ -335,9 +335,13 @@ def _print_text_relations(progress: DocumentProgress, more: str, limit: int = 20
     ]
     for doc_id, relation in found[:limit]:
         document = progress.annotated[doc_id]
-        head = document["entities"][relation["head"]["index"]]["mentions"][0]
-        tail = document["entities"][relation["tail"]["index"]]["mentions"][0]
-        where = (relation.get("evidence") or [head["sent_id"]])[0]
+        heads = document["entities"][relation["head"]["index"]]["mentions"]
+        tails = document["entities"][relation["tail"]["index"]]["mentions"]
+        # The evidence, else the first sentence naming both, else the head's first.
+        both = sorted({m["sent_id"] for m in heads} & {m["sent_id"] for m in tails})
+        where = (relation.get("evidence") or both or [heads[0]["sent_id"]])[0]
+        head = next((m for m in heads if m["sent_id"] == where), heads[0])
+        tail = next((m for m in tails if m["sent_id"] == where), tails[0])
         sentence = printable(" ".join(document["sentences"][where]))
         print(
             shorten(
