@@ -206,8 +206,7 @@ def train_bundle(dataset: Dataset, options: BundleTrainOptions) -> BundleManifes
             max_train_docs=options.max_train_docs,
             max_minutes=minutes_left(share),
             resume=options.resume and has_checkpoint(target),
-            fold=fold,
-            folds=options.folds,
+            **({"fold": fold, "folds": options.folds} if fold is not None else {}),
         )
 
     if options.resume and _finished(proposer_dir, "proposer.json"):

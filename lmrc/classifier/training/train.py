@@ -397,10 +397,7 @@ def train(
                     log_file.write(json.dumps(record) + "\n")
                     log_file.flush()
                     progress.set_postfix(loss=f"{loss:.3f}")
-                over_budget = (
-                    options.max_minutes and time.monotonic() - session_started > options.max_minutes * 60
-                )
-                if over_budget and done < len(batches):
+                if over_budget() and done < len(batches):
                     stopped_early = True
                     break
             progress.close()
@@ -436,7 +433,8 @@ def train(
             save_checkpoint(
                 checkpoint_dir, model, optimizer, scheduler, state, resumable, trainable_only=True
             )
-            if stopped_early:
+            if stopped_early or (over_budget() and epoch < options.epochs):
+                stopped_early = True
                 break
     decision = Decision()
     if options.tune_decision and validation is not None and state.extra["best_outcomes"]:
