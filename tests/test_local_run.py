@@ -58,6 +58,8 @@ def test_encoder_only_run_needs_no_llm_and_scores_the_encoders_relations(
     assert run_local(None, limit=2, graph_path=graph, report_path=report, encoder_only=True) == 0
     output = capsys.readouterr().out
     assert "encoder only" in output and "TGI server" not in output
+    # No "0 candidate pairs": in this mode the proposer decides the relations itself.
+    assert re.search(r"done in [\d.]+s: \d+ relations in 2 relation sets", output), output
     figures = json.loads(report.read_text())
     assert figures["mode"] == "encoder_only" and figures["llm_calls_per_document"] == 0.0
     assert figures["relation_sets"] == 2 and figures["relation_events"] > 0

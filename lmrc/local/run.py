@@ -462,7 +462,10 @@ def _report(
         "relation_sets": letters("sink"),
     }
     print(
-        f"done in {elapsed:.1f}s: {len(candidates)} candidate pairs, {len(relations)} relations "
+        f"done in {elapsed:.1f}s: "
+        # Encoder-only runs pass no candidate sets on: the proposer decides the relations itself.
+        + (f"{len(candidates)} candidate pairs, " if candidate_sets or not relation_sets else "")
+        + f"{len(relations)} relations "
         f"in {len(relation_sets)} relation sets ({failed_pairs} pairs failed); dead letters: "
         + (f"texts {dead_letters['texts']}, " if "texts" in dead_letters else "")
         + f"documents {dead_letters['documents']}, candidate sets {dead_letters['candidate_sets']}, "
