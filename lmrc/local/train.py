@@ -96,7 +96,9 @@ def _train_classifier(
     folds_dir = out / TRAINING_DIR / "folds"
     fold_dirs = tuple(folds_dir / f"fold-{fold}" for fold in range(options.folds))
     out_of_fold = out / TRAINING_DIR / OUT_OF_FOLD_FILE
-    if not out_of_fold.exists():
+    if out_of_fold.exists():  # scored by an earlier run (its fold proposers are gone)
+        candidates = load_candidates(out_of_fold, dataset.train).documents
+    else:
         for fold, fold_dir in enumerate(fold_dirs):
             if options.resume and _finished(fold_dir, "proposer.json"):
                 _log(f"classifier: fold proposer {fold + 1}/{options.folds} finished earlier, kept")
@@ -107,7 +109,7 @@ def _train_classifier(
         found = out_of_fold_candidates(fold_dirs, shortlist_size, options.device, dataset.train)
         save_candidates(out_of_fold, "train", "out-of-fold", shortlist_size, [c for _raw, c in found])
         shutil.rmtree(folds_dir)
-    candidates = load_candidates(out_of_fold, dataset.train).documents
+        candidates = found
     proposer_dir = out / "proposer"
     scored = score_candidates(proposer_dir, dataset.validation, shortlist_size)
     validation = SplitCandidates(
