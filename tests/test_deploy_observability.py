@@ -174,7 +174,7 @@ def scraped(
     broker: LocalBroker, tgi_server: LocalTgiServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Scraped]:
     from lmrc.classifier.artifact import DEFAULT_ADAPTER_DIR, load_config
-    from lmrc.proposer.artifact import DEFAULT_ARTIFACT_DIR, onnx_path
+    from lmrc.proposer.artifact import DEFAULT_ARTIFACT_DIR, graphs_exist, onnx_path
     from lmrc.proposer.artifact import load_config as load_proposer_config
 
     work = tmp_path_factory.mktemp("observability")
@@ -193,7 +193,7 @@ def scraped(
     ensure_topics({"bootstrap.servers": bootstrap}, topics, partitions=1)
 
     onnx = onnx_path(DEFAULT_ARTIFACT_DIR, load_proposer_config(DEFAULT_ARTIFACT_DIR))
-    if not onnx.exists():
+    if not graphs_exist(onnx):
         from lmrc.proposer.training.export import export_onnx
 
         onnx = export_onnx(DEFAULT_ARTIFACT_DIR, work / "proposer.onnx")

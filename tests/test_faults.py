@@ -65,10 +65,10 @@ class LocalObjectStore(LocalProcess):
 
 @pytest.fixture(scope="module")
 def onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from lmrc.proposer.artifact import DEFAULT_ARTIFACT_DIR, load_config, onnx_path
+    from lmrc.proposer.artifact import DEFAULT_ARTIFACT_DIR, graphs_exist, load_config, onnx_path
 
     path = onnx_path(DEFAULT_ARTIFACT_DIR, load_config(DEFAULT_ARTIFACT_DIR))
-    if path.exists():
+    if graphs_exist(path):
         return path
     from lmrc.proposer.training.export import export_onnx
 

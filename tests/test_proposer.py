@@ -151,7 +151,7 @@ def test_shipped_model_keeps_gold_pairs_and_drops_most_others_on_holdout(
 def test_onnx_and_torch_give_the_same_relation_probabilities(
     scorer: OnnxPairScorer, featurizer: DocumentFeaturizer, config: ProposerConfig
 ) -> None:
-    """The relation head is in the one exported graph, beside the pair score, and agrees with torch."""
+    """The relation head is in the pair graph, beside the pair score, and agrees with torch."""
     from lmrc.proposer.artifact import relation_probabilities
     from lmrc.proposer.training.torch_model import load_artifact, torch_pair_and_relation_logits
 
@@ -232,7 +232,8 @@ def test_pairs_scored_in_several_runs_score_as_in_one(
     onnx_file: Path, scorer: OnnxPairScorer, featurizer: DocumentFeaturizer, config: ProposerConfig
 ) -> None:
     """Memory stays bounded with many entities: the pairs go through in runs sized by a budget;
-    a tiny budget (one pair per run here) gives the same outputs as one run."""
+    a tiny budget (one pair per run here) gives the same outputs as one run, and the text is
+    still encoded once (the document graph runs once, the pair graph once per pair)."""
     from lmrc.proposer.inference import pairs_per_run
 
     tiny = OnnxPairScorer(onnx_file, ["CPUExecutionProvider"], pair_budget_bytes=1)
@@ -240,6 +241,7 @@ def test_pairs_scored_in_several_runs_score_as_in_one(
     features = featurizer.featurize(small_documents(1, entities=5)[0])
     one_run = scorer.score_with_relations(features, config.relation_loss)
     many_runs = tiny.score_with_relations(features, config.relation_loss)
+    assert tiny.document_runs == 1 and len(features.pair_heads) == 20
     for expected, got in zip(one_run, many_runs, strict=True):
         assert expected is not None and got is not None
         assert expected.shape == got.shape and float(np.abs(expected - got).max()) < 1e-5
@@ -430,3 +432,119 @@ def test_an_output_larger_than_the_broker_takes_dead_letters_its_input_and_the_p
     assert f"over the message limit of {limit}" in letter.error_message
     assert letter.payload == values[1].decode() and not letter.payload_truncated
     assert all(len(r.value or b"") <= limit for r in [*out, *dlq])
+
+
+def test_the_int8_export_keeps_the_relations_of_the_fp32_one(
+    onnx_file: Path,
+    scorer: OnnxPairScorer,
+    featurizer: DocumentFeaturizer,
+    config: ProposerConfig,
+    tmp_path: Path,
+) -> None:
+    """`--precision int8`: both graphs quantized, smaller, served by the same scorer; the encoder's
+    feed-forward output projections stay fp32 (one per layer), and the relations decided on holdout
+    documents are nearly all the fp32 export's."""
+    import onnx
+
+    from lmrc.proposer.artifact import pair_graph_path
+    from lmrc.proposer.training.export import down_projections, quantize_onnx
+
+    int8_file = quantize_onnx(onnx_file, tmp_path / "proposer.int8.onnx")
+    assert int8_file.stat().st_size < 0.7 * onnx_file.stat().st_size
+    assert pair_graph_path(int8_file).stat().st_size < 0.5 * pair_graph_path(onnx_file).stat().st_size
+    kept = set(down_projections(onnx_file))
+    layers = 12  # all-mpnet-base-v2
+    assert len(kept) == layers
+    quantized = onnx.load(str(int8_file), load_external_data=False)
+    fp32_matmuls = {node.name for node in quantized.graph.node if node.op_type == "MatMul"}
+    assert kept <= fp32_matmuls
+    assert sum(node.op_type == "MatMulInteger" for node in quantized.graph.node) >= 4 * layers
+    int8 = OnnxPairScorer(int8_file, ["CPUExecutionProvider"], pair_width=config.pair_width)
+    threshold = config.relation_threshold
+    assert threshold is not None
+    both = fp32_count = int8_count = 0
+    for raw in docred.load_split("holdout")[:3]:
+        features = featurizer.featurize(docred.to_document_event(raw))
+        _pairs, expected, _evidence = scorer.score_with_relations(features, config.relation_loss)
+        _pairs, got, evidence = int8.score_with_relations(features, config.relation_loss)
+        assert got.shape == expected.shape and evidence is not None
+        both += int(((expected >= threshold) & (got >= threshold)).sum())
+        fp32_count, int8_count = (
+            fp32_count + int((expected >= threshold).sum()),
+            int8_count + int((got >= threshold).sum()),
+        )
+    # int8's relations scored against fp32's as if they were gold (a few near the threshold flip;
+    # F1 against the true gold stays within 0.002 on validation: docs/results/proposer-speed.json)
+    assert fp32_count > 20 and 2 * both / (fp32_count + int8_count) >= 0.85, (both, fp32_count, int8_count)
+
+
+def test_pseudo_labels_join_the_teachers_relations_to_a_files_own(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`lmrc proposer pseudo-label`: a document's labels are kept and the teacher's confident
+    relations, with evidence, joined to them; a document without labels gets the teacher's alone;
+    a file that breaks the schema is refused in one line before anything is scored."""
+    from lmrc.cli import main
+
+    holdout = docred.load_split("holdout")[:2]
+    unlabelled = {key: value for key, value in holdout[1].items() if key != "labels"}
+    source = tmp_path / "documents.json"
+    source.write_text(json.dumps([holdout[0], unlabelled]), encoding="utf-8")
+    out = tmp_path / "labelled.json"
+    assert main(["proposer", "pseudo-label", "--input", str(source), "--out", str(out)]) == 0
+    first, second = json.loads(out.read_text(encoding="utf-8"))
+    own = {(label["h"], label["t"], label["r"]) for label in holdout[0]["labels"]}
+    got = {(label["h"], label["t"], label["r"]) for label in first["labels"]}
+    assert own < got and len(got) == len(first["labels"])
+    assert second["labels"] and all(label["evidence"] for label in second["labels"])
+    gold = {(label["h"], label["t"], label["r"]) for label in holdout[1]["labels"]}
+    taught = {(label["h"], label["t"], label["r"]) for label in second["labels"]}
+    assert len(taught & gold) >= 0.5 * len(taught)  # the teacher is mostly right
+    broken = json.loads(json.dumps(holdout[0]))
+    broken["labels"][0]["r"] = "P999999"
+    source.write_text(json.dumps([broken]), encoding="utf-8")
+    capsys.readouterr()
+    assert main(["proposer", "pseudo-label", "--input", str(source), "--out", str(tmp_path / "x.json")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "P999999" in error and error.startswith("lmrc: error:")
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_the_cpu_serves_the_int8_export_and_a_gpu_the_fp32_one(tmp_path: Path) -> None:
+    """PROPOSER_PRECISION=auto (the default) picks the export by the execution provider; a
+    precision that is set wins; a missing export is named with the command that makes it."""
+    from lmrc.proposer.artifact import onnx_path, precision_for
+    from lmrc.proposer.service import onnx_file
+
+    assert precision_for("CUDAExecutionProvider") == "fp32"
+    assert precision_for("CPUExecutionProvider") == "int8"
+    assert ProposerSettings(execution_provider="cpu").chosen_precision() == "int8"
+    assert ProposerSettings(execution_provider="cuda").chosen_precision() == "fp32"
+    assert ProposerSettings(execution_provider="cuda", precision="int8").chosen_precision() == "int8"
+    config = load_config(DEFAULT_ARTIFACT_DIR)
+    (tmp_path / "proposer.json").write_text(config.model_dump_json(), encoding="utf-8")
+    settings = ProposerSettings(artifact_dir=tmp_path, execution_provider="cpu")
+    with pytest.raises(FileNotFoundError, match=r"lmrc proposer export .* --precision int8"):
+        onnx_file(settings, config)
+    document_graph = onnx_path(tmp_path, config, "int8")
+    document_graph.write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match=r"\.int8\.pairs\.onnx is missing"):
+        onnx_file(settings, config)
+
+
+def test_the_speed_benchmark_runs_each_variant_apart_and_writes_its_figures(tmp_path: Path) -> None:
+    """`lmrc proposer benchmark`: every variant in its own process on the same documents; the
+    split graphs give the one graph's relations exactly, each row says how often it encoded a text."""
+    from lmrc.cli import main
+
+    out = tmp_path / "speed.json"
+    minilm = Path(DEFAULT_ARTIFACT_DIR).parent / "proposer-minilm"
+    arguments = ["proposer", "benchmark", "--artifact", str(minilm), "--limit", "3", "--out", str(out)]
+    assert main([*arguments, "--variant", "fp32-reencoded", "--variant", "fp32"]) == 0
+    report = json.loads(out.read_text(encoding="utf-8"))
+    before, after = report["rows"]
+    assert report["documents"] == 3 and (before["variant"], after["variant"]) == ("fp32-reencoded", "fp32")
+    assert after["encoder_passes_per_document"] == 1.0 <= before["encoder_passes_per_document"]
+    assert (before["f1"], before["evidence_f1"]) == (after["f1"], after["evidence_f1"]) and after["f1"] > 0.3
+    assert before["speed_vs_first"] == 1.0 and after["documents_per_second"] > 0
+    assert after["peak_rss_mib"] >= after["model_loaded_mib"] > 100

