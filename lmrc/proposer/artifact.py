@@ -169,14 +169,14 @@ ONNX_LAYOUT = "document-pairs"
 #: of the matrix products' weights; activations quantized per run).
 Precision = Literal["fp32", "int8"]
 PRECISIONS: tuple[str, ...] = ("fp32", "int8")
-#: What a CPU serves unless told otherwise: int8 kept validation F1 within 0.002 of fp32 at about
-#: 1.5 times its speed on two cores (docs/results/proposer-speed.json). A GPU serves fp32.
+#: What a CPU serves unless told otherwise: int8 kept validation F1 within 0.002 of fp32 at 1.4 to
+#: 1.6 times its speed on two cores (docs/results/proposer-speed.json). A GPU serves fp32.
 CPU_PRECISION: Precision = "int8"
 
 
 def precision_for(provider: str) -> Precision:
-    """The export an execution provider serves by default: int8 on the CPU, fp32 on CUDA (whose
-    provider runs dynamically quantized graphs partly on the CPU)."""
+    """The export an execution provider serves by default: int8 on the CPU, fp32 on CUDA (the int8
+    export was chosen and measured for the CPU's integer instructions)."""
     return "fp32" if provider == "CUDAExecutionProvider" else CPU_PRECISION
 
 
