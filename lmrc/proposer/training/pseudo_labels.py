@@ -1,7 +1,7 @@
 """Pseudo-labels: a trained proposer labels documents that have entities but few or no relations,
 so that another model (a faster student, or the same one trained longer) can learn from them.
 
-DocRED's own train labels are incomplete (Re-DocRED added about two thirds more), so a document's
+DocRED's own train labels are incomplete (Re-DocRED's revision found many missing), so a document's
 labels are kept and the teacher's confident relations joined to them; unlabelled documents get
 the teacher's alone. Every label the teacher adds carries its evidence sentences.
 """
