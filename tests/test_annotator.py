@@ -198,6 +198,16 @@ def test_service_annotates_texts_and_dead_letters_what_it_cannot_read(
         text("binary", "PK\x03\x04\x00\x00 zipped"),
         text("declared", "Ein kurzer Satz.", language="de"),
         text("german", german),
+        text(
+            "merkel",  # passes the stop-word check; py3langid names German
+            "Angela Merkel war von 2005 bis 2021 Bundeskanzlerin. Sie wurde am 17. Juli 1954 in Hamburg "
+            "geboren und wuchs in der DDR auf. Was sie in Templin lernte, half ihr so an der Universität "
+            "in Leipzig, wo sie Physik studierte. Also ging sie 1978 an die Akademie in Berlin.",
+        ),
+        text(
+            "chinese",
+            "阿里巴巴集团由马云于1999年在杭州创立\uff0c是中国最大的电子商务公司之一\uff0c总部位于杭州。",
+        ),
         text("long", "Kafka. " * 400),
         ("bytes", b"\xff\xfe\x00not utf-8"),
     ]
@@ -205,7 +215,7 @@ def test_service_annotates_texts_and_dead_letters_what_it_cannot_read(
         for key, value in messages:
             produce(broker.bootstrap_servers, settings.input_topic, [value], key=key)
         out = read_topic(broker.bootstrap_servers, [settings.output_topic or ""], expect=2)
-        dlq = read_topic(broker.bootstrap_servers, [settings.dead_letter_topic], expect=6)
+        dlq = read_topic(broker.bootstrap_servers, [settings.dead_letter_topic], expect=8)
         annotated = metric_value(
             runtime.http_port, "lmrc_annotator_documents_total", service=settings.service_name
         )
@@ -220,7 +230,8 @@ def test_service_annotates_texts_and_dead_letters_what_it_cannot_read(
             assert PARAGRAPH[mention.start_char : mention.end_char] == mention.name
     letters = [DeadLetterEvent.model_validate_json(r.value or b"") for r in dlq]
     reasons = {letter.origin.key: (letter.error_class, letter.error_message) for letter in letters}
-    assert len(letters) == 6 and set(reasons) == {"empty", "binary", "declared", "german", "long", "bytes"}
+    assert len(letters) == 8
+    assert set(reasons) == {"empty", "binary", "declared", "german", "merkel", "chinese", "long", "bytes"}
     assert reasons["empty"][0] == "SchemaValidationError" and "the text is empty" in reasons["empty"][1]
     assert (
         reasons["binary"][0] == "SchemaValidationError" and "control character U+0003" in reasons["binary"][1]
@@ -232,6 +243,10 @@ def test_service_annotates_texts_and_dead_letters_what_it_cannot_read(
     assert (
         reasons["german"][0] == "UnsupportedLanguage" and "does not look like English" in reasons["german"][1]
     )
+    assert reasons["merkel"][0] == "UnsupportedLanguage"
+    assert "looks like language 'de'" in reasons["merkel"][1]
+    assert reasons["chinese"][0] == "UnsupportedLanguage"
+    assert "mostly not in Latin letters" in reasons["chinese"][1]
     assert reasons["long"][0] == "TextTooLong" and "limit 2000" in reasons["long"][1]
     assert reasons["bytes"][0] == "MalformedJSON"
 

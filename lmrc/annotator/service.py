@@ -19,6 +19,7 @@ from pydantic_settings import SettingsConfigDict
 
 from lmrc.annotator import metrics
 from lmrc.annotator.engine import Annotator, EngineName
+from lmrc.annotator.language import detected_language, latin_letters
 from lmrc.annotator.tagger import DEFAULT_TAGGER_DIR, ENTITY_TYPES
 from lmrc.bundle import load_bundle
 from lmrc.contracts import MAX_TEXT_CHARS, DocumentEvent, SourceMetadata, TextDocumentEvent
@@ -65,6 +66,14 @@ class AnnotatorSettings(ServiceSettings):
         le=1,
         description="Texts of 30 or more words with fewer English stop words than this share are "
         "dead-lettered as not English (0: no check).",
+    )
+    other_language_probability: float = Field(
+        default=0.95,
+        ge=0,
+        le=1,
+        description="Texts of 200 or more characters in which py3langid finds another language with "
+        "at least this probability, or whose letters are mostly not Latin, are dead-lettered as not "
+        "English (0: no check).",
     )
 
     @model_validator(mode="after")
@@ -128,6 +137,21 @@ class AnnotatorHandler(Handler[TextDocumentEvent]):
                     "UnsupportedLanguage",
                     f"text {event.doc_id!r} does not look like English ({common} of its first {words} "
                     "words are common English words); the annotator reads English only",
+                )
+        if self.settings.other_language_probability > 0:
+            latin, letters = latin_letters(event.text)
+            if letters >= 20 and latin < letters / 2:
+                raise UnprocessableMessageError(
+                    "UnsupportedLanguage",
+                    f"text {event.doc_id!r} is mostly not in Latin letters ({latin} of its first {letters} "
+                    "letters); the annotator reads English only",
+                )
+            detected = detected_language(event.text)
+            if detected and detected[0] != "en" and detected[1] >= self.settings.other_language_probability:
+                raise UnprocessableMessageError(
+                    "UnsupportedLanguage",
+                    f"text {event.doc_id!r} looks like language {detected[0]!r} (probability "
+                    f"{detected[1]:.2f}); the annotator reads English only",
                 )
 
     def annotate(self, event: TextDocumentEvent) -> DocumentEvent:
