@@ -2,8 +2,9 @@
 entities found by the annotator's engine; every mention keeps its character offsets.
 
 A text it cannot read goes to the dead-letter topic with the reason: empty, too long, binary
-(rejected by the contract), a declared language other than English, or English stop words
-missing from a long text (the engine reads English only). A text with no entity, or one, is a
+(rejected by the contract), a declared language other than English, English stop words missing
+from a long text, letters mostly not Latin, or another language found by py3langid (the engine
+reads English only). A text with no entity, or one, is a
 document with fewer than two entities: it goes on and completes with zero relations.
 """
 
