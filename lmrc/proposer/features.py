@@ -53,18 +53,6 @@ class DocumentFeatures:
 #: relation logits and the pairs' context attention over word pieces (evidence).
 OUTPUT_NAMES = ("pair_logits", "relation_logits", "pair_attention")
 
-INPUT_NAMES = (
-    "window_input_ids",
-    "window_attention_mask",
-    "window_offsets",
-    "token_mask",
-    "mention_positions",
-    "mention_mask",
-    "entity_types",
-    "pair_heads",
-    "pair_tails",
-)
-
 #: The export is two graphs: the document graph encodes a document once (encoder, window merge,
 #: entity pooling); the pair graph scores its pairs from that, in as many runs as memory asks.
 DOCUMENT_INPUT_NAMES = (
@@ -75,6 +63,8 @@ DOCUMENT_INPUT_NAMES = (
     "mention_positions",
     "mention_mask",
 )
+#: What a document's features hold, in the order of ``PairScorer.pair_representations``.
+INPUT_NAMES = (*DOCUMENT_INPUT_NAMES, "entity_types", "pair_heads", "pair_tails")
 DOCUMENT_OUTPUT_NAMES = ("hidden", "entities", "entity_attention")
 PAIR_INPUT_NAMES = (*DOCUMENT_OUTPUT_NAMES, "entity_types", "pair_heads", "pair_tails")
 
