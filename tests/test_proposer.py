@@ -548,3 +548,97 @@ def test_the_speed_benchmark_runs_each_variant_apart_and_writes_its_figures(tmp_
     assert (before["f1"], before["evidence_f1"]) == (after["f1"], after["evidence_f1"]) and after["f1"] > 0.3
     assert before["speed_vs_first"] == 1.0 and after["documents_per_second"] > 0
     assert after["peak_rss_mib"] >= after["model_loaded_mib"] > 100
+
+
+def test_levers_are_chosen_on_validation_and_scored_beside_the_artifact(tmp_path: Path) -> None:
+    """`lmrc proposer levers`: the artifact's own row is what the evaluator scores; a proposer
+    averaged with itself can only match or beat its own validation F1 (its threshold among those
+    tried); the inverse rules come from the train facts, directed; evidence fusion runs extra
+    passes."""
+    from lmrc.cli import main
+    from lmrc.proposer.training.evaluate import evaluate_artifact
+
+    minilm = Path(DEFAULT_ARTIFACT_DIR).parent / "proposer-minilm"
+    out = tmp_path / "levers.json"
+    arguments = ["proposer", "levers", "--artifact", str(minilm), "--member", str(minilm)]
+    assert main([*arguments, "--precision", "fp32", "--limit", "5", "--out", str(out)]) == 0
+    report = json.loads(out.read_text(encoding="utf-8"))
+    version = report["artifact"]
+    levers = report["levers"]
+    assert list(levers) == [
+        "artifact as shipped",
+        "per_relation_thresholds",
+        "inverse_rules",
+        "evidence_fusion",
+        f"ensemble with {version}",
+        f"{version} alone",
+    ]
+    shipped = evaluate_artifact(minilm, split="holdout", limit=5).relations
+    assert shipped is not None and levers["artifact as shipped"]["holdout"]["f1"] == round(shipped.f1, 4)
+    assert levers[f"{version} alone"]["holdout"]["f1"] == round(shipped.f1, 4)
+    ensemble = levers[f"ensemble with {version}"]
+    assert ensemble["validation"]["f1"] >= levers["artifact as shipped"]["validation"]["f1"]
+    rules = levers["inverse_rules"]["chosen_on_validation"]["rules"]
+    assert any(rule.startswith("P361 -> inverse P527") for rule in rules)  # part of -> has part
+    assert not any(rule.startswith("P131 -> inverse P150") for rule in rules)  # not every place contains
+    assert levers["evidence_fusion"]["chosen_on_validation"]["extra_passes_per_document"] > 0
+    thresholds = levers["per_relation_thresholds"]
+    assert len(thresholds["chosen_on_validation"]["cross_validated_f1"]) >= 3
+    assert thresholds["validation"]["cross_validated"]  # not the in-sample figure
+
+
+def test_an_ensemble_averages_its_members_relations_and_names_them(tmp_path: Path) -> None:
+    """PROPOSER_ENSEMBLE: the MiniLM proposer averaged with the mpnet one (weight 0.7 / 0.3) gives
+    exactly the weighted mean of their relation probabilities, predicts what that mean passes, and
+    its events name both; a member of another schema is refused before anything is served."""
+    from lmrc.proposer.service import ProposerHandler, ensemble_members
+    from lmrc.proposer.service import onnx_file as served_file
+    from lmrc.proposer.training.export import ensure_onnx
+
+    minilm = Path(DEFAULT_ARTIFACT_DIR).parent / "proposer-minilm"
+    for artifact in (minilm, Path(DEFAULT_ARTIFACT_DIR)):
+        ensure_onnx(artifact, precision="fp32")
+    settings = ProposerSettings(
+        artifact_dir=minilm,
+        precision="fp32",
+        execution_provider="cpu",
+        mode="encoder_only",
+        ensemble=[DEFAULT_ARTIFACT_DIR],
+        ensemble_weight=0.7,
+    )
+    config = load_config(minilm)
+    (member,) = ensemble_members(settings, config)
+    scorer = OnnxPairScorer(
+        served_file(settings, config), ["CPUExecutionProvider"], pair_width=config.pair_width
+    )
+    handler = ProposerHandler(settings, config, scorer, [member])
+    document = docred.to_document_event(docred.load_split("holdout")[0])
+    candidates = handler.propose(document)
+
+    ours = handler.featurizer.featurize(document)
+    theirs = member.featurizer.featurize(document)
+    _scores, mine, _evidence = scorer.score_with_relations(ours, config.relation_loss)
+    _scores, other, _evidence = member.scorer.score_with_relations(theirs, member.config.relation_loss)
+    expected = 0.7 * mine + 0.3 * other
+    row = {(int(h), int(t)): i for i, (h, t) in enumerate(zip(ours.pair_heads, ours.pair_tails, strict=True))}
+    column = {relation: i for i, relation in enumerate(config.relation_ids)}
+    assert candidates.pairs
+    for pair in candidates.pairs:
+        for scored in pair.shortlist:
+            assert scored.probability == pytest.approx(
+                expected[row[(pair.head, pair.tail)], column[scored.relation_id]], abs=1e-6
+            )
+    predicted = {(p.head, p.tail, s.relation_id) for p in candidates.pairs for s in p.predicted}
+    rows, columns = np.nonzero(expected >= handler.relation_threshold)
+    assert predicted == {
+        (int(ours.pair_heads[r]), int(ours.pair_tails[r]), config.relation_ids[c])
+        for r, c in zip(rows, columns, strict=True)
+    }
+    assert candidates.proposer_model_version == f"{config.version}+{member.config.version}"
+
+    other_schema = tmp_path / "other-schema"
+    other_schema.mkdir()
+    narrower = config.model_copy(update={"relation_ids": config.relation_ids[:2]})
+    (other_schema / "proposer.json").write_text(narrower.model_dump_json(), encoding="utf-8")
+    with pytest.raises(ValueError, match="not those of"):
+        ensemble_members(settings.model_copy(update={"ensemble": [other_schema]}), config)

@@ -255,6 +255,42 @@ def test_training_stops_at_its_budget_and_resumes_from_its_checkpoint(
     assert not (out / "proposer" / "checkpoint").exists()
 
 
+def test_training_goes_on_from_a_trained_proposer_and_refuses_another_schemas(
+    tiny_bundle: Path, places_data: Path, tmp_path: Path
+) -> None:
+    """--init-from: the proposer starts from the bundle's weights and architecture (with learning
+    rates of 0 it comes out unchanged, so it did not start from the pretrained encoder); a
+    proposer of another schema, or a folder without one, is refused in one line before training."""
+    import torch
+
+    from lmrc.proposer.training.torch_model import load_artifact
+
+    out = tmp_path / "continued"
+    done = lmrc(
+        "train", "--data", str(places_data), "--out", str(out), "--no-tagger", "--epochs", "1",
+        "--max-train-docs", "2", "--init-from", str(tiny_bundle), "--encoder-lr", "0", "--head-lr", "0",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    before, _ = load_artifact(tiny_bundle / "proposer")
+    after, config = load_artifact(out / "proposer")
+    assert config.training["init_from"] == str(tiny_bundle / "proposer")
+    trained = dict(after.named_parameters())
+    for name, parameter in before.named_parameters():
+        assert parameter.requires_grad == trained[name].requires_grad
+        if parameter.requires_grad:
+            assert torch.equal(parameter, trained[name]), name
+    for source, expected in (
+        (Path(__file__).parents[1] / "models", "its proposer knows 96 relations"),
+        (tmp_path, "no proposer there"),
+    ):
+        refused = lmrc(
+            "train", "--data", str(places_data), "--out", str(tmp_path / "x"), "--init-from", str(source),
+            timeout=120,
+        )  # fmt: skip
+        assert refused.returncode == 2 and expected in refused.stderr, refused.stderr
+        assert refused.stderr.strip().count("\n") == 0 and not (tmp_path / "x").exists()
+
+
 def test_services_refuse_a_bundle_missing_a_model_and_dead_letter_another_schemas_events(
     tiny_bundle: Path, tmp_path: Path
 ) -> None:

@@ -234,6 +234,25 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     benchmark.add_argument("--out", type=Path, help="also write the figures here (JSON)")
     benchmark.set_defaults(func=_benchmark)
 
+    levers = verbs.add_parser(
+        "levers",
+        help="decision levers without new labels, each chosen on validation and scored on the holdout "
+        "beside the artifact: per-relation thresholds, inverse rules, evidence fusion, ensembles",
+    )
+    levers.add_argument("--artifact", type=Path, default=DEFAULT_ARTIFACT_DIR, help="the proposer")
+    levers.add_argument(
+        "--member",
+        type=Path,
+        action="append",
+        default=[],
+        help="another proposer on the same schema to average with it (repeat for several)",
+    )
+    levers.add_argument("--precision", choices=["fp32", "int8"], default="int8", help="the exports scored")
+    levers.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads")
+    levers.add_argument("--limit", type=int, help="first N documents of each split only")
+    levers.add_argument("--out", type=Path, help="also write the figures here (JSON)")
+    levers.set_defaults(func=_levers)
+
     compare = verbs.add_parser(
         "compare", help="artifacts on different encoders side by side: validation figures, ONNX CPU speed"
     )
@@ -442,6 +461,28 @@ def _benchmark(args: argparse.Namespace) -> int:
             raise UserError(f"{artifact}: not a proposer artifact (no proposer.json)")
     report = speed_report(artifacts, args.variant or list(VARIANTS), args.split, args.threads, args.limit)
     print(format_report(report))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
+def _levers(args: argparse.Namespace) -> int:
+    from lmrc.cli import UserError
+
+    for artifact in [args.artifact, *args.member]:
+        if not (artifact / "proposer.json").exists():
+            raise UserError(f"{artifact}: not a proposer artifact (no proposer.json)")
+    from lmrc.proposer.training.levers import measure_levers
+
+    report = measure_levers(args.artifact, args.member, args.precision, args.threads, args.limit)
+    for name, lever in report["levers"].items():
+        print(
+            f"{name:<52} validation F1 {lever['validation']['f1']:.4f}  "
+            f"holdout F1 {lever['holdout']['f1']:.4f} "
+            f"(Ign {lever['holdout']['ign_f1']:.4f}, evidence {lever['holdout']['evidence_f1']:.4f})  "
+            f"{lever['seconds_per_document']:.3f} s/doc"
+        )
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")

@@ -5,8 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lmrc.local.train import BundleTrainOptions
+
+if TYPE_CHECKING:
+    from lmrc.proposer.artifact import ProposerConfig
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -23,11 +27,37 @@ def _train(args: argparse.Namespace) -> int:
 
         if not torch.cuda.is_available():
             raise UserError("--device cuda: torch sees no CUDA device here")
+    encoder = args.encoder
+    initial: ProposerConfig | None = None
+    if args.init_from is not None:
+        from lmrc.local.train import proposer_source
+        from lmrc.proposer.artifact import load_config
+
+        if not (proposer_source(args.init_from) / "proposer.json").exists():
+            raise UserError(
+                f"--init-from {args.init_from}: no proposer there (a bundle or a proposer folder)"
+            )
+        if args.classifier:
+            raise UserError(
+                "--init-from with --classifier: the fold proposers must not start from a model that saw "
+                "their held-out folds; train the adapter in a run without --init-from"
+            )
+        initial = load_config(proposer_source(args.init_from))
+        encoder = initial.encoder
     try:  # the whole dataset and the encoder checked before any model loads
         dataset = load_dataset(args.data, args.schema)
-        encoder_dir(args.encoder, needed="tokenizer.json")
+        encoder_dir(encoder, needed="tokenizer.json")
     except (DatasetError, ValueError) as error:
         raise UserError(str(error)) from None
+    if initial is not None and (
+        initial.relation_ids != dataset.schema.relation_ids
+        or initial.entity_types != list(dataset.schema.entity_types)
+    ):
+        raise UserError(
+            f"--init-from {args.init_from}: its proposer knows {len(initial.relation_ids)} relations and "
+            f"entity types {', '.join(initial.entity_types)}; schema {dataset.schema.name} has "
+            f"{len(dataset.schema.relation_ids)} and {', '.join(dataset.schema.entity_types)}"
+        )
     if args.folds < 2:
         raise UserError("--folds must be at least 2 (each fold proposer trains on the other folds)")
     if args.resume and not (args.out / "schema.json").exists():
@@ -41,7 +71,7 @@ def _train(args: argparse.Namespace) -> int:
     )
     options = BundleTrainOptions(
         out=args.out,
-        encoder=args.encoder,
+        encoder=encoder,
         device=args.device,
         max_minutes=args.max_minutes,
         resume=args.resume,
@@ -55,6 +85,9 @@ def _train(args: argparse.Namespace) -> int:
         folds=args.folds,
         classifier_epochs=args.classifier_epochs,
         classifier_max_docs=args.classifier_max_docs,
+        init_from=args.init_from,
+        encoder_lr=args.encoder_lr,
+        head_lr=args.head_lr,
     )
     try:
         train_bundle(dataset, options)
@@ -142,6 +175,25 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         help="adapter epochs (default %(default)s)",
     )
     train.add_argument("--classifier-max-docs", type=int, help="train the adapter on N documents' pairs only")
+    train.add_argument(
+        "--init-from",
+        type=Path,
+        help="continue from this trained proposer (a bundle or a proposer folder; its encoder and sizes, "
+        "--encoder ignored) instead of the pretrained encoder: self-training on pseudo-labels from "
+        "`lmrc proposer pseudo-label`, or adapting a shipped model to your data",
+    )
+    train.add_argument(
+        "--encoder-lr",
+        type=float,
+        default=BundleTrainOptions.encoder_lr,
+        help="the proposer encoder's learning rate (default %(default)s; lower when continuing)",
+    )
+    train.add_argument(
+        "--head-lr",
+        type=float,
+        default=BundleTrainOptions.head_lr,
+        help="the proposer heads' learning rate (default %(default)s)",
+    )
     train.set_defaults(func=_train)
 
     evaluate = commands.add_parser(

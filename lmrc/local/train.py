@@ -58,6 +58,17 @@ class BundleTrainOptions:
     classifier_epochs: int = 2
     #: Cap on the documents the adapter trains on (their pairs are its examples).
     classifier_max_docs: int | None = None
+    #: Continue from this proposer (a bundle, or a proposer folder) instead of the pretrained
+    #: encoder: its architecture and weights, e.g. self-training on its own pseudo-labels.
+    init_from: Path | None = None
+    #: The proposer's learning rates (continued training wants lower ones).
+    encoder_lr: float = 8e-5
+    head_lr: float = 3e-4
+
+
+def proposer_source(path: Path) -> Path:
+    """The proposer folder of a bundle, or ``path`` itself when it is one."""
+    return path if (path / "proposer.json").exists() else path / "proposer"
 
 
 def _finished(stage_dir: Path, config_file: str) -> bool:
@@ -203,6 +214,11 @@ def train_bundle(dataset: Dataset, options: BundleTrainOptions) -> BundleManifes
             epochs=options.proposer_epochs,
             relation_loss="atlop",
             evidence_loss_weight=0.1,
+            encoder_lr=options.encoder_lr,
+            head_lr=options.head_lr,
+            # Fold proposers start from the pretrained encoder: a model that saw their held-out
+            # fold would make the adapter's shortlists look better than a new document's.
+            init_from=proposer_source(options.init_from) if options.init_from and fold is None else None,
             device=options.device,
             threads=options.threads or None,
             max_train_docs=options.max_train_docs,

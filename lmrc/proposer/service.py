@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -43,6 +44,7 @@ from lmrc.proposer.artifact import (
     precision_for,
     threshold_for,
 )
+from lmrc.proposer.features import DocumentFeatures, DocumentFeaturizer
 from lmrc.proposer.inference import OnnxPairScorer, preferred_providers
 from lmrc.runtime import (
     BatchResult,
@@ -120,6 +122,18 @@ class ProposerSettings(ServiceSettings):
     )
     execution_provider: Literal["auto", "cuda", "cpu"] = "auto"
     inference_threads: int = Field(default=0, ge=0, description="0: onnxruntime decides.")
+    ensemble: list[Path] = Field(
+        default_factory=list,
+        description="Other proposers (artifact folders of the same schema, exported for the same "
+        "precision) whose relation probabilities are averaged with this one's; each costs its own "
+        "pass per document. `lmrc proposer levers --member` measures what one adds first.",
+    )
+    ensemble_weight: float = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        description="This proposer's share of the ensemble's average; the members share the rest.",
+    )
 
     @model_validator(mode="after")
     def _from_bundle(self) -> ProposerSettings:
@@ -144,10 +158,19 @@ class ProposerSettings(ServiceSettings):
 class ProposerHandler(Handler[DocumentEvent]):
     input_model = DocumentEvent
 
-    def __init__(self, settings: ProposerSettings, config: ProposerConfig, scorer: OnnxPairScorer) -> None:
+    def __init__(
+        self,
+        settings: ProposerSettings,
+        config: ProposerConfig,
+        scorer: OnnxPairScorer,
+        members: Sequence[EnsembleMember] = (),
+    ) -> None:
         self.settings = settings
         self.config = config
         self.scorer = scorer
+        self.members = list(members)
+        # Every event names what decided it: the proposer, and its ensemble's members.
+        self.version = "+".join([config.version, *(member.config.version for member in self.members)])
         self.threshold = (
             settings.threshold
             if settings.threshold is not None
@@ -235,6 +258,8 @@ class ProposerHandler(Handler[DocumentEvent]):
         if self.relations:
             loss = self.config.relation_loss
             scores, relations, evidence = self.scorer.score_with_relations(features, loss)
+            if self.members and len(scores):
+                relations = self.ensemble_relations(document, features, relations)
         else:
             scores, relations = self.scorer.score(features), None
         metrics.INFERENCE_SECONDS.labels(self.service).observe(time.perf_counter() - started)
@@ -245,7 +270,7 @@ class ProposerHandler(Handler[DocumentEvent]):
         kept = np.flatnonzero(selected)
         kept = kept[np.argsort(-scores[kept], kind="stable")]  # best first
         return CandidateSetEvent(
-            event_id=event_id(document.doc_id, document.content_hash(), self.config.version),
+            event_id=event_id(document.doc_id, document.content_hash(), self.version),
             doc_id=document.doc_id,
             pairs=[
                 self.pair(
@@ -258,9 +283,33 @@ class ProposerHandler(Handler[DocumentEvent]):
                 for index in kept
             ],
             pairs_scored=len(scores),
-            proposer_model_version=self.config.version,
+            proposer_model_version=self.version,
             document=document,
         )
+
+    def ensemble_relations(
+        self, document: DocumentEvent, features: DocumentFeatures, relations: np.ndarray
+    ) -> np.ndarray:
+        """The relation probabilities averaged with the members' (the pair scores, the candidate
+        filter's and the evidence stay this proposer's, as calibrated)."""
+        share = (1 - self.settings.ensemble_weight) / len(self.members)
+        averaged = self.settings.ensemble_weight * relations
+        for member in self.members:
+            theirs = member.featurizer.featurize(document)
+            if not (
+                np.array_equal(theirs.pair_heads, features.pair_heads)
+                and np.array_equal(theirs.pair_tails, features.pair_tails)
+            ):
+                raise UnprocessableMessageError(
+                    "EnsembleMismatch",
+                    f"document {document.doc_id!r}: ensemble member {member.config.version} scores "
+                    f"other pairs than {self.config.version}",
+                )
+            _scores, their_relations, _evidence = member.scorer.score_with_relations(
+                theirs, member.config.relation_loss
+            )
+            averaged = averaged + share * their_relations
+        return averaged
 
     def pair(
         self,
@@ -299,7 +348,7 @@ class ProposerHandler(Handler[DocumentEvent]):
         """The encoder's own predictions as the document's relation set (encoder-only mode)."""
         document = candidates.document
         content = document.content_hash()
-        models = ModelVersions(proposer=self.config.version)
+        models = ModelVersions(proposer=self.version)
 
         def ref(index: int) -> EntityRef:
             entity = document.entities[index]
@@ -352,9 +401,43 @@ def onnx_file(settings: ProposerSettings, config: ProposerConfig) -> Path:
     return path
 
 
+@dataclass(frozen=True)
+class EnsembleMember:
+    """Another proposer whose relation probabilities the service averages with its own."""
+
+    config: ProposerConfig
+    featurizer: DocumentFeaturizer
+    scorer: OnnxPairScorer
+
+
+def ensemble_members(settings: ProposerSettings, config: ProposerConfig) -> list[EnsembleMember]:
+    """The members of ``settings.ensemble``, each checked against ``config`` before any loads."""
+    members = []
+    for directory in settings.ensemble:
+        theirs = load_config(directory)
+        if (theirs.relation_ids, theirs.entity_types) != (config.relation_ids, config.entity_types):
+            raise ValueError(
+                f"ensemble member {directory} ({theirs.version}): its relations and entity types are "
+                f"not those of {config.version}; an ensemble averages one schema's relations"
+            )
+        if not theirs.has_relation_head:
+            raise ValueError(f"ensemble member {directory} ({theirs.version}) has no relation head")
+        member_settings = settings.model_copy(update={"artifact_dir": directory, "onnx_path": None})
+        scorer = OnnxPairScorer(
+            onnx_file(member_settings, theirs),
+            settings.providers(),
+            settings.inference_threads,
+            settings.pair_budget_bytes,
+            pair_width=theirs.pair_width,
+        )
+        members.append(EnsembleMember(theirs, featurizer_for(theirs), scorer))
+    return members
+
+
 def build_runtime(settings: ProposerSettings) -> ServiceRuntime:
     config = load_config(settings.artifact_dir)
     providers = settings.providers()
+    members = ensemble_members(settings, config)
     scorer = OnnxPairScorer(
         onnx_file(settings, config),
         providers,
@@ -362,8 +445,8 @@ def build_runtime(settings: ProposerSettings) -> ServiceRuntime:
         settings.pair_budget_bytes,
         pair_width=config.pair_width,
     )
-    handler = ProposerHandler(settings, config, scorer)
-    log.info("proposer %s on %s, threshold %.4f", config.version, scorer.provider, handler.threshold)
+    handler = ProposerHandler(settings, config, scorer, members)
+    log.info("proposer %s on %s, threshold %.4f", handler.version, scorer.provider, handler.threshold)
     return ServiceRuntime(settings, handler)
 
 

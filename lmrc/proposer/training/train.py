@@ -33,6 +33,7 @@ from lmrc.checkpoints import (
     resumable_options,
     save_checkpoint,
 )
+from lmrc.contracts.schema import Schema
 from lmrc.docred.dataset import Dataset, redocred_dataset
 from lmrc.paths import DEFAULT_ENCODER, encoder_package
 from lmrc.proposer.artifact import (
@@ -50,6 +51,7 @@ from lmrc.proposer.training.calibrate import (
     relation_figures,
 )
 from lmrc.proposer.training.candidates import in_fold
+from lmrc.proposer.training.model import PairScorer
 from lmrc.proposer.training.selection import (
     candidate_scores,
     evidence_targets,
@@ -94,6 +96,10 @@ class TrainOptions:
     max_minutes: float | None = None
     #: Go on from the checkpoint in ``out`` (written after every epoch).
     resume: bool = False
+    #: Start from this trained proposer's weights and architecture (its encoder, extractor,
+    #: block and type sizes) instead of the pretrained encoder: continued training, e.g.
+    #: self-training on its own pseudo-labels. Its relations and entity types must be the schema's.
+    init_from: Path | None = None
 
 
 def adaptive_threshold_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -153,6 +159,25 @@ def _validate(model, featurizer, documents, device, recall_target, relation_inde
     return threshold, candidate_scores(scored, threshold), *_relation_f1(validation, relation_loss)
 
 
+def _initial_model(directory: Path, schema: Schema, relation_loss: str) -> tuple[PairScorer, ProposerConfig]:
+    """The proposer in ``directory`` to go on training, checked against the schema first: its
+    relation head's outputs and its type embedding must mean what the schema's ids mean."""
+    model, config = load_artifact(directory)
+    if config.relation_loss != relation_loss:
+        raise ValueError(
+            f"--init-from {directory}: its relation head was trained with the {config.relation_loss} "
+            f"loss, not {relation_loss}"
+        )
+    if config.relation_ids != list(schema.relation_ids) or config.entity_types != list(schema.entity_types):
+        raise ValueError(
+            f"--init-from {directory}: its relations and entity types are not schema {schema.name}'s "
+            f"({len(config.relation_ids)} relations, {len(config.entity_types)} entity types against "
+            f"{len(schema.relation_ids)} and {len(schema.entity_types)})"
+        )
+    model.train()
+    return model, config
+
+
 def train(options: TrainOptions, dataset: Dataset | None = None) -> ProposerConfig:
     """Train on ``dataset`` (default: Re-DocRED's fixed split), choosing the epoch and every
     threshold on its validation documents. A checkpoint after every epoch in ``out``;
@@ -174,15 +199,35 @@ def train(options: TrainOptions, dataset: Dataset | None = None) -> ProposerConf
     validation_docs = dataset.validation
     relation_index = {r: i for i, r in enumerate(schema.relation_ids)}
     use_relations = options.relation_loss_weight > 0 or options.relation_loss == "atlop"
+    initial = _initial_model(options.init_from, schema, options.relation_loss) if options.init_from else None
+    architecture = (
+        initial[1].model_dump(
+            include={
+                "encoder",
+                "encoder_package",
+                "encoder_package_version",
+                "emb_size",
+                "block_size",
+                "frozen_layers",
+                "type_size",
+                "window_length",
+                "window_stride",
+            }
+        )
+        if initial
+        else {
+            "encoder": options.encoder,
+            "encoder_package": encoder_package(options.encoder),
+            "encoder_package_version": encoder_package_version(options.encoder),
+            "emb_size": options.emb_size,
+            "block_size": options.block_size,
+            "frozen_layers": options.frozen_layers,
+            "type_size": options.type_size,
+        }
+    )
     config = ProposerConfig(
         version=options.version,
-        encoder=options.encoder,
-        encoder_package=encoder_package(options.encoder),
-        encoder_package_version=encoder_package_version(options.encoder),
-        emb_size=options.emb_size,
-        block_size=options.block_size,
-        frozen_layers=options.frozen_layers,
-        type_size=options.type_size,
+        **architecture,
         relation_classes=len(relation_index) if use_relations else 0,
         relation_loss=options.relation_loss,
         threshold=0.5,
@@ -204,7 +249,7 @@ def train(options: TrainOptions, dataset: Dataset | None = None) -> ProposerConf
     if not examples:
         raise ValueError("no training document has a pair of entities the schema's relations allow")
 
-    model = build_model(config).to(options.device)
+    model = (initial[0] if initial else build_model(config)).to(options.device)
     encoder_params = [p for p in model.encoder.parameters() if p.requires_grad]
     head_params = [p for name, p in model.named_parameters() if not name.startswith("encoder.")]
     optimizer = torch.optim.AdamW(
@@ -338,6 +383,7 @@ def train(options: TrainOptions, dataset: Dataset | None = None) -> ProposerConf
                     "device": options.device,
                     "seconds": round(elapsed, 1),
                     "seed": options.seed,
+                    **({"init_from": str(options.init_from)} if options.init_from else {}),
                     **(
                         {"held_out_fold": f"{options.fold}/{options.folds}"}
                         if options.fold is not None
