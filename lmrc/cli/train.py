@@ -49,10 +49,7 @@ def _train(args: argparse.Namespace) -> int:
         encoder_dir(encoder, needed="tokenizer.json")
     except (DatasetError, ValueError) as error:
         raise UserError(str(error)) from None
-    if initial is not None and (
-        initial.relation_ids != dataset.schema.relation_ids
-        or initial.entity_types != list(dataset.schema.entity_types)
-    ):
+    if initial is not None and not initial.same_labels(dataset.schema):
         raise UserError(
             f"--init-from {args.init_from}: its proposer knows {len(initial.relation_ids)} relations and "
             f"entity types {', '.join(initial.entity_types)}; schema {dataset.schema.name} has "

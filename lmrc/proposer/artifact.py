@@ -17,6 +17,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, Field
 
+from lmrc.contracts.schema import Schema
 from lmrc.paths import (
     DEFAULT_ENCODER,
     ENCODER_PACKAGE,
@@ -108,6 +109,14 @@ class ProposerConfig(BaseModel):
     @property
     def has_relation_head(self) -> bool:
         return self.relation_classes > 0 and len(self.relation_ids) == self.relation_classes
+
+    def same_labels(self, other: ProposerConfig | Schema) -> bool:
+        """Whether ``other`` (a schema, or another proposer) means what this proposer's relation
+        outputs and type embedding mean: the same relation ids and entity types, in order."""
+        return (list(self.relation_ids), list(self.entity_types)) == (
+            list(other.relation_ids),
+            list(other.entity_types),
+        )
 
 
 def threshold_for(config: ProposerConfig, recall_target: float | None) -> float:

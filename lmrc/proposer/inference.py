@@ -5,13 +5,21 @@ No torch here: the service needs onnxruntime (or onnxruntime-gpu), tokenizers an
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
-from lmrc.proposer.artifact import pair_graph_path, relation_probabilities, sentence_attention, sigmoid
-from lmrc.proposer.features import DOCUMENT_OUTPUT_NAMES, DocumentFeatures
+from lmrc.contracts import DocumentEvent
+from lmrc.proposer.artifact import (
+    ProposerConfig,
+    pair_graph_path,
+    relation_probabilities,
+    sentence_attention,
+    sigmoid,
+)
+from lmrc.proposer.features import DOCUMENT_OUTPUT_NAMES, DocumentFeatures, DocumentFeaturizer
 
 
 def preferred_providers() -> list[str]:
@@ -126,3 +134,20 @@ class OnnxPairScorer:
             else None
         )
         return sigmoid(pair_logits), relation_probabilities(relation_logits, relation_loss), sentences
+
+
+@dataclass(frozen=True)
+class ProposerModel:
+    """A proposer ready to score documents: its config, its featurizer and its ONNX graphs (an
+    ensemble's member in the service, each proposer `lmrc proposer levers` compares)."""
+
+    config: ProposerConfig
+    featurizer: DocumentFeaturizer
+    scorer: OnnxPairScorer
+
+    def relations(self, document: DocumentEvent) -> tuple[DocumentFeatures, np.ndarray, np.ndarray | None]:
+        """The document's features, its pairs' relation probabilities [pairs, relations] and their
+        sentence attention [pairs, sentences] (None when the graph has no evidence output)."""
+        features = self.featurizer.featurize(document)
+        _scores, relations, sentences = self.scorer.score_with_relations(features, self.config.relation_loss)
+        return features, relations, sentences

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -44,8 +43,8 @@ from lmrc.proposer.artifact import (
     precision_for,
     threshold_for,
 )
-from lmrc.proposer.features import DocumentFeatures, DocumentFeaturizer
-from lmrc.proposer.inference import OnnxPairScorer, preferred_providers
+from lmrc.proposer.features import DocumentFeatures
+from lmrc.proposer.inference import OnnxPairScorer, ProposerModel, preferred_providers
 from lmrc.runtime import (
     BatchResult,
     Consumed,
@@ -163,7 +162,7 @@ class ProposerHandler(Handler[DocumentEvent]):
         settings: ProposerSettings,
         config: ProposerConfig,
         scorer: OnnxPairScorer,
-        members: Sequence[EnsembleMember] = (),
+        members: Sequence[ProposerModel] = (),
     ) -> None:
         self.settings = settings
         self.config = config
@@ -295,7 +294,7 @@ class ProposerHandler(Handler[DocumentEvent]):
         share = (1 - self.settings.ensemble_weight) / len(self.members)
         averaged = self.settings.ensemble_weight * relations
         for member in self.members:
-            theirs = member.featurizer.featurize(document)
+            theirs, their_relations, _evidence = member.relations(document)
             if not (
                 np.array_equal(theirs.pair_heads, features.pair_heads)
                 and np.array_equal(theirs.pair_tails, features.pair_tails)
@@ -305,9 +304,6 @@ class ProposerHandler(Handler[DocumentEvent]):
                     f"document {document.doc_id!r}: ensemble member {member.config.version} scores "
                     f"other pairs than {self.config.version}",
                 )
-            _scores, their_relations, _evidence = member.scorer.score_with_relations(
-                theirs, member.config.relation_loss
-            )
             averaged = averaged + share * their_relations
         return averaged
 
@@ -401,21 +397,12 @@ def onnx_file(settings: ProposerSettings, config: ProposerConfig) -> Path:
     return path
 
 
-@dataclass(frozen=True)
-class EnsembleMember:
-    """Another proposer whose relation probabilities the service averages with its own."""
-
-    config: ProposerConfig
-    featurizer: DocumentFeaturizer
-    scorer: OnnxPairScorer
-
-
-def ensemble_members(settings: ProposerSettings, config: ProposerConfig) -> list[EnsembleMember]:
+def ensemble_members(settings: ProposerSettings, config: ProposerConfig) -> list[ProposerModel]:
     """The members of ``settings.ensemble``, each checked against ``config`` before any loads."""
     members = []
     for directory in settings.ensemble:
         theirs = load_config(directory)
-        if (theirs.relation_ids, theirs.entity_types) != (config.relation_ids, config.entity_types):
+        if not theirs.same_labels(config):
             raise ValueError(
                 f"ensemble member {directory} ({theirs.version}): its relations and entity types are "
                 f"not those of {config.version}; an ensemble averages one schema's relations"
@@ -430,7 +417,7 @@ def ensemble_members(settings: ProposerSettings, config: ProposerConfig) -> list
             settings.pair_budget_bytes,
             pair_width=theirs.pair_width,
         )
-        members.append(EnsembleMember(theirs, featurizer_for(theirs), scorer))
+        members.append(ProposerModel(theirs, featurizer_for(theirs), scorer))
     return members
 
 

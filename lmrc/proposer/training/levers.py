@@ -40,8 +40,7 @@ from lmrc.proposer.artifact import (
     featurizer_for,
     load_config,
 )
-from lmrc.proposer.features import DocumentFeaturizer
-from lmrc.proposer.inference import OnnxPairScorer
+from lmrc.proposer.inference import OnnxPairScorer, ProposerModel
 from lmrc.proposer.training.calibrate import RELATION_THRESHOLDS
 from lmrc.proposer.training.evaluate import predicted_relations
 from lmrc.proposer.training.export import ensure_onnx
@@ -67,28 +66,20 @@ class ScoredDocument:
     sentences: np.ndarray | None  # [pairs, sentences]
 
 
-@dataclass
-class Member:
-    """One proposer's ONNX export and featurizer."""
+def load_proposer(artifact: Path, precision: Precision, threads: int) -> ProposerModel:
+    """The artifact's export for ``precision`` (made when missing), ready to score."""
+    config = load_config(artifact)
+    scorer = OnnxPairScorer(
+        ensure_onnx(artifact, precision=precision), threads=threads, pair_width=config.pair_width
+    )
+    return ProposerModel(config, featurizer_for(config), scorer)
 
-    config: ProposerConfig
-    featurizer: DocumentFeaturizer
-    scorer: OnnxPairScorer
 
-    @classmethod
-    def load(cls, artifact: Path, precision: Precision, threads: int) -> Member:
-        config = load_config(artifact)
-        scorer = OnnxPairScorer(
-            ensure_onnx(artifact, precision=precision), threads=threads, pair_width=config.pair_width
-        )
-        return cls(config, featurizer_for(config), scorer)
-
-    def score(self, raw: dict[str, Any]) -> ScoredDocument:
-        features = self.featurizer.featurize(docred.to_document_event(raw))
-        if len(features.pair_heads) == 0:
-            return ScoredDocument(raw, features.pair_heads, features.pair_tails, None, None)
-        _pairs, relations, sentences = self.scorer.score_with_relations(features, self.config.relation_loss)
-        return ScoredDocument(raw, features.pair_heads, features.pair_tails, relations, sentences)
+def score_document(proposer: ProposerModel, raw: dict[str, Any]) -> ScoredDocument:
+    features, relations, sentences = proposer.relations(docred.to_document_event(raw))
+    if len(features.pair_heads) == 0:
+        return ScoredDocument(raw, features.pair_heads, features.pair_tails, None, None)
+    return ScoredDocument(raw, features.pair_heads, features.pair_tails, relations, sentences)
 
 
 def f1_of(
@@ -296,7 +287,7 @@ def apply_rules(
 # Evidence fusion ------------------------------------------------------------------------------
 
 
-def evidence_pass(member: Member, document: ScoredDocument) -> tuple[dict[int, np.ndarray], int]:
+def evidence_pass(member: ProposerModel, document: ScoredDocument) -> tuple[dict[int, np.ndarray], int]:
     """Relation probabilities of the document's likely pairs scored on a pseudo-document of their
     predicted evidence sentences (pairs sharing an evidence set share the pass); and the passes."""
     config, raw = member.config, document.raw
@@ -327,7 +318,7 @@ def evidence_pass(member: Member, document: ScoredDocument) -> tuple[dict[int, n
                 for e in entities
             ],
         }
-        scored = member.score(pseudo)
+        scored = score_document(member, pseudo)
         if scored.relations is None:
             continue
         row_of = {
@@ -367,7 +358,7 @@ def measure_levers(
 ) -> dict[str, Any]:
     """Every lever chosen on validation and scored on the holdout beside the artifact alone, on
     Re-DocRED's fixed split (Ign F1 against its train facts, for every row alike)."""
-    base = Member.load(artifact, precision, threads)
+    base = load_proposer(artifact, precision, threads)
     config = base.config
     seen = docred.load_split("train")
     raws = {split: docred.load_split(split)[:limit] for split in SPLITS}
@@ -375,7 +366,7 @@ def measure_levers(
     seconds: dict[str, float] = {}
     started = time.perf_counter()
     for split in SPLITS:
-        scored[split] = [base.score(raw) for raw in raws[split]]
+        scored[split] = [score_document(base, raw) for raw in raws[split]]
     documents = sum(len(v) for v in raws.values())
     seconds["artifact"] = (time.perf_counter() - started) / documents
     shipped = config.relation_threshold if config.relation_threshold is not None else 0.5
@@ -465,13 +456,14 @@ def measure_levers(
     )
 
     for path in members:
-        other = Member.load(path, precision, threads)
-        if other.config.relation_ids != config.relation_ids:
+        other = load_proposer(path, precision, threads)
+        if not other.config.same_labels(config):
             raise ValueError(
-                f"{path}: its relations are not {config.version}'s; an ensemble needs one schema"
+                f"{path}: its relations and entity types are not {config.version}'s; "
+                "an ensemble needs one schema"
             )
         started = time.perf_counter()
-        theirs = {split: [other.score(raw) for raw in raws[split]] for split in SPLITS}
+        theirs = {split: [score_document(other, raw) for raw in raws[split]] for split in SPLITS}
         cost = (time.perf_counter() - started) / documents
         for split in SPLITS:
             for ours, their in zip(scored[split], theirs[split], strict=True):

@@ -168,7 +168,7 @@ def _initial_model(directory: Path, schema: Schema, relation_loss: str) -> tuple
             f"--init-from {directory}: its relation head was trained with the {config.relation_loss} "
             f"loss, not {relation_loss}"
         )
-    if config.relation_ids != list(schema.relation_ids) or config.entity_types != list(schema.entity_types):
+    if not config.same_labels(schema):
         raise ValueError(
             f"--init-from {directory}: its relations and entity types are not schema {schema.name}'s "
             f"({len(config.relation_ids)} relations, {len(config.entity_types)} entity types against "
