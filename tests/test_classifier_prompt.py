@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import re
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +13,7 @@ from lmrc.classifier.artifact import Decision
 from lmrc.classifier.prompt import (
     PROMPT_VERSION,
     Option,
+    PromptStyle,
     UnparseableAnswerError,
     answer_regex,
     build_prompt,
@@ -126,3 +128,23 @@ def test_confidence_is_the_probability_of_the_tokens_spelling_each_letter() -> N
     confidences = label_confidences(response, ["A", "B"])  # a token spelling ",B" counts for B
     assert confidences["A"] == pytest.approx(0.818731, rel=1e-4)
     assert confidences["B"] == pytest.approx(0.135335, rel=1e-4)
+
+
+def test_the_chatml_prompt_is_qwens_chat_template_around_the_plain_one(document) -> None:
+    """Rendered with the chat template shipped in the Qwen2.5-Coder GGUF (tests/data, Apache-2.0):
+    a user turn holding the plain prompt's text, after Qwen's default system turn, and the
+    assistant's turn opened with the answer's cue; the document still comes first."""
+    import jinja2
+
+    template_text = (Path(__file__).parent / "data" / "qwen2.5-chat-template.jinja").read_text(
+        encoding="utf-8"
+    )
+    template = jinja2.Environment(trim_blocks=True, lstrip_blocks=True).from_string(template_text)
+    plain = build_prompt(document, 2, 3, OPTIONS, LABELS)
+    chat = build_prompt(document, 2, 3, OPTIONS, LABELS, style=PromptStyle("chatml"))
+    user_turn = plain.removesuffix("### Answer\n")
+    rendered = template.render(messages=[{"role": "user", "content": user_turn}], add_generation_prompt=True)
+    assert chat == rendered + "Answer: "  # the assistant's turn opened as the worked examples answer
+    assert chat.startswith(document_prefix(document, style=PromptStyle("chatml")))
+    assert chat.endswith(pair_suffix(document, 2, 3, OPTIONS, LABELS, style=PromptStyle("chatml")))
+    assert "### Answer" not in chat and chat.endswith("<|im_start|>assistant\nAnswer: ")

@@ -112,3 +112,32 @@ def test_tuning_keeps_what_the_encoder_is_sure_of_when_the_llm_misses_it() -> No
     assert decision.encoder_keep_probability is not None and 0.55 < decision.encoder_keep_probability <= 0.97
     assert decision.validation["llm_alone_f1"] == 0.0 < decision.validation["f1"]
     assert len(grid) == len({(row["encoder_keep_probability"], row["llm_min_probability"]) for row in grid})
+
+
+def test_few_shot_examples_alternate_gold_relations_and_none_on_one_train_document() -> None:
+    """``lmrc classifier zero-shot --examples 4``: the shipped proposer's shortlists on the shortest
+    suitable train document; each answer is what the gold labels make of the pair's options."""
+    import re
+
+    from lmrc.classifier.training.examples import few_shot_examples
+    from lmrc.proposer.artifact import DEFAULT_ARTIFACT_DIR
+
+    labels = docred_labels()
+    train = docred.load_split("train")
+    text = few_shot_examples(4, DEFAULT_ARTIFACT_DIR, 5, labels, train)
+    assert text.count("Document: ") == 1 and text.count("\nCandidates:\n") == 4
+    title = text.split("\n", 1)[0].removeprefix("Document: Title: ")
+    (raw,) = [raw for raw in train if raw["title"] == title]
+    gold = docred.relations_by_pair(raw)
+    names = {name: relation for relation, name in labels.names.items()}
+    answers = []
+    for block in text.split("\n\nPair ")[1:]:
+        head, tail = (int(m) for m in re.findall(r"^(?:Head|Tail): E(\d+) ", block, flags=re.MULTILINE))
+        options = re.findall(r"^([A-E])\. (.+) \(\d\.\d\d\)$", block, flags=re.MULTILINE)
+        answer = block.rsplit("Answer: ", 1)[1].strip()
+        holding = {letter for letter, name in options if names[name] in gold.get((head, tail), set())}
+        assert answer == (",".join(sorted(holding)) or "none")
+        answers.append(answer)
+    assert [answer == "none" for answer in answers] == [False, True, False, True]
+    with pytest.raises(ValueError, match="none of the 2 shortest train documents has 200 shortlisted"):
+        few_shot_examples(400, DEFAULT_ARTIFACT_DIR, 5, labels, train[:2])

@@ -20,6 +20,7 @@ from lmrc.classifier.prompt import Option, answer_regex, build_prompt, docred_la
 from lmrc.classifier.training.base_model import materialize
 from lmrc.contracts.tgi import GenerateParameters, Grammar
 from lmrc.local.llm.engine import EngineOptions, GenerationEngine, InputValidationError
+from tests.helpers import write_tiny_qwen2
 
 LABELS = docred_labels()
 OPTIONS = [Option("P17", 0.91), Option("P131", 0.42), Option("P27", 0.08), Option("P150", 0.01)]
@@ -117,3 +118,26 @@ def test_a_bad_request_fails_alone_in_its_batch(model_dir: Path) -> None:
     for outcome in (outcomes[0], outcomes[2]):
         assert not isinstance(outcome, Exception)
         assert outcome[0].details.finish_reason == "eos_token"
+
+
+@pytest.fixture(scope="module")
+def tiny_qwen2_dir(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_qwen2(tmp_path_factory.mktemp("tiny-qwen2"), model_dir)
+
+
+@pytest.mark.parametrize("fused_kernels", [True, False], ids=["fused-decoder", "transformers-modules"])
+def test_qwen2_batched_answers_are_the_references_in_fp32(tiny_qwen2_dir: Path, fused_kernels: bool) -> None:
+    """Qwen2 (biases on the attention projections) through both batch paths, as the reference."""
+    reference = GenerationEngine(tiny_qwen2_dir, {}, EngineOptions.reference())
+    engine = GenerationEngine(tiny_qwen2_dir, {}, EngineOptions(dtype="float32", fused_kernels=fused_kernels))
+    assert (engine._model_for(None).fused is not None) == fused_kernels
+    requests = _requests(None)
+    outcomes = engine.generate_batch(requests)
+    for (inputs, parameters), outcome in zip(requests, outcomes, strict=True):
+        expected = reference.generate(inputs, parameters)[0]
+        assert not isinstance(outcome, Exception), outcome
+        response = outcome[0]
+        assert response.generated_text == expected.generated_text, inputs[-200:]
+        assert response.details.finish_reason == expected.details.finish_reason
+        got = [token.logprob for token in response.details.tokens]
+        assert got == pytest.approx([token.logprob for token in expected.details.tokens], abs=1e-3)

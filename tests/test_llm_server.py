@@ -247,3 +247,53 @@ def test_a_request_whose_client_left_while_queued_is_dropped_not_computed(tmp_pa
         assert answers == [200]
         assert _counter(client, "tgi_request_success") == 1  # the long one; the short never computed
         assert _counter(client, "tgi_request_count") == 2
+
+
+def test_a_zero_shot_folder_asks_the_served_qwen2_base_model_in_chatml_with_its_examples(
+    tmp_path_factory: pytest.TempPathFactory, document
+) -> None:
+    """A classifier folder without an adapter (``lmrc classifier zero-shot``): requests name no
+    adapter, are written in the model's chat format with the worked examples in the shared prefix,
+    and the server running a Qwen2 checkpoint answers them within the grammar."""
+    from lmrc.classifier.artifact import ClassifierConfig, has_adapter, save_config
+    from lmrc.classifier.prompt import CHATML_OPENING, PROMPT_VERSION, worked_examples
+    from lmrc.classifier.training.base_model import QWEN_05B, materialize
+    from tests.helpers import write_tiny_qwen2
+
+    folder = tmp_path_factory.mktemp("zero-shot")
+    examples = worked_examples(document, [(0, 1, OPTIONS, [0]), (1, 0, OPTIONS, [])], LABELS)
+    config = ClassifierConfig(
+        version="rc-qwen2-4-shot",
+        prompt_version=PROMPT_VERSION,
+        base_model=QWEN_05B.model_id,
+        prompt_format=QWEN_05B.prompt_format,
+        prompt_examples=examples,
+    )
+    save_config(config, folder)
+    assert not has_adapter(folder) and "Answer: A\n" in examples and "Answer: none\n" in examples
+    model_dir = write_tiny_qwen2(tmp_path_factory.mktemp("tiny-qwen2"), materialize())
+    log_path = tmp_path_factory.mktemp("tgi-qwen2") / "server.log"
+    with (
+        LocalTgiServer(model_dir=model_dir, log_path=log_path) as server,
+        ClassifierHandler(ClassifierSettings(tgi_url=server.url, artifact_dir=folder), config) as handler,
+    ):
+        shortlist = [ScoredRelation(relation_id=o.relation_id, probability=o.probability) for o in OPTIONS]
+        pair = CandidatePair(head=2, tail=3, score=0.5, shortlist=shortlist)
+        candidates = CandidateSetEvent(
+            event_id="e",
+            doc_id=document.doc_id,
+            pairs=[pair],
+            pairs_scored=document.pair_count(),
+            proposer_model_version="p",
+            document=document,
+        )
+        request = handler.request_for(candidates, pair, handler.options_for(pair))
+        assert request.parameters.adapter_id is None
+        assert request.inputs.startswith(CHATML_OPENING + "### Instruction\n")
+        assert f"### Examples\n{examples}\n\n### Document\n" in request.inputs
+        assert request.inputs.endswith("<|im_end|>\n<|im_start|>assistant\nAnswer: ")
+        assert httpx.get(f"{server.url}/info").json()["model_id"] == model_dir.name
+        body = request.model_dump(mode="json", exclude_none=True, exclude={"stream"})
+        response = httpx.post(f"{server.url}/generate", json=body, timeout=scaled(60))
+    assert response.status_code == 200, response.text
+    parse_answer(response.json()["generated_text"], len(OPTIONS))  # within the grammar

@@ -1,4 +1,7 @@
-"""The trained classifier on disk: a PEFT LoRA adapter (what TGI loads) plus ``classifier.json``."""
+"""The trained classifier on disk: a PEFT LoRA adapter (what TGI loads) plus ``classifier.json``.
+
+A folder with ``classifier.json`` alone is the base model prompted as it is (zero-shot): TGI serves
+the base model and requests name no adapter."""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from lmrc.classifier.prompt import PromptFormat, PromptStyle
 from lmrc.paths import REPO_ROOT
 
 DEFAULT_ADAPTER_DIR = REPO_ROOT / "models" / "classifier" / "rc-smollm2-135m-lora-v2"
@@ -34,9 +38,23 @@ class ClassifierConfig(BaseModel):
     version: str
     prompt_version: str
     base_model: str = Field(description="What the adapter was trained on; TGI must serve this model.")
+    prompt_format: PromptFormat = Field(
+        default="plain", description="plain text, or the base model's ChatML turns (Qwen2.5)."
+    )
+    prompt_examples: str = Field(
+        default="", description="Worked examples shown after the instruction in every prompt (few-shot)."
+    )
     decision: Decision = Field(default_factory=Decision)
     training: dict[str, Any] = Field(default_factory=dict)
     evaluation: dict[str, Any] = Field(default_factory=dict)
+
+    def prompt_style(self) -> PromptStyle:
+        return PromptStyle(self.prompt_format, self.prompt_examples)
+
+
+def has_adapter(directory: str | Path) -> bool:
+    """Whether the folder holds LoRA weights, or only classifier.json (the base model, zero-shot)."""
+    return (Path(directory) / "adapter_config.json").exists()
 
 
 def load_config(directory: str | Path = DEFAULT_ADAPTER_DIR) -> ClassifierConfig:

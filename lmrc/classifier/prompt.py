@@ -10,14 +10,19 @@ The answer is the letters of the options that hold, in option order, separated b
 ``none``, and ends with a newline: one or a few tokens. The newline is part of the grammar on
 purpose: outlines-core (TGI's grammar engine) drops transitions out of an accepting state into a
 loop, so an answer without a terminator could not be followed by a second letter.
+
+Instruction-tuned chat models (Qwen2.5) are prompted in their chat template (``chatml``): the same
+text as the user's turn, after the model's default system turn, and the answer as the assistant's
+turn; the document still comes first, so the pairs of a document still share the prefix.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
+from typing import Literal
 
 from lmrc.contracts import DocumentEvent
 from lmrc.contracts.schema import Schema, shipped_schema
@@ -27,6 +32,28 @@ NO_RELATION = "none"
 SEPARATOR = ","
 OPTION_LETTERS = "ABCDEFGHIJ"
 TERMINATOR = "\n"
+
+#: plain: the text as is (what SmolLM2's adapter was trained on); chatml: in the ChatML turns of
+#: Qwen2.5's chat template, with its default system turn.
+PromptFormat = Literal["plain", "chatml"]
+CHATML_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
+CHATML_OPENING = f"<|im_start|>system\n{CHATML_SYSTEM}<|im_end|>\n<|im_start|>user\n"
+#: The assistant's turn opens with "Answer: ", as the worked examples write it: an instruction-tuned
+#: model would otherwise begin with prose ("Answer", "The") that the grammar cuts to a letter.
+CHATML_ANSWER_CUE = "<|im_end|>\n<|im_start|>assistant\nAnswer: "
+
+
+@dataclass(frozen=True)
+class PromptStyle:
+    """How one model is prompted: the format, and worked examples shown after the instruction
+    (rendered once by ``lmrc classifier zero-shot --examples``; identical in every prompt, so they
+    stay in the shared prefix)."""
+
+    format: PromptFormat = "plain"
+    examples: str = field(default="", repr=False)
+
+
+PLAIN = PromptStyle()
 
 INSTRUCTION = (
     "Read the document. Each entity mention is marked as [E<id> mention]. For the head and tail "
@@ -105,9 +132,16 @@ class Option:
     probability: float
 
 
-def document_prefix(document: DocumentEvent, sentence_ids: Collection[int] | None = None) -> str:
+def document_prefix(
+    document: DocumentEvent, sentence_ids: Collection[int] | None = None, style: PromptStyle = PLAIN
+) -> str:
     """Everything before the pair: identical for all pairs of ``document`` (unless windowed)."""
-    return f"### Instruction\n{INSTRUCTION}\n\n### Document\n{mark_document(document, sentence_ids)}\n\n"
+    opening = CHATML_OPENING if style.format == "chatml" else ""
+    examples = f"### Examples\n{style.examples}\n\n" if style.examples else ""
+    return (
+        f"{opening}### Instruction\n{INSTRUCTION}\n\n{examples}"
+        f"### Document\n{mark_document(document, sentence_ids)}\n\n"
+    )
 
 
 def pair_window(document: DocumentEvent, head: int, tail: int, evidence: Collection[int] = ()) -> set[int]:
@@ -119,19 +153,43 @@ def pair_window(document: DocumentEvent, head: int, tail: int, evidence: Collect
 
 
 def pair_suffix(
-    document: DocumentEvent, head: int, tail: int, options: Sequence[Option], labels: LabelSet
+    document: DocumentEvent,
+    head: int,
+    tail: int,
+    options: Sequence[Option],
+    labels: LabelSet,
+    style: PromptStyle = PLAIN,
 ) -> str:
     """The pair and its lettered options (best first), then the answer cue."""
+    cue = CHATML_ANSWER_CUE if style.format == "chatml" else "### Answer\n"
+    return (
+        f"### Pair\n{_entity_line('Head', document, head)}\n{_entity_line('Tail', document, tail)}\n\n"
+        f"### Candidates\n{_option_lines(options, labels)}\n\n{cue}"
+    )
+
+
+def _option_lines(options: Sequence[Option], labels: LabelSet) -> str:
     if not 1 <= len(options) <= len(OPTION_LETTERS):
         raise ValueError(f"a pair needs 1 to {len(OPTION_LETTERS)} options, got {len(options)}")
-    lines = "\n".join(
+    return "\n".join(
         f"{letter}. {labels.names[option.relation_id]} ({option.probability:.2f})"
         for letter, option in zip(OPTION_LETTERS, options, strict=False)
     )
-    return (
-        f"### Pair\n{_entity_line('Head', document, head)}\n{_entity_line('Tail', document, tail)}\n\n"
-        f"### Candidates\n{lines}\n\n### Answer\n"
-    )
+
+
+def worked_examples(
+    document: DocumentEvent,
+    pairs: Sequence[tuple[int, int, Sequence[Option], Sequence[int]]],
+    labels: LabelSet,
+) -> str:
+    """The ``### Examples`` block: one document and some of its pairs (head, tail, options, the
+    options that hold), each with its right answer, in the layout of the real question."""
+    questions = [
+        f"Pair {number}:\n{_entity_line('Head', document, head)}\n{_entity_line('Tail', document, tail)}\n"
+        f"Candidates:\n{_option_lines(options, labels)}\nAnswer: {format_answer(chosen)}"
+        for number, (head, tail, options, chosen) in enumerate(pairs, start=1)
+    ]
+    return f"Document: {mark_document(document)}\n\n" + "\n".join(questions)
 
 
 def build_prompt(
@@ -141,9 +199,12 @@ def build_prompt(
     options: Sequence[Option],
     labels: LabelSet,
     sentence_ids: Collection[int] | None = None,
+    style: PromptStyle = PLAIN,
 ) -> str:
     """The whole prompt; ``sentence_ids`` narrows the document to those sentences."""
-    return document_prefix(document, sentence_ids) + pair_suffix(document, head, tail, options, labels)
+    return document_prefix(document, sentence_ids, style) + pair_suffix(
+        document, head, tail, options, labels, style
+    )
 
 
 def format_answer(chosen: Sequence[int]) -> str:

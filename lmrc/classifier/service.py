@@ -230,6 +230,7 @@ class ClassifierHandler(Handler[CandidateSetEvent]):
             )
         self.settings = settings
         self.config = config
+        self.style = config.prompt_style()
         self.labels = labels or docred_labels()
         self.known_relations = set(self.labels.names)
         self.service = settings.service_name
@@ -294,7 +295,13 @@ class ClassifierHandler(Handler[CandidateSetEvent]):
         """The pair's request; ``sentence_ids`` narrows the document to those sentences."""
         return GenerateRequest(
             inputs=build_prompt(
-                candidates.document, pair.head, pair.tail, options, self.labels, sentence_ids
+                candidates.document,
+                pair.head,
+                pair.tail,
+                options,
+                self.labels,
+                sentence_ids,
+                self.style,
             ),
             parameters=GenerateParameters(
                 adapter_id=self.settings.tgi_adapter_id,

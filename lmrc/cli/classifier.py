@@ -10,6 +10,7 @@ from dataclasses import asdict, fields
 from pathlib import Path
 
 from lmrc.classifier.artifact import DEFAULT_ADAPTER_DIR
+from lmrc.cli.llm import MODEL_NAMES
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
@@ -33,8 +34,20 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         default=defaults["version"],
         help="the adapter's version name (the adapter id TGI serves it as)",
     )
-    train.add_argument("--base-model", type=Path, help="checkpoint dir (default: the local SmolLM2)")
-    train.add_argument("--base-model-id", default=defaults["base_model_id"], help="recorded name")
+    train.add_argument(
+        "--base-model", type=Path, help="checkpoint dir (default: the known --base-model-id, prepared)"
+    )
+    train.add_argument(
+        "--base-model-id",
+        default=defaults["base_model_id"],
+        help="a known base model's id (smollm2-135m-instruct-q4_1, qwen2.5-coder-0.5b-instruct-q4_k_m, "
+        "qwen2.5-coder-1.5b-instruct-q4_k_m) or the name TGI serves --base-model as",
+    )
+    train.add_argument(
+        "--prompt-format",
+        choices=["plain", "chatml"],
+        help="how prompts are written (default: the known base model's own, else plain)",
+    )
     train.add_argument(
         "--shortlist-size", type=int, default=defaults["shortlist_size"], help="options per pair"
     )
@@ -79,8 +92,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     candidates.add_argument(
         "--shortlist-size",
         type=int,
-        default=defaults["shortlist_size"],
-        help="relations per pair in its shortlist",
+        help="relations per pair in its shortlist (default: the proposer's, what the service sends)",
     )
     candidates.add_argument("--out", type=Path, required=True, help="the candidates file to write (JSON)")
     candidates.set_defaults(func=_candidates)
@@ -115,6 +127,22 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         help="the base model's directory (default: the local small LLM, prepared once)",
     )
     merge.set_defaults(func=_merge)
+
+    zero_shot = verbs.add_parser(
+        "zero-shot",
+        help="a classifier folder that prompts a base LLM as it is (no adapter), to evaluate and tune",
+    )
+    zero_shot.add_argument("--base-model", required=True, choices=MODEL_NAMES, help="the base LLM")
+    zero_shot.add_argument("--out", type=Path, required=True, help="the folder to write classifier.json to")
+    zero_shot.add_argument(
+        "--examples",
+        type=int,
+        default=0,
+        help="worked examples shown in every prompt (few-shot), from the train split's shortest "
+        "suitable document and the shipped proposer's shortlists (default 0: zero-shot)",
+    )
+    zero_shot.add_argument("--shortlist-size", type=int, default=5, help="options per example pair")
+    zero_shot.set_defaults(func=_zero_shot)
 
     evaluate = verbs.add_parser("evaluate", help="RC scores on a candidates file through TGI")
     evaluate.add_argument(
@@ -171,6 +199,7 @@ def _train(args: argparse.Namespace) -> int:
         version=args.version,
         base_model=args.base_model,
         base_model_id=args.base_model_id,
+        prompt_format=args.prompt_format,
         shortlist_size=args.shortlist_size,
         rank=args.rank,
         alpha=args.alpha,
@@ -199,8 +228,10 @@ def _candidates(args: argparse.Namespace) -> int:
     from lmrc.proposer.training.candidates import score_candidates
 
     proposer = args.proposer or DEFAULT_ARTIFACT_DIR
-    found = score_candidates(proposer, docred.load_split(args.split), args.shortlist_size)
-    save_candidates(args.out, args.split, load_config(proposer).version, args.shortlist_size, found)
+    config = load_config(proposer)
+    size = args.shortlist_size or config.shortlist_size
+    found = score_candidates(proposer, docred.load_split(args.split), size)
+    save_candidates(args.out, args.split, config.version, size, found)
     print(f"wrote {args.out}: {sum(len(d.pairs) for d in found)} pairs of {len(found)} documents")
     return 0
 
@@ -210,6 +241,7 @@ def _offline(args: argparse.Namespace) -> int:
 
     from peft import PeftModel
 
+    from lmrc.classifier.artifact import has_adapter, load_config
     from lmrc.classifier.prompt import docred_labels
     from lmrc.classifier.training.offline import load_candidates, offline_scores
     from lmrc.classifier.training.train import load_base
@@ -217,9 +249,13 @@ def _offline(args: argparse.Namespace) -> int:
     candidates = load_candidates(args.candidates)
     if args.limit:
         candidates = replace(candidates, documents=candidates.documents[: args.limit])
-    tokenizer, model = load_base(args.base_model, args.device)
-    model = PeftModel.from_pretrained(model, args.adapter).eval()
-    scores, _outcomes = offline_scores(model, tokenizer, docred_labels(), candidates, args.device)
+    config = load_config(args.adapter)
+    tokenizer, model = load_base(args.base_model, args.device, config.base_model)
+    if has_adapter(args.adapter):
+        model = PeftModel.from_pretrained(model, args.adapter)
+    scores, _outcomes = offline_scores(
+        model.eval(), tokenizer, docred_labels(), candidates, args.device, style=config.prompt_style()
+    )
     print(json.dumps(asdict(scores), indent=2))
     return 0
 
@@ -231,15 +267,55 @@ def _merge(args: argparse.Namespace) -> int:
     return 0
 
 
+def _zero_shot(args: argparse.Namespace) -> int:
+    from lmrc.classifier.artifact import ClassifierConfig, save_config
+    from lmrc.classifier.prompt import PROMPT_VERSION
+    from lmrc.classifier.training.base_model import base_model
+
+    model = base_model(args.base_model)
+    examples = ""
+    if args.examples:
+        from lmrc import docred
+        from lmrc.classifier.prompt import docred_labels
+        from lmrc.classifier.training.examples import few_shot_examples
+        from lmrc.proposer.artifact import DEFAULT_ARTIFACT_DIR
+
+        examples = few_shot_examples(
+            args.examples,
+            DEFAULT_ARTIFACT_DIR,
+            args.shortlist_size,
+            docred_labels(),
+            docred.load_split("train"),
+        )
+    shots = f"{args.examples}-shot" if args.examples else "zero-shot"
+    config = ClassifierConfig(
+        version=f"rc-{model.name}-{shots}",
+        prompt_version=PROMPT_VERSION,
+        base_model=model.model_id,
+        prompt_format=model.prompt_format,
+        prompt_examples=examples,
+        training={"method": f"none: the base model prompted as it is ({shots})", "licence": model.licence},
+    )
+    args.out.mkdir(parents=True, exist_ok=True)
+    save_config(config, args.out)
+    print(f"wrote {args.out / 'classifier.json'} ({config.version}, prompt {model.prompt_format})")
+    return 0
+
+
 @contextmanager
-def _tgi(url: str | None, adapter_dir: Path, adapter_id: str) -> Iterator[str]:
-    """The given TGI URL, or a local server started for the command with the adapter loaded."""
+def _tgi(url: str | None, adapter_dir: Path, adapter_id: str | None) -> Iterator[str]:
+    """The given TGI URL, or a local server started for the command: the adapter's base model with
+    the adapter loaded, or the base model alone for a zero-shot folder (``adapter_id`` None)."""
     if url:
         yield url
         return
+    from lmrc.classifier.artifact import load_config
+    from lmrc.classifier.training.base_model import base_model, materialize
     from lmrc.local.llm.local_server import LocalTgiServer
 
-    with LocalTgiServer({adapter_id: adapter_dir}) as server:
+    model_dir = materialize(model=base_model(load_config(adapter_dir).base_model))
+    adapters = {adapter_id: adapter_dir} if adapter_id else {}
+    with LocalTgiServer(adapters, model_dir=model_dir) as server:
         yield server.url
 
 
@@ -248,13 +324,13 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from lmrc.classifier.artifact import load_config
+    from lmrc.classifier.artifact import has_adapter, load_config
     from lmrc.classifier.service import ClassifierSettings
     from lmrc.classifier.training.evaluate import evaluate, format_report
     from lmrc.classifier.training.offline import load_candidates
 
     config = load_config(args.adapter)
-    adapter_id = args.adapter_id or config.version
+    adapter_id = (args.adapter_id or config.version) if has_adapter(args.adapter) else None
     candidates = load_candidates(args.candidates)
     if args.limit:
         candidates = replace(candidates, documents=candidates.documents[: args.limit])

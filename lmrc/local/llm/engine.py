@@ -43,7 +43,7 @@ from transformers.cache_utils import DynamicCache
 from lmrc.contracts.tgi import Details, GenerateParameters, GenerateResponse, PrefillToken, Token
 from lmrc.local.llm import fused
 from lmrc.local.llm.attention import ATTENTION_IMPLEMENTATION, PackedLayout, packed_rows
-from lmrc.local.llm.fused import FusedLlamaDecoder
+from lmrc.local.llm.fused import FusedDecoder
 from lmrc.local.llm.grammar import Constraint, GrammarCompiler, GrammarError, byte_level_vocabulary
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ class EngineOptions:
     #: Upper bound on the key/value positions a batch holds (rows x their prompt + new tokens).
     max_batch_tokens: int = 32_768
     prefix_cache_bytes: int = 512 * 2**20
-    #: The fused Llama decoder for plain weights (``fused.py``) and its one-reduction RMSNorm in
+    #: The fused Llama/Qwen2 decoder for plain weights (``fused.py``) and its one-reduction RMSNorm in
     #: transformers' modules otherwise; off: transformers' own arithmetic throughout.
     fused_kernels: bool = True
     max_input_tokens: int = 4096
@@ -161,7 +161,7 @@ class _Model:
         self.decoder = inner.get_decoder()
         # Only plain weights (a merged adapter or none): the fused decoder knows nothing of LoRA.
         plain = inner is model
-        self.fused = FusedLlamaDecoder(inner) if fused_kernels and plain and fused.supports(inner) else None
+        self.fused = FusedDecoder(inner) if fused_kernels and plain and fused.supports(inner) else None
         self.lm_head = inner.get_output_embeddings()
         self.config = inner.config
 

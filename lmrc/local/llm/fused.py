@@ -1,4 +1,4 @@
-"""A Llama decoder for packed rows on CPU: the same arithmetic as transformers', laid out for speed.
+"""A Llama/Qwen2 decoder for packed rows on CPU: transformers' arithmetic, laid out for speed.
 
 With the shared prefix held once and the rows' tokens packed (:mod:`lmrc.local.llm.attention`),
 a forward pass over ~3,000 tokens spends more time in element-wise steps on strided views than in
@@ -10,8 +10,10 @@ gate/up products, norms). This decoder runs the same model with
 - RMSNorm as one fused reduction (the vector norm, accumulated in fp32) and one scaling pass;
 - the key/value cache per layer as [kv heads, tokens, dim], grown by each pass's packed tokens.
 
-It serves plain Llama checkpoints (SmolLM2) with any adapter merged; anything else (several
-adapters unmerged, another architecture) runs through transformers with the same attention.
+It serves plain Llama checkpoints (SmolLM2) and Qwen2 ones (Qwen2.5: the same decoder with biases
+on the query, key and value projections) with any adapter merged; anything else (several adapters
+unmerged, another architecture, Qwen2's sliding window) runs through transformers with the same
+attention.
 """
 
 from __future__ import annotations
@@ -34,15 +36,32 @@ def rms_norm(hidden: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Te
 
 
 def supports(model: Any) -> bool:
-    """Whether ``model`` is a plain Llama causal LM this decoder reproduces exactly."""
+    """Whether ``model`` is a plain Llama or Qwen2 causal LM this decoder reproduces exactly."""
     config = getattr(model, "config", None)
+    if config is None or type(model).__name__ not in ("LlamaForCausalLM", "Qwen2ForCausalLM"):
+        return False
+    layers = model.model.layers
+    unbiased = [module for layer in layers for module in (layer.self_attn.o_proj, *layer.mlp.children())]
     return (
-        type(model).__name__ == "LlamaForCausalLM"
-        and config is not None
-        and config.hidden_act == "silu"
-        and not config.attention_bias
-        and not getattr(config, "mlp_bias", False)
+        config.hidden_act == "silu"
+        and not getattr(config, "use_sliding_window", False)
+        and all(getattr(module, "bias", None) is None for module in unbiased)
         and (config.rope_parameters or {}).get("rope_type", "default") == "default"
+    )
+
+
+def _qkv_bias(attention: Any) -> torch.Tensor | None:
+    """The query, key and value biases as one vector (Qwen2), or None (Llama)."""
+    biases = [attention.q_proj.bias, attention.k_proj.bias, attention.v_proj.bias]
+    if all(bias is None for bias in biases):
+        return None
+    return torch.cat(
+        [
+            bias if bias is not None else projection.weight.new_zeros(projection.weight.shape[0])
+            for bias, projection in zip(
+                biases, (attention.q_proj, attention.k_proj, attention.v_proj), strict=True
+            )
+        ]
     )
 
 
@@ -50,13 +69,14 @@ def supports(model: Any) -> bool:
 class _Layer:
     input_norm: torch.Tensor
     qkv: torch.Tensor
+    qkv_bias: torch.Tensor | None
     output: torch.Tensor
     post_norm: torch.Tensor
     gate_up: torch.Tensor
     down: torch.Tensor
 
 
-class FusedLlamaDecoder:
+class FusedDecoder:
     def __init__(self, model: Any) -> None:
         config = model.config
         self.heads = config.num_attention_heads
@@ -80,6 +100,7 @@ class FusedLlamaDecoder:
                         layer.self_attn.v_proj.weight,
                     ]
                 ),
+                qkv_bias=_qkv_bias(layer.self_attn),
                 output=layer.self_attn.o_proj.weight,
                 post_norm=layer.post_attention_layernorm.weight,
                 gate_up=torch.cat([layer.mlp.gate_proj.weight, layer.mlp.up_proj.weight]),
@@ -127,7 +148,7 @@ class FusedLlamaDecoder:
         last_layer = len(self.layers) - 1
         for index, layer in enumerate(self.layers):
             normed = rms_norm(hidden, layer.input_norm, self.eps).to(dtype)
-            qkv = functional.linear(normed, layer.qkv)
+            qkv = functional.linear(normed, layer.qkv, layer.qkv_bias)
             query_key = self._rotate(qkv[:, : q_size + kv_size].view(total, heads, self.head_dim), cos, sin)
             query, key = query_key[:, : self.heads], query_key[:, self.heads :]
             value = qkv[:, q_size + kv_size :].view(total, self.kv_heads, self.head_dim)

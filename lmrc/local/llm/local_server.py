@@ -24,12 +24,14 @@ class LocalTgiServer(LocalProcess):
         log_path: Path | None = None,
         max_concurrent_requests: int | None = None,
         extra_arguments: Sequence[str] = (),
+        model_dir: Path | None = None,
     ) -> None:
         super().__init__(port, host, log_path)
         self.adapters = adapters or {}
         self.threads = threads
         self.max_concurrent_requests = max_concurrent_requests
         self.extra_arguments = list(extra_arguments)  # e.g. ["--engine", "reference"]
+        self.model_dir = model_dir  # None: the default base model
 
     @property
     def url(self) -> str:
@@ -47,6 +49,8 @@ class LocalTgiServer(LocalProcess):
             "--port",
             str(self.port),
         ]
+        if self.model_dir:
+            command += ["--model", str(self.model_dir)]
         if self.adapters:
             command += ["--lora-adapters", ",".join(f"{k}={v}" for k, v in self.adapters.items())]
         if self.threads:
