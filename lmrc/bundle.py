@@ -6,7 +6,8 @@ Layout::
     BUNDLE/schema.json     the schema (lmrc.contracts.schema)
     BUNDLE/annotator/      the mention tagger (tagger.json, tagger.safetensors)
     BUNDLE/proposer/       the proposer (proposer.json, proposer.safetensors)
-    BUNDLE/classifier/...  optional: the classifier's LoRA adapter
+    BUNDLE/classifier/...  optional: the classifier (classifier.json: its base LLM, prompt and
+                           decision; with a LoRA adapter, or alone for the LLM as it is)
 
 ``models/`` is the default bundle (Re-DocRED). ``lmrc train`` writes one; ``lmrc run --models``
 and each service's ``*_MODELS`` setting select one. A bundle that lacks a model its manifest
@@ -28,7 +29,7 @@ DEFAULT_BUNDLE = REPO_ROOT / "models"
 MANIFEST_FILE = "bundle.json"
 SCHEMA_FILE = "schema.json"
 #: The file each model's folder must hold.
-MODEL_FILES = {"annotator": "tagger.json", "proposer": "proposer.json", "classifier": "adapter_config.json"}
+MODEL_FILES = {"annotator": "tagger.json", "proposer": "proposer.json", "classifier": "classifier.json"}
 
 
 class BundleError(ValueError):

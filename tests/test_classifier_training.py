@@ -18,6 +18,8 @@ from lmrc.classifier.training.train import (
     PairExample,
     batch_loss,
     build_examples,
+    encoder_margin,
+    hardest_pairs,
     load_base,
     options_of,
 )
@@ -30,6 +32,24 @@ def test_the_folds_partition_the_train_documents() -> None:
     owners = [[fold for fold in range(folds) if in_fold(position, fold, folds)] for position in positions]
     assert all(len(owner) == 1 for owner in owners)
     assert {owner[0] for owner in owners} == set(range(folds))
+
+
+def test_the_hardest_pairs_are_those_nearest_the_encoders_threshold_across_documents() -> None:
+    first, second = docred.load_split("train")[:2]
+    sure_in, sure_out = ScoredPair(0, 1, 0.9, (("P17", 0.98),)), ScoredPair(1, 0, 0.4, (("P17", 0.01),))
+    torn = ScoredPair(0, 2, 0.8, (("P17", 0.9), ("P131", 0.47)))  # one option at the threshold
+    near = ScoredPair(2, 0, 0.5, (("P27", 0.35),))
+    candidates = [
+        (first, DocumentCandidates(first["title"], [sure_in, torn, sure_out])),
+        (second, DocumentCandidates(second["title"], [sure_out, near])),
+    ]
+    assert encoder_margin(torn, 0.45) == pytest.approx(0.02)
+    kept = hardest_pairs(candidates, 2, 0.45)
+    assert [(raw["title"], found.pairs) for raw, found in kept] == [
+        (first["title"], [torn]),
+        (second["title"], [near]),
+    ]
+    assert [found.pairs for _raw, found in hardest_pairs(candidates, 1, 0.45)] == [[torn]]
 
 
 @pytest.fixture(scope="module")

@@ -247,6 +247,19 @@ def test_an_evaluation_file_a_user_must_fix_is_one_line_before_any_model_loads(t
             assert str(path) in line and expected[name] in line, (name, line)
 
 
+def test_training_the_classifier_on_other_than_the_train_splits_candidates_is_one_line(
+    tmp_path: Path,
+) -> None:
+    """Validation candidates as training data would leak into the decision tuned on them."""
+    path = tmp_path / "validation-candidates.json"
+    path.write_text(json.dumps({"split": "validation", "shortlist_size": 4, "documents": []}), "utf-8")
+    for size, expected in (("4", "holds the validation split"), ("5", "shortlists of 5")):
+        done = lmrc("classifier", "train", "--train-candidates", str(path), "--shortlist-size", size)
+        assert done.returncode == 2, done.stderr
+        (line,) = done.stderr.strip().splitlines()
+        assert str(path) in line and expected in line, line
+
+
 def test_the_proposer_and_annotator_evaluate_a_users_file(tmp_path: Path) -> None:
     """The figures on a file of one's own equal those on the same documents taken from the split."""
     from lmrc.proposer.artifact import DEFAULT_ARTIFACT_DIR

@@ -57,6 +57,11 @@ def has_adapter(directory: str | Path) -> bool:
     return (Path(directory) / "adapter_config.json").exists()
 
 
+def served_adapter_id(directory: str | Path) -> str | None:
+    """The adapter id requests name for this folder (its version), None for a base model as it is."""
+    return load_config(directory).version if has_adapter(directory) else None
+
+
 def load_config(directory: str | Path = DEFAULT_ADAPTER_DIR) -> ClassifierConfig:
     return ClassifierConfig.model_validate_json((Path(directory) / CONFIG_FILE).read_text(encoding="utf-8"))
 

@@ -25,12 +25,29 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
 
     train = verbs.add_parser("train", help="LoRA fine-tuning on the train split's out-of-fold candidates")
     train.add_argument("--out", type=Path, default=DEFAULT_ADAPTER_DIR, help="where the adapter is written")
-    train.add_argument(
+    shortlists = train.add_mutually_exclusive_group(required=True)
+    shortlists.add_argument(
         "--fold-proposers",
         type=Path,
         nargs="+",
-        required=True,
-        help="proposer artifacts trained with --fold 0, 1, ... (in fold order)",
+        help="proposer artifacts trained with --fold 0, 1, ... (in fold order): out-of-fold shortlists",
+    )
+    shortlists.add_argument(
+        "--train-candidates",
+        type=Path,
+        help="a file from `lmrc classifier candidates --split train` (in-sample when its proposer "
+        "trained on the split: pair it with --hardest-pairs)",
+    )
+    train.add_argument(
+        "--hardest-pairs",
+        type=int,
+        help="train on the N pairs the encoder is least sure of (a CPU budget)",
+    )
+    train.add_argument(
+        "--encoder-threshold",
+        type=float,
+        default=defaults["encoder_threshold"],
+        help="the encoder's relation threshold, from which --hardest-pairs measures sureness",
     )
     train.add_argument(
         "--version",
@@ -87,9 +104,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     )
     candidates.add_argument(
         "--split",
-        choices=["validation", "holdout"],
+        choices=["train", "validation", "holdout"],
         default="validation",
-        help="which split of Re-DocRED dev",
+        help="which split of Re-DocRED dev (train: in-sample for the shipped proposer)",
     )
     candidates.add_argument("--proposer", type=Path, help="proposer artifact (default: the shipped one)")
     candidates.add_argument(
@@ -194,11 +211,20 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from lmrc.classifier.training.train import TrainOptions, train
+    from lmrc.classifier.training.train import TrainOptions, check_train_candidates, train
+    from lmrc.cli import UserError
 
+    if args.train_candidates is not None:
+        try:
+            check_train_candidates(args.train_candidates, args.shortlist_size)
+        except ValueError as error:
+            raise UserError(str(error)) from None
     options = TrainOptions(
         out=args.out,
-        fold_proposers=tuple(args.fold_proposers),
+        fold_proposers=tuple(args.fold_proposers or ()),
+        train_candidates=args.train_candidates,
+        hardest_pairs=args.hardest_pairs,
+        encoder_threshold=args.encoder_threshold,
         version=args.version,
         base_model=args.base_model,
         base_model_id=args.base_model_id,
@@ -312,13 +338,9 @@ def _tgi(url: str | None, adapter_dir: Path, adapter_id: str | None) -> Iterator
     if url:
         yield url
         return
-    from lmrc.classifier.artifact import load_config
-    from lmrc.classifier.training.base_model import base_model, materialize
     from lmrc.local.llm.local_server import LocalTgiServer
 
-    model_dir = materialize(model=base_model(load_config(adapter_dir).base_model))
-    adapters = {adapter_id: adapter_dir} if adapter_id else {}
-    with LocalTgiServer(adapters, model_dir=model_dir) as server:
+    with LocalTgiServer.for_classifier(adapter_dir, adapter_id) as server:
         yield server.url
 
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lmrc.bundle import Bundle
+from lmrc.bundle import DEFAULT_BUNDLE, Bundle, load_bundle
 from lmrc.contracts.schema import Schema, SchemaError, resolve_schema, shipped_schema, shipped_schemas
 from lmrc.docred import GoldFileError, load_gold_file, load_split, split_key
 
@@ -201,8 +201,14 @@ def redocred_dataset() -> Dataset:
 def training_documents(bundle: Bundle) -> list[dict[str, Any]]:
     """The train documents a bundle learnt from, when its dataset is still where it was (Ign F1
     leaves out facts seen in training; the type-prior baseline learns from them); Re-DocRED's
-    train split for the default bundle; none when the dataset is gone."""
+    train split for the default bundle and its copies (another classifier beside the shipped
+    proposer); none when the dataset is gone."""
     if bundle.is_default:
+        return redocred_dataset().train
+    shipped = load_bundle(DEFAULT_BUNDLE)
+    if bundle.manifest.schema_fingerprint == shipped.manifest.schema_fingerprint and (
+        bundle.manifest.training == shipped.manifest.training
+    ):
         return redocred_dataset().train
     data = bundle.manifest.training.get("data")
     if not isinstance(data, str) or not (Path(data) / "train.json").exists():

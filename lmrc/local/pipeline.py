@@ -50,7 +50,7 @@ class LocalPipeline:
 
     kafka: KafkaSettings
     tgi_url: str
-    adapter_id: str
+    adapter_id: str | None  # None: the LLM as it is, no adapter (a zero- or few-shot classifier)
     graph_path: Path
     topics: TopicNames = TOPICS
     batch_wait_seconds: float = 0.2

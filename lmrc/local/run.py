@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from lmrc import docred
 from lmrc.bundle import DEFAULT_BUNDLE, Bundle, load_bundle
-from lmrc.classifier.artifact import load_config as load_classifier_config
+from lmrc.classifier.artifact import served_adapter_id
 from lmrc.contracts.text import printable, shorten, terminal_width
 from lmrc.docred.dataset import load_documents, training_documents
 from lmrc.docred.evaluation import evaluate_candidates, evaluate_relations, format_candidates, type_prior
@@ -185,7 +185,7 @@ def _run_on_graph(
     text_gold: list[dict] | None,
 ) -> int:
     adapter_dir = bundle.classifier_dir
-    adapter = load_classifier_config(adapter_dir)
+    adapter_id = served_adapter_id(adapter_dir)
     mode = "encoder only (the proposer's relation head, no LLM)" if encoder_only else "encoder + LLM"
     noun = "text" if text else "document"
     what = noun if len(payloads) == 1 else f"{noun}s"
@@ -197,13 +197,13 @@ def _run_on_graph(
     model_server = (
         contextlib.nullcontext()
         if encoder_only
-        else LocalTgiServer({adapter.version: adapter_dir}, log_path=log_dir / "tgi.log")
+        else LocalTgiServer.for_classifier(adapter_dir, adapter_id, log_path=log_dir / "tgi.log")
     )
     with LocalBroker(log_path=log_dir / "broker.log") as broker, model_server as tgi:
         pipeline = LocalPipeline(
             KafkaSettings(bootstrap_servers=broker.bootstrap_servers),
             tgi.url if tgi else "",
-            adapter.version,
+            adapter_id,
             graph_path,
             encoder_only=encoder_only,
             annotate=text,

@@ -20,7 +20,7 @@ import urllib.request
 from pathlib import Path
 
 from lmrc.bundle import DEFAULT_BUNDLE, Bundle, load_bundle
-from lmrc.classifier.artifact import load_config as load_classifier_config
+from lmrc.classifier.artifact import served_adapter_id
 from lmrc.local.broker import LocalBroker
 from lmrc.local.graph_lock import graph_lock
 from lmrc.local.llm.local_server import LocalTgiServer
@@ -47,7 +47,13 @@ def _ready(port: int) -> bool:
 
 
 def _environment(
-    stage: str, bootstrap: str, port: int, graph: Path, tgi_url: str, adapter: str, encoder_only: bool
+    stage: str,
+    bootstrap: str,
+    port: int,
+    graph: Path,
+    tgi_url: str,
+    adapter: str | None,
+    encoder_only: bool,
 ) -> dict[str, str]:
     prefix = stage.upper()
     env = {
@@ -59,7 +65,9 @@ def _environment(
     if stage == "proposer" and encoder_only:
         env.update(PROPOSER_MODE="encoder_only", PROPOSER_OUTPUT_TOPIC=TOPICS.relations)
     if stage == "classifier":
-        env.update(CLASSIFIER_TGI_URL=tgi_url, CLASSIFIER_TGI_ADAPTER_ID=adapter)
+        env.update(CLASSIFIER_TGI_URL=tgi_url)
+        if adapter is not None:  # else the base model as it is (a zero- or few-shot classifier)
+            env.update(CLASSIFIER_TGI_ADAPTER_ID=adapter)
     if stage == "sink":
         env.update(SINK_STORE_BACKEND="ladybug", SINK_LADYBUG_PATH=str(graph))
     return env
@@ -89,10 +97,10 @@ def up(broker_port: int, graph: Path, encoder_only: bool, models: Path | None = 
         broker = LocalBroker(port=broker_port, log_path=logs / "broker.log")
         stack.callback(broker.stop)
         broker.start()
-        tgi_url, adapter = "", load_classifier_config(bundle.classifier_dir).version
+        tgi_url, adapter = "", served_adapter_id(bundle.classifier_dir)
         if not encoder_only:
             print("starting the model server (the first start de-quantizes the LLM, ~20 s)", flush=True)
-            tgi = LocalTgiServer({adapter: bundle.classifier_dir}, log_path=logs / "tgi.log")
+            tgi = LocalTgiServer.for_classifier(bundle.classifier_dir, adapter, log_path=logs / "tgi.log")
             stack.callback(tgi.stop)
             tgi.start()
             tgi_url = tgi.url

@@ -24,7 +24,7 @@ import shutil
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -55,7 +55,7 @@ from lmrc.classifier.training.base_model import BASE_MODEL_ID, base_model_dir, k
 from lmrc.classifier.training.decision import PairOutcome, tune_decision
 from lmrc.contracts import DocumentEvent
 from lmrc.docred.dataset import Dataset, redocred_dataset
-from lmrc.proposer.training.candidates import DocumentCandidates, out_of_fold_candidates
+from lmrc.proposer.training.candidates import DocumentCandidates, ScoredPair, out_of_fold_candidates
 
 if TYPE_CHECKING:
     from lmrc.classifier.training.offline import SplitCandidates
@@ -69,6 +69,13 @@ LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 class TrainOptions:
     out: Path
     fold_proposers: tuple[Path, ...] = ()
+    #: Instead of fold proposers: a candidates file of the train split (``lmrc classifier
+    #: candidates --split train``), scored before; in-sample when its proposer trained on them.
+    train_candidates: Path | None = None
+    #: Train on the N pairs the encoder is least sure of (None: every pair with a shortlist).
+    hardest_pairs: int | None = None
+    #: The encoder's relation threshold, what "least sure" is measured from.
+    encoder_threshold: float = 0.45
     version: str = "rc-smollm2-135m-lora-v2"
     base_model: Path | None = None
     #: A known base model's id (base_model.BASE_MODELS: prepared from its wheels when ``base_model``
@@ -116,6 +123,32 @@ class DocumentExamples:
 
 def options_of(shortlist: Sequence[tuple[str, float]]) -> list[Option]:
     return [Option(relation_id, probability) for relation_id, probability in shortlist]
+
+
+def encoder_margin(pair: ScoredPair, threshold: float) -> float:
+    """How far the encoder's surest call on the pair's shortlist is from its decision threshold:
+    small when one option sits near the threshold and none is clearly in or out."""
+    return min(abs(probability - threshold) for _relation_id, probability in pair.shortlist)
+
+
+def hardest_pairs(
+    candidates: Sequence[tuple[dict[str, Any], DocumentCandidates]], count: int, threshold: float
+) -> list[tuple[dict[str, Any], DocumentCandidates]]:
+    """The ``count`` pairs (over all documents) with the smallest encoder margin, in their documents."""
+    margins = sorted(
+        (encoder_margin(pair, threshold), position, index)
+        for position, (_raw, found) in enumerate(candidates)
+        for index, pair in enumerate(found.pairs)
+        if pair.shortlist
+    )
+    kept: dict[int, set[int]] = {}
+    for _margin, position, index in margins[:count]:
+        kept.setdefault(position, set()).add(index)
+    return [
+        (raw, replace(found, pairs=[pair for i, pair in enumerate(found.pairs) if i in kept[position]]))
+        for position, (raw, found) in enumerate(candidates)
+        if position in kept
+    ]
 
 
 def build_examples(
@@ -293,6 +326,23 @@ def load_base(base_model: Path | None, device: str, base_model_id: str = BASE_MO
     return tokenizer, model
 
 
+def check_train_candidates(path: Path, shortlist_size: int) -> None:
+    """A candidates file to train on holds the train split with shortlists of ``shortlist_size``
+    (ValueError in one line otherwise): validation candidates here would leak into the tuning."""
+    try:
+        header = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not a candidates file (not JSON: {error})") from None
+    header = header if isinstance(header, dict) else {}
+    split, size = header.get("split"), header.get("shortlist_size")
+    if split != "train" or size != shortlist_size:
+        raise ValueError(
+            f"{path} holds the {split} split with shortlists of {size}; training takes the train "
+            f"split's candidates (lmrc classifier candidates --split train) with shortlists of "
+            f"{shortlist_size} (--shortlist-size)"
+        )
+
+
 def train(
     options: TrainOptions,
     dataset: Dataset | None = None,
@@ -313,11 +363,15 @@ def train(
 
     from lmrc.classifier.training.offline import load_candidates, offline_scores
 
-    if candidates is None and not options.fold_proposers:
+    if candidates is None and not options.fold_proposers and options.train_candidates is None:
         raise ValueError(
-            "training needs the fold proposers (lmrc proposer train --fold i), for out-of-fold shortlists"
+            "training needs the fold proposers (lmrc proposer train --fold i), for out-of-fold shortlists,"
+            " or a train candidates file"
         )
     dataset = dataset or redocred_dataset()
+    if candidates is None and options.train_candidates is not None:
+        check_train_candidates(options.train_candidates, options.shortlist_size)
+        candidates = list(load_candidates(options.train_candidates, dataset.train).documents)
     if validation is None and options.validation_candidates:
         validation = load_candidates(options.validation_candidates, dataset.validation)
     rng = random.Random(options.seed)
@@ -344,6 +398,8 @@ def train(
     candidates = list(candidates)
     rng.shuffle(candidates)
     candidates = candidates[: options.max_docs] if options.max_docs else candidates
+    if options.hardest_pairs is not None:
+        candidates = hardest_pairs(candidates, options.hardest_pairs, options.encoder_threshold)
     examples = build_examples(candidates, rng)
     if not examples:
         raise ValueError("the fold proposers passed no candidate pair with a shortlist: nothing to train on")

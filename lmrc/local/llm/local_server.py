@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -32,6 +33,18 @@ class LocalTgiServer(LocalProcess):
         self.max_concurrent_requests = max_concurrent_requests
         self.extra_arguments = list(extra_arguments)  # e.g. ["--engine", "reference"]
         self.model_dir = model_dir  # None: the default base model
+
+    @classmethod
+    def for_classifier(cls, classifier_dir: Path, adapter_id: str | None, **options: Any) -> LocalTgiServer:
+        """A server for a classifier folder: the base model it names (prepared from its wheels once),
+        with its adapter loaded as ``adapter_id``, or alone (None: a folder with no adapter, zero- or
+        few-shot)."""
+        from lmrc.classifier.artifact import load_config
+        from lmrc.classifier.training.base_model import base_model, materialize
+
+        model_dir = materialize(model=base_model(load_config(classifier_dir).base_model))
+        adapters = {adapter_id: classifier_dir} if adapter_id else {}
+        return cls(adapters, model_dir=model_dir, **options)
 
     @property
     def url(self) -> str:
