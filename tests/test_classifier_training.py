@@ -10,7 +10,7 @@ import torch
 from lmrc import docred
 from lmrc.classifier.prompt import docred_labels
 from lmrc.classifier.training.decision import PairOutcome, tune_decision
-from lmrc.classifier.training.offline import allowed_answers, choose_options
+from lmrc.classifier.training.offline import allowed_answers, choose_options, load_candidates, save_candidates
 from lmrc.classifier.training.train import (
     LORA_TARGETS,
     DocumentExamples,
@@ -18,8 +18,10 @@ from lmrc.classifier.training.train import (
     PairExample,
     batch_loss,
     build_examples,
+    check_train_candidates,
     encoder_margin,
     hardest_pairs,
+    hardest_pairs_threshold,
     load_base,
     options_of,
 )
@@ -50,6 +52,26 @@ def test_the_hardest_pairs_are_those_nearest_the_encoders_threshold_across_docum
         (second["title"], [near]),
     ]
     assert [found.pairs for _raw, found in hardest_pairs(candidates, 1, 0.45)] == [[torn]]
+
+
+def test_a_train_candidates_file_records_its_proposers_threshold_and_is_read_once_checked(tmp_path) -> None:
+    """The threshold the hardest pairs are measured from is the scoring proposer's, as its
+    candidates file records it; an explicit one wins; a file without one falls back to the shipped
+    proposer's. The checked content is what loads (no second read)."""
+    raw = docred.load_split("train")[0]
+    path = tmp_path / "train-candidates.json"
+    found = [DocumentCandidates(raw["title"], [ScoredPair(0, 1, 0.9, (("P17", 0.6),))])]
+    save_candidates(path, "train", "rcp-test", 1, found, relation_threshold=0.3)
+    payload = check_train_candidates(path, 1)
+    path.unlink()  # loading must not read the file again
+    scored = load_candidates(path, [raw], payload)
+    assert scored.relation_threshold == 0.3
+    assert [c.pairs for _raw, c in scored.documents] == [found[0].pairs]
+    assert hardest_pairs_threshold(None, scored.relation_threshold) == 0.3
+    assert hardest_pairs_threshold(0.6, scored.relation_threshold) == 0.6
+    from lmrc.proposer.artifact import load_config
+
+    assert hardest_pairs_threshold(None, None) == load_config().relation_threshold
 
 
 @pytest.fixture(scope="module")

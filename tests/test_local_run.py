@@ -108,6 +108,37 @@ def test_a_bundle_whose_classifier_is_an_llm_as_it_is_runs_with_no_adapter(
     assert len(training_documents(load_bundle(bundle))) == len(docred.load_split("train"))
 
 
+def test_the_first_run_announces_the_llm_the_bundle_serves(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A bundle on another base model announces that model's preparation (it said SmolLM2's, the
+    default, whatever the bundle served), and nothing when it is prepared already."""
+    from lmrc.classifier.training.base_model import QWEN_05B, is_materialized
+    from lmrc.local.run import _say_what_is_prepared
+
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    for name in ("bundle.json", "schema.json"):
+        shutil.copy(DEFAULT_BUNDLE / name, bundle / name)
+    for stage in ("annotator", "proposer"):
+        (bundle / stage).symlink_to(DEFAULT_BUNDLE / stage, target_is_directory=True)
+    classifier = bundle / "classifier" / "qwen"
+    classifier.mkdir(parents=True)
+    shipped = load_bundle(DEFAULT_BUNDLE).classifier_dir / "classifier.json"
+    config = json.loads(shipped.read_text()) | {"version": "qwen", "base_model": QWEN_05B.model_id}
+    (classifier / "classifier.json").write_text(json.dumps(config))
+    manifest = json.loads((bundle / "bundle.json").read_text())
+    manifest["models"]["classifier"] = {"path": "classifier/qwen", "version": "qwen"}
+    (bundle / "bundle.json").write_text(json.dumps(manifest))
+    _say_what_is_prepared(encoder_only=False, text=False, bundle=load_bundle(bundle))
+    output = capsys.readouterr().out
+    assert "smollm2" not in output.casefold(), output
+    announced = f"preparing the LLM: de-quantizing {QWEN_05B.name}'s GGUF" in output
+    assert announced == (not is_materialized(QWEN_05B.default_dir())), output
+    _say_what_is_prepared(encoder_only=True, text=False, bundle=load_bundle(bundle))
+    assert "preparing the LLM" not in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_an_interrupted_run_stops_within_seconds_and_leaves_no_process_behind(
     tmp_path: Path, signum: signal.Signals

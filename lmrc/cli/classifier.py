@@ -47,7 +47,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "--encoder-threshold",
         type=float,
         default=defaults["encoder_threshold"],
-        help="the encoder's relation threshold, from which --hardest-pairs measures sureness",
+        help="the encoder's relation threshold, from which --hardest-pairs measures sureness "
+        "(default: the one the candidates file records, else the shipped proposer's)",
     )
     train.add_argument(
         "--version",
@@ -260,7 +261,7 @@ def _candidates(args: argparse.Namespace) -> int:
     config = load_config(proposer)
     size = args.shortlist_size or config.shortlist_size
     found = score_candidates(proposer, docred.load_split(args.split), size)
-    save_candidates(args.out, args.split, config.version, size, found)
+    save_candidates(args.out, args.split, config.version, size, found, config.relation_threshold)
     print(f"wrote {args.out}: {sum(len(d.pairs) for d in found)} pairs of {len(found)} documents")
     return 0
 

@@ -33,6 +33,8 @@ class SplitCandidates:
     proposer: str
     shortlist_size: int
     documents: list[tuple[dict[str, Any], DocumentCandidates]]
+    #: The proposer's decision threshold when it scored them (None in files written before it was kept).
+    relation_threshold: float | None = None
 
 
 @dataclass(frozen=True)
@@ -51,26 +53,43 @@ class OfflineEvaluation:
 
 
 def save_candidates(
-    path: Path, split: str, proposer: str, shortlist_size: int, found: Sequence[DocumentCandidates]
+    path: Path,
+    split: str,
+    proposer: str,
+    shortlist_size: int,
+    found: Sequence[DocumentCandidates],
+    relation_threshold: float | None = None,
 ) -> None:
     payload = {
         "split": split,
         "proposer": proposer,
         "shortlist_size": shortlist_size,
+        "relation_threshold": relation_threshold,
         "documents": [document.to_json() for document in found],
     }
     path.write_text(json.dumps(payload) + "\n", encoding="utf-8")
 
 
-def load_candidates(path: Path, documents: Sequence[dict[str, Any]] | None = None) -> SplitCandidates:
-    """A candidates file with its gold documents: ``documents``, else Re-DocRED's split it names."""
-    payload = json.loads(Path(path).read_text(encoding="utf-8"))
+def load_candidates(
+    path: Path,
+    documents: Sequence[dict[str, Any]] | None = None,
+    payload: dict[str, Any] | None = None,
+) -> SplitCandidates:
+    """A candidates file with its gold documents: ``documents``, else Re-DocRED's split it names.
+    ``payload``: the file's content when it was read (and checked) already."""
+    payload = payload if payload is not None else json.loads(Path(path).read_text(encoding="utf-8"))
     source = docred.load_split(payload["split"]) if documents is None else documents
     raw_by_title = {raw["title"]: raw for raw in source}
     documents = [
         (raw_by_title[item["title"]], DocumentCandidates.from_json(item)) for item in payload["documents"]
     ]
-    return SplitCandidates(payload["split"], payload["proposer"], payload["shortlist_size"], documents)
+    return SplitCandidates(
+        payload["split"],
+        payload["proposer"],
+        payload["shortlist_size"],
+        documents,
+        payload.get("relation_threshold"),
+    )
 
 
 def allowed_answers(option_count: int) -> list[list[int]]:

@@ -74,8 +74,9 @@ class TrainOptions:
     train_candidates: Path | None = None
     #: Train on the N pairs the encoder is least sure of (None: every pair with a shortlist).
     hardest_pairs: int | None = None
-    #: The encoder's relation threshold, what "least sure" is measured from.
-    encoder_threshold: float = 0.45
+    #: The encoder's relation threshold, what "least sure" is measured from (None: the one the
+    #: candidates file records, else the shipped proposer's).
+    encoder_threshold: float | None = None
     version: str = "rc-smollm2-135m-lora-v2"
     base_model: Path | None = None
     #: A known base model's id (base_model.BASE_MODELS: prepared from its wheels when ``base_model``
@@ -129,6 +130,20 @@ def encoder_margin(pair: ScoredPair, threshold: float) -> float:
     """How far the encoder's surest call on the pair's shortlist is from its decision threshold:
     small when one option sits near the threshold and none is clearly in or out."""
     return min(abs(probability - threshold) for _relation_id, probability in pair.shortlist)
+
+
+def hardest_pairs_threshold(given: float | None, recorded: float | None) -> float:
+    """The encoder threshold "least sure" is measured from: the one given, else the one the
+    candidates file records (its proposer's), else the shipped proposer's."""
+    if given is not None:
+        return given
+    if recorded is not None:
+        return recorded
+    from lmrc.proposer.artifact import DEFAULT_ARTIFACT_DIR
+    from lmrc.proposer.artifact import load_config as load_proposer_config
+
+    shipped = load_proposer_config(DEFAULT_ARTIFACT_DIR).relation_threshold
+    return 0.5 if shipped is None else shipped
 
 
 def hardest_pairs(
@@ -326,9 +341,10 @@ def load_base(base_model: Path | None, device: str, base_model_id: str = BASE_MO
     return tokenizer, model
 
 
-def check_train_candidates(path: Path, shortlist_size: int) -> None:
+def check_train_candidates(path: Path, shortlist_size: int) -> dict[str, Any]:
     """A candidates file to train on holds the train split with shortlists of ``shortlist_size``
-    (ValueError in one line otherwise): validation candidates here would leak into the tuning."""
+    (ValueError in one line otherwise): validation candidates here would leak into the tuning.
+    Returns the file's content, for ``load_candidates``."""
     try:
         header = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
@@ -341,6 +357,7 @@ def check_train_candidates(path: Path, shortlist_size: int) -> None:
             f"split's candidates (lmrc classifier candidates --split train) with shortlists of "
             f"{shortlist_size} (--shortlist-size)"
         )
+    return header
 
 
 def train(
@@ -369,9 +386,11 @@ def train(
             " or a train candidates file"
         )
     dataset = dataset or redocred_dataset()
+    recorded_threshold = None
     if candidates is None and options.train_candidates is not None:
-        check_train_candidates(options.train_candidates, options.shortlist_size)
-        candidates = list(load_candidates(options.train_candidates, dataset.train).documents)
+        payload = check_train_candidates(options.train_candidates, options.shortlist_size)
+        scored = load_candidates(options.train_candidates, dataset.train, payload)
+        candidates, recorded_threshold = list(scored.documents), scored.relation_threshold
     if validation is None and options.validation_candidates:
         validation = load_candidates(options.validation_candidates, dataset.validation)
     rng = random.Random(options.seed)
@@ -399,7 +418,8 @@ def train(
     rng.shuffle(candidates)
     candidates = candidates[: options.max_docs] if options.max_docs else candidates
     if options.hardest_pairs is not None:
-        candidates = hardest_pairs(candidates, options.hardest_pairs, options.encoder_threshold)
+        threshold = hardest_pairs_threshold(options.encoder_threshold, recorded_threshold)
+        candidates = hardest_pairs(candidates, options.hardest_pairs, threshold)
     examples = build_examples(candidates, rng)
     if not examples:
         raise ValueError("the fold proposers passed no candidate pair with a shortlist: nothing to train on")
