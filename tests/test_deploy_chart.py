@@ -4,6 +4,7 @@ files: manifests are valid Kubernetes objects and agree with what the services r
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -57,6 +58,13 @@ EVERYTHING_VALUES: dict[str, Any] = {
         "recallTarget": "0.9",
         "env": {"max_batch_wait_seconds": "0.2"},
         "autoscaling": {"enabled": True},
+        "ensemble": {
+            "members": [
+                {"volume": {"persistentVolumeClaim": {"claimName": "selftrain"}}},
+                {"volume": {"persistentVolumeClaim": {"claimName": "models"}}, "subPath": "minilm"},
+            ],
+            "weight": 0.6,
+        },
     },
     "classifier": {
         "modelVolume": {"configMap": {"name": "classifier-json"}},
@@ -146,15 +154,20 @@ def test_every_variable_the_chart_sets_is_a_setting_the_service_reads(rendered: 
             assert variable.removeprefix(owner).lower() in fields, f"{variable} is not a {owner}* setting"
 
 
-def test_settings_in_the_chart_parse_as_the_service_would(rendered: list[dict[str, Any]]) -> None:
-    """Literal values go through the services' own settings classes (types, enums, ranges)."""
+def test_settings_in_the_chart_parse_as_the_service_would(
+    rendered: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Literal values, put in the environment, build the services' own settings classes as the
+    services do at start (types, enums, ranges, JSON lists)."""
     for name, deployment in service_deployments(rendered).items():
         literal = {k: e["value"] for k, e in env_of(deployment).items() if "value" in e}
-        prefix = f"{name.upper()}_"
-        own = {k.removeprefix(prefix).lower(): v for k, v in literal.items() if k.startswith(prefix)}
-        kafka = {k.removeprefix("KAFKA_").lower(): v for k, v in literal.items() if k.startswith("KAFKA_")}
-        settings_class = SETTINGS[prefix]
-        settings = settings_class.model_validate({**own, "kafka": KafkaSettings.model_validate(kafka)})
+        literal.pop("LMRC_SECRETS_DIR", None)  # files that exist in the pod only
+        with monkeypatch.context() as environment:
+            for variable in [v for v in os.environ if v.startswith(tuple(SETTINGS))]:
+                environment.delenv(variable)
+            for variable, value in literal.items():
+                environment.setenv(variable, value)
+            settings = SETTINGS[f"{name.upper()}_"]()
         assert settings.http_port == container(deployment)["ports"][0]["containerPort"]
         assert settings.service_name == name
 
@@ -396,6 +409,23 @@ def test_kafka_tls_files_are_mounted_where_the_settings_point() -> None:
     assert volumes["kafka-tls"]["secret"]["secretName"] == "kafka-ca"
     for variable in ("KAFKA_SSL_CA_LOCATION", "KAFKA_SSL_CERTIFICATE_LOCATION", "KAFKA_SSL_KEY_LOCATION"):
         assert env_of(proposer)[variable]["value"].startswith(mounts["kafka-tls"] + "/")
+
+
+def test_ensemble_members_are_mounted_where_the_proposer_looks_for_them() -> None:
+    proposer = service_deployments(render(EVERYTHING_VALUES))["proposer"]
+    mounts = {m["mountPath"]: m for m in container(proposer)["volumeMounts"]}
+    volumes = {v["name"]: v for v in proposer["spec"]["template"]["spec"]["volumes"]}
+    env = env_of(proposer)
+    members = json.loads(env["PROPOSER_ENSEMBLE"]["value"])
+    assert len(members) == 2
+    for member, claim in zip(members, ("selftrain", "models"), strict=True):
+        mount = mounts[member]
+        assert mount["readOnly"] and volumes[mount["name"]]["persistentVolumeClaim"]["claimName"] == claim
+    assert mounts[members[1]]["subPath"] == "minilm"
+    assert env["PROPOSER_ENSEMBLE_WEIGHT"]["value"] == "0.6"
+    assert env["PROPOSER_RELATION_THRESHOLD"]["value"] == "0.45"
+    default = env_of(service_deployments(render({}))["proposer"])
+    assert "PROPOSER_ENSEMBLE" not in default and "PROPOSER_RELATION_THRESHOLD" not in default
 
 
 def test_embedded_graph_runs_one_sink_on_its_claim() -> None:

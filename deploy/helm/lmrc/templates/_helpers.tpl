@@ -174,6 +174,18 @@ app.kubernetes.io/component: {{ .component }}
 - name: PROPOSER_ARTIFACT_DIR
   value: /models/proposer
 {{- end }}
+{{- with $v.ensemble.members }}
+{{- $dirs := list }}
+{{- range $index, $_ := . }}
+{{- $dirs = append $dirs (printf "/models/ensemble/%d" $index) }}
+{{- end }}
+- name: PROPOSER_ENSEMBLE
+  value: {{ toJson $dirs | quote }}
+- name: PROPOSER_ENSEMBLE_WEIGHT
+  value: {{ $v.ensemble.weight | quote }}
+- name: PROPOSER_RELATION_THRESHOLD
+  value: {{ $v.ensemble.relationThreshold | quote }}
+{{- end }}
 {{- end }}
 
 {{- define "lmrc.env.classifier" -}}
