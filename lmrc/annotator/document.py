@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 from bisect import bisect_right
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from lmrc.annotator.clusters import cluster_mentions, entity_type
 from lmrc.annotator.spacy_engine import Segmented
@@ -69,8 +69,10 @@ def build_document(
     segmented: Segmented,
     spans: Sequence[MentionSpan],
     source: SourceMetadata | None = None,
+    cluster: Callable[[str, Sequence[MentionSpan]], list[list[int]]] = cluster_mentions,
 ) -> DocumentEvent:
-    """The annotated document. ``spans`` may overlap; the longer of two overlapping mentions is kept."""
+    """The annotated document. ``spans`` may overlap; the longer of two overlapping mentions is kept.
+    ``cluster`` groups the kept mentions into entities (the alias rules; others are measured)."""
     kept: list[MentionSpan] = []
     for span in sorted(spans, key=lambda s: (s.start - s.end, s.start)):
         if (
@@ -96,7 +98,7 @@ def build_document(
             ends[end] = (sent_id, index)
     mentions: list[MentionSpan] = [span for span in kept if span.start in position and span.end in ends]
     entities: list[Entity] = []
-    for members in cluster_mentions(text, mentions):
+    for members in cluster(text, mentions):
         kind = entity_type(mentions, members)
         entity_mentions = []
         for index in members:

@@ -78,6 +78,27 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _levers(args: argparse.Namespace) -> int:
+    from lmrc import docred
+    from lmrc.annotator.training.levers import measure_levers
+
+    validation, holdout = docred.load_split("validation"), docred.load_split("holdout")
+    if args.limit:
+        validation, holdout = validation[: args.limit], holdout[: args.limit]
+    report = measure_levers(validation, holdout)
+    for name, row in report["rows"].items():
+        print(
+            f"{name:<40} strict F1 validation {row['validation']['relations_strict']['f1']:.4f}  "
+            f"holdout {row['holdout']['relations_strict']['f1']:.4f}  "
+            f"(relaxed {row['holdout']['relations_relaxed']['f1']:.4f}, entity F1 "
+            f"{row['holdout']['entity_f1']:.4f})  {row['holdout']['seconds_per_document']:.3f} s/doc"
+        )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    print(f"written to {args.out}")
+    return 0
+
+
 def add_commands(commands: argparse._SubParsersAction) -> None:
     annotator = commands.add_parser(
         "annotator", help="the annotator's mention tagger: train, export, evaluate"
@@ -143,3 +164,14 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "--no-live", action="store_true", help="annotation figures only, no pipeline run (no relation F1)"
     )
     evaluate.set_defaults(func=_evaluate)
+
+    levers = verbs.add_parser(
+        "levers",
+        help="raw-text levers and bounds: relations from plain text, strict and relaxed, in-process "
+        "with the shipped proposer (encoder only), chosen on validation, scored on the holdout",
+    )
+    levers.add_argument(
+        "--out", type=Path, default=Path("docs/results/annotator-levers.json"), help="default: %(default)s"
+    )
+    levers.add_argument("--limit", type=int, help="first N documents of each split only")
+    levers.set_defaults(func=_levers)

@@ -1,0 +1,103 @@
+"""Raw-text levers (`lmrc annotator levers`): the rules each lever adds, and the bench that scores
+relations from plain text with the real tagger and the shipped proposer's ONNX graphs."""
+
+from __future__ import annotations
+
+import pytest
+
+from lmrc import docred
+from lmrc.annotator.tagger import MentionSpan
+from lmrc.annotator.training.levers import (
+    BOUNDS,
+    LEVERS,
+    RawTextBench,
+    Variant,
+    entity_errors,
+    join_countries,
+    join_nested_names,
+    measure_levers,
+    propagate_names,
+)
+
+
+def spans_of(text: str, *named: tuple[str, str]) -> list[MentionSpan]:
+    """A span for the first occurrence of each name, in text order."""
+    return sorted(
+        (MentionSpan(text.index(name), text.index(name) + len(name), kind) for name, kind in named),
+        key=lambda span: span.start,
+    )
+
+
+def test_propagation_makes_every_other_whole_word_occurrence_of_a_found_name_a_mention() -> None:
+    text = "Kafka was built at LinkedIn . LinkedInX is not LinkedIn 's ; Kafka Streams came later ."
+    spans = spans_of(text, ("LinkedIn", "ORG"), ("Kafka Streams", "MISC"))
+    found = [(text[s.start : s.end], s.start, s.type) for s in propagate_names(text, spans)]
+    second = text.index("LinkedIn", text.index("LinkedInX") + 1)
+    assert ("LinkedIn", second, "ORG") in found
+    assert len(found) == 3  # not inside "LinkedInX", not inside "Kafka Streams"
+
+
+def test_countries_join_their_adjective_and_nested_names_their_one_holder() -> None:
+    text = (
+        "France signed . The French army left Atari , Inc. ; Atari grew . Mendenhall Valley , Mendenhall Lake"
+    )
+    spans = spans_of(
+        text,
+        ("France", "LOC"),
+        ("French", "LOC"),
+        ("Atari , Inc.", "ORG"),
+        ("Atari grew", "ORG"),
+        ("Mendenhall Valley", "LOC"),
+        ("Mendenhall Lake", "LOC"),
+    )
+    spans[3] = MentionSpan(spans[3].start, spans[3].start + len("Atari"), "ORG")
+    names = [text[s.start : s.end] for s in spans]
+
+    def as_names(groups: list[list[int]]) -> list[list[str]]:
+        return sorted(sorted(names[i] for i in members) for members in groups)
+
+    assert ["France", "French"] in as_names(join_countries(text, spans))
+    assert ["Atari"] in as_names(join_countries(text, spans))
+    nested = as_names(join_nested_names(text, spans))
+    assert ["Atari", "Atari , Inc."] in nested
+    assert ["Mendenhall Lake"] in nested and ["Mendenhall Valley"] in nested  # neither holds the other
+    assert ["France"] in nested and ["French"] in nested
+
+
+@pytest.fixture(scope="module")
+def bench() -> RawTextBench:
+    return RawTextBench()
+
+
+def test_the_bounds_order_as_they_must(bench: RawTextBench) -> None:
+    """Gold entities: every entity right, so strict and relaxed agree; grouping the tagger's
+    mentions by the gold entities can only raise entity F1 over the alias rules."""
+    documents = docred.load_split("holdout")[:2]
+    shipped = bench.scores(documents, Variant("shipped"))
+    gold_grouping, gold = (bench.scores(documents, variant) for variant in BOUNDS[1:])
+    assert gold["entity_f1"] == 1.0
+    assert gold["relations_strict"] == gold["relations_relaxed"]
+    assert gold["relations_strict"]["f1"] > 0.3
+    assert gold_grouping["entity_f1"] >= shipped["entity_f1"]
+    perfect = entity_errors(bench, documents, BOUNDS[2])
+    assert perfect["right"] == perfect["relation_entities"] > 0
+    errors = entity_errors(bench, documents, Variant("shipped"))
+    wrong = errors["relation_entities"] - errors["right"]
+    kinds = ("missing_a_mention", "split", "unmarked_repeat", "joined_with_another")
+    assert wrong <= sum(errors[kind] for kind in kinds) and all(errors[kind] <= wrong for kind in kinds)
+    assert 0 < shipped["relations_strict"]["f1"] <= shipped["relations_relaxed"]["f1"]
+
+
+def test_a_lever_ships_only_on_its_validation_gain(bench: RawTextBench) -> None:
+    validation, holdout = docred.load_split("validation")[:1], docred.load_split("holdout")[:1]
+    report = measure_levers(validation, holdout, bench, biases=(0.0, bench.tagger_bias))
+    rows = report["rows"]
+    countries = report["diagnosis"]["country_named_two_ways_train_and_validation"]
+    assert countries["joined"] > 0 and countries["apart"] > 0  # DocRED does both
+    assert set(rows) >= {"annotator as shipped", *(v.name for v in (*LEVERS, *BOUNDS))}
+    tuned = rows["outside bias for strict relation F1"]
+    assert set(tuned["chosen_on_validation"]["strict_f1_by_outside_bias"]) == {0.0, bench.tagger_bias}
+    base = rows["annotator as shipped"]["validation"]["relations_strict"]["f1"]
+    for name in [v.name for v in LEVERS] + ["outside bias for strict relation F1"]:
+        gain = rows[name]["validation"]["relations_strict"]["f1"] - base
+        assert rows[name]["ships"] == (gain >= 0.01), name
