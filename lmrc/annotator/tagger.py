@@ -18,7 +18,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 from tokenizers import Tokenizer
 
-from lmrc.paths import ENCODER_PACKAGE, REPO_ROOT
+from lmrc.paths import DEFAULT_ENCODER, ENCODER_PACKAGE, REPO_ROOT
 
 #: DocRED's six entity types, in the tag order: the default schema's.
 ENTITY_TYPES = ("PER", "ORG", "LOC", "TIME", "NUM", "MISC")
@@ -41,6 +41,11 @@ WINDOWS_PER_RUN = 4
 
 class TaggerConfig(BaseModel):
     version: str
+    encoder: str = Field(
+        default=DEFAULT_ENCODER,
+        description="The pretrained encoder under the tag layer (all-MiniLM-L6-v2, all-mpnet-base-v2 "
+        "or a Hugging Face encoder folder); its tokenizer reads the text when serving.",
+    )
     encoder_package: str = ENCODER_PACKAGE
     encoder_package_version: str
     tags: list[str] = Field(default_factory=lambda: list(TAGS))

@@ -11,9 +11,13 @@ from lmrc.annotator.tagger import DEFAULT_TAGGER_DIR
 
 def _train(args: argparse.Namespace) -> int:
     from lmrc.annotator.training.train import TaggerTrainOptions, train_tagger
+    from lmrc.paths import DEFAULT_ENCODER
 
+    name = "minilm-l6" if args.encoder == DEFAULT_ENCODER else Path(args.encoder).name.lower()
     options = TaggerTrainOptions(
         out=args.out,
+        encoder=args.encoder,
+        version=args.version or f"mention-tagger-{name}-v1",
         epochs=args.epochs,
         threads=args.threads,
         encoder_lr=args.encoder_lr,
@@ -108,6 +112,14 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     train = verbs.add_parser("train", help="fine-tune the mention tagger on the train split's text")
     train.add_argument("--out", type=Path, default=DEFAULT_TAGGER_DIR, help="default: %(default)s")
     train.add_argument("--epochs", type=int, default=5, help="default: %(default)s")
+    train.add_argument(
+        "--encoder",
+        default="all-MiniLM-L6-v2",
+        help="the pretrained encoder: all-MiniLM-L6-v2 (default, fast), all-mpnet-base-v2 (after "
+        "`lmrc proposer install-encoder`; slower, a GPU advised) or a Hugging Face encoder folder; "
+        "ignored with --init-from",
+    )
+    train.add_argument("--version", help="the tagger's version (default: mention-tagger-<encoder>-v1)")
     train.add_argument("--threads", type=int, default=0, help="torch threads (0: torch decides)")
     train.add_argument("--encoder-lr", type=float, default=1e-4, help="the encoder's learning rate")
     train.add_argument("--head-lr", type=float, default=1e-3, help="the tag layer's learning rate")

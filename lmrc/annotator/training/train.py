@@ -19,7 +19,6 @@ import random
 import shutil
 import time
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -50,7 +49,13 @@ from lmrc.checkpoints import (
 )
 from lmrc.docred.dataset import Dataset, redocred_dataset
 from lmrc.docred.text import rebuild_text
-from lmrc.paths import ENCODER_PACKAGE, encoder_tokenizer_file, shared_dir
+from lmrc.paths import (
+    DEFAULT_ENCODER,
+    encoder_package,
+    encoder_package_version,
+    encoder_tokenizer_file,
+    shared_dir,
+)
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,8 @@ class TaggerTrainOptions:
     threads: int = 0
     extra_documents: tuple[Path, ...] | None = None  # None: the shared DocRED files
     init_from: Path | None = None  # go on from a trained tagger instead of the pretrained encoder
+    #: The pretrained encoder (ignored with ``init_from``, which brings its own).
+    encoder: str = DEFAULT_ENCODER
     #: Stop after the epoch that ends past this many minutes (the best epoch so far is kept).
     max_minutes: float | None = None
     #: Go on from the checkpoint in ``out`` (written after every epoch).
@@ -136,7 +143,9 @@ def calibrate_tagger(directory: Path, validation: list[dict] | None = None) -> T
     validation figures at that bias."""
     model, config = load_tagger(directory)
     tags = tuple(config.tags)
-    featurizer = TaggerFeaturizer(encoder_tokenizer_file(), config.window_length, config.window_stride)
+    featurizer = TaggerFeaturizer(
+        encoder_tokenizer_file(config.encoder), config.window_length, config.window_stride
+    )
     validation = validation if validation is not None else redocred_dataset().validation
     texts = [rebuild_text(raw).text for raw in validation]
     cached = [(text, *word_logits(model, featurizer, text)) for text in texts]
@@ -193,7 +202,14 @@ def train_tagger(options: TaggerTrainOptions, dataset: Dataset | None = None) ->
         torch.set_num_threads(options.threads)
     random.seed(options.seed)
     torch.manual_seed(options.seed)
-    featurizer = TaggerFeaturizer(encoder_tokenizer_file())
+    # Going on from a trained tagger brings its encoder; else the pretrained one, made below once
+    # the schema's tags are known.
+    model: TaggerModel | None = None
+    encoder = options.encoder
+    if options.init_from:
+        model, initial = load_tagger(options.init_from)
+        encoder = initial.encoder
+    featurizer = TaggerFeaturizer(encoder_tokenizer_file(encoder))
     default = dataset is None
     dataset = dataset or redocred_dataset()
     tags = tags_for(dataset.schema.entity_types)
@@ -209,12 +225,13 @@ def train_tagger(options: TaggerTrainOptions, dataset: Dataset | None = None) ->
         documents += [raw for raw in docred.load_raw(path) if raw["title"] not in held_out]
     train = [_example(featurizer, raw, tags) for raw in documents]
     windows = [(example, row) for example in train for row in range(example.window_ids.shape[0])]
-    model = load_tagger(options.init_from)[0] if options.init_from else TaggerModel.pretrained(len(tags))
+    if model is None:
+        model = TaggerModel.pretrained(len(tags), encoder)
     model.to(options.device)
     head = list(model.classifier.parameters())
-    encoder = [p for p in model.encoder.parameters() if p.requires_grad]
+    layers = [p for p in model.encoder.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
-        [{"params": encoder, "lr": options.encoder_lr}, {"params": head, "lr": options.head_lr}]
+        [{"params": layers, "lr": options.encoder_lr}, {"params": head, "lr": options.head_lr}]
     )
     steps = options.epochs * -(-len(windows) // options.batch_windows)
     warmup = max(1, int(steps * options.warmup))
@@ -234,7 +251,9 @@ def train_tagger(options: TaggerTrainOptions, dataset: Dataset | None = None) ->
         log_path.write_text("", encoding="utf-8")
         config = TaggerConfig(
             version=options.version,
-            encoder_package_version=metadata.version(ENCODER_PACKAGE),
+            encoder=encoder,
+            encoder_package=encoder_package(encoder),
+            encoder_package_version=encoder_package_version(encoder),
             tags=list(tags),
             window_length=featurizer.window_length,
             window_stride=featurizer.window_stride,
@@ -268,7 +287,7 @@ def train_tagger(options: TaggerTrainOptions, dataset: Dataset | None = None) ->
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad()
-            total += float(loss)
+            total += loss.item()
             progress.set_postfix(loss=f"{loss.item():.4f}")
         model.eval()
         scores = span_scores(validation, lambda text: predict_spans(model, featurizer, text, tags=tags))

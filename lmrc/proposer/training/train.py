@@ -35,13 +35,8 @@ from lmrc.checkpoints import (
 )
 from lmrc.contracts.schema import Schema
 from lmrc.docred.dataset import Dataset, redocred_dataset
-from lmrc.paths import DEFAULT_ENCODER, encoder_package
-from lmrc.proposer.artifact import (
-    ProposerConfig,
-    encoder_package_version,
-    featurizer_for,
-    relation_probabilities,
-)
+from lmrc.paths import DEFAULT_ENCODER, encoder_package, encoder_package_version
+from lmrc.proposer.artifact import ProposerConfig, featurizer_for, relation_probabilities
 from lmrc.proposer.features import INPUT_NAMES
 from lmrc.proposer.training.calibrate import (
     RELATION_THRESHOLDS,
