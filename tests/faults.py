@@ -28,6 +28,9 @@ class FaultyProxy:
         # body is not JSON, as from a crashed proxy), "drop" (the connection closed, no answer)
         self.faults: deque[str] = deque()
         self.always: str | None = None
+        # Requests whose body holds this text fail as a crashed server's would (a 500 that is not
+        # JSON), every time: a poison request. Every other request is served.
+        self.poison: str | None = None
         self.generate_requests = 0
         self.authorizations: list[str | None] = []  # the Authorization header of each /generate
         self._lock = threading.Lock()
@@ -45,6 +48,8 @@ class FaultyProxy:
                 if self.path == "/generate":
                     proxy.authorizations.append(self.headers.get("authorization"))
                     fault = proxy._next_fault()
+                    if proxy.poison is not None and proxy.poison.encode() in body:
+                        fault = "500-text"
                     if fault in ("503", "429"):
                         payload = {"error": "injected fault", "error_type": "overloaded"}
                         self._reply(int(fault), json.dumps(payload).encode(), {})

@@ -198,6 +198,36 @@ def test_a_pair_tgi_keeps_failing_alone_pauses_the_document_and_loses_no_relatio
     assert read_topic(broker.bootstrap_servers, [settings.dead_letter_topic], expect=0, settle=0.5) == []
 
 
+def test_a_request_the_server_always_fails_while_answering_others_fails_that_pair_only(
+    broker: LocalBroker, unique: str, proxy: FaultyProxy, candidates: CandidateSetEvent
+) -> None:
+    """A request that breaks TGI every time (a 500 for it, answers for everything else) stalled its
+    partition for good: each rewind asked it again. Now, the server answering a probe each time,
+    the pair is failed by name after ``poison_request_rewinds`` rewinds and the document goes on
+    with its other pair's answer."""
+    two = first_pairs(candidates, 2)
+    poisoned = two.pairs[1]
+    assert poisoned.tail != two.pairs[0].tail
+    proxy.poison = f"Tail: E{poisoned.tail} "  # in that pair's prompt only
+    settings = classifier_settings(broker, unique, proxy.url, poison_request_rewinds=2)
+    runtime = build_runtime(settings)
+    with running(runtime):
+        produce(broker.bootstrap_servers, settings.input_topic, encoded(two))
+        wait_committed(broker.bootstrap_servers, settings.group_id, settings.input_topic, {0: 1}, timeout=180)
+        rewinds = metric_value(
+            runtime.http_port,
+            "lmrc_batch_retries_total",
+            service=settings.service_name,
+            error_class="CircuitOpenError",
+        )
+    assert rewinds == settings.poison_request_rewinds
+    record = relation_set(broker, settings)
+    (failed,) = record.failed_pairs
+    assert (failed.head, failed.tail, failed.error_class) == (poisoned.head, poisoned.tail, "PoisonRequest")
+    assert record.candidate_pairs == 2
+    assert read_topic(broker.bootstrap_servers, [settings.dead_letter_topic], expect=0, settle=0.5) == []
+
+
 def _lengthened(
     candidates: CandidateSetEvent, extra_sentences: list[list[str]], first: int = 0
 ) -> CandidateSetEvent:

@@ -15,6 +15,11 @@ that TGI's prefix cache serves their shared document prefix. Per pair:
 - TGI failed in a way that may pass (5xx, 424, 429, timeouts, connection errors), after the
   client's retries, or the circuit breaker is open: the whole batch is rewound and retried later
   by the runtime, nothing committed. A flaky server delays a document, never costs it a relation;
+- TGI keeps failing one pair's request (5xx, 424, a timeout) while it answers a probe (a one-token
+  request) at once: the server is well and this request is what breaks it. The batch is rewound as
+  above, and after ``poison_request_rewinds`` such rewinds in a row the pair is listed in
+  ``failed_pairs`` (``PoisonRequest``, counted) so that its partition moves on; before, a request
+  that crashed TGI every time stalled its partition for good;
 - every pair of a document refused by TGI even in its window: the document is dead-lettered with
   the reason (a limit mismatch between the stages), never committed as a silent empty result.
 Every other document gets its RelationSetEvent, also with no pairs or no relations: it is the
@@ -125,6 +130,12 @@ class ClassifierSettings(ServiceSettings):
     tgi_backoff_max_seconds: float = Field(default=8.0, gt=0)
     circuit_failure_threshold: int = Field(default=20, ge=1, description="Consecutive failures.")
     circuit_reset_seconds: float = Field(default=15.0, gt=0)
+    poison_request_rewinds: int = Field(
+        default=3,
+        ge=1,
+        description="Rewinds one pair's failing request may cause while the model server answers a "
+        "probe; then the pair is failed (PoisonRequest) and the partition moves on.",
+    )
     max_new_tokens: int = Field(default=32, ge=4)
     duplicate_cache_size: int = Field(
         default=1024,
@@ -242,6 +253,8 @@ class ClassifierHandler(Handler[CandidateSetEvent]):
         self._in_flight = asyncio.Semaphore(settings.tgi_max_concurrency)
         # candidate set id (document content + proposer) -> its relations, most recent last
         self._answered: OrderedDict[str, list[Relation]] = OrderedDict()
+        # (candidate set id, head, tail) -> rewinds its request caused while the server was well
+        self._strikes: OrderedDict[tuple[str, int, int], int] = OrderedDict()
         metrics.DUPLICATES.labels(self.service)
         self.client = TgiClient(
             settings.tgi_url,
@@ -458,12 +471,16 @@ class ClassifierHandler(Handler[CandidateSetEvent]):
         except TgiError as error:
             if error.retryable:
                 # Still failing after the client's retries (5xx, 424, 429, timeouts, refused
-                # connections): the server is in trouble, not this pair. Rewind the batch and try
-                # again later; failing the pair would lose its relations for good.
+                # connections): the server is in trouble, not this pair, unless it answers a probe
+                # at once. Rewind the batch and try again later; failing the pair would lose its
+                # relations for good.
+                if await self._server_answers_probe():
+                    return self._strike(candidates, pair, error)
                 return CircuitOpenError(f"model server failing: {error}")
             return UnprocessableMessageError(error.error_class, str(error))
         except UnparseableAnswerError as error:
             return UnprocessableMessageError("UnparseableAnswer", str(error))
+        self._strikes.pop((candidates.event_id, pair.head, pair.tail), None)
         confidences = label_confidences(response, [OPTION_LETTERS[index] for index in chosen])
         return self.relations(
             candidates,
@@ -475,6 +492,37 @@ class ClassifierHandler(Handler[CandidateSetEvent]):
                 if self.decision.keep(index in chosen, option.probability)
             ],
         )
+
+    async def _server_answers_probe(self) -> bool:
+        """Whether the model server answers a one-token request (the same adapter, no grammar)."""
+        probe = GenerateRequest(
+            inputs="ping",
+            parameters=GenerateParameters(adapter_id=self.settings.tgi_adapter_id, max_new_tokens=1),
+        )
+        try:
+            await self.client.generate(probe)
+        except TgiError:
+            return False
+        return True
+
+    def _strike(
+        self, candidates: CandidateSetEvent, pair: CandidatePair, error: TgiError
+    ) -> CircuitOpenError | UnprocessableMessageError:
+        """One more rewind for a request the server fails while it answers others; the last one
+        fails the pair instead (its partition would wait for good)."""
+        key = (candidates.event_id, pair.head, pair.tail)
+        strikes = self._strikes.pop(key, 0) + 1
+        limit = self.settings.poison_request_rewinds
+        if strikes > limit:
+            return UnprocessableMessageError(
+                "PoisonRequest",
+                f"the model server failed this pair's request after {limit} rewinds while answering "
+                f"a probe each time: {error}",
+            )
+        self._strikes[key] = strikes
+        while len(self._strikes) > max(self.settings.duplicate_cache_size, 1024):
+            self._strikes.popitem(last=False)
+        return CircuitOpenError(f"model server failing this pair's request ({strikes} of {limit}): {error}")
 
     def models(self, candidates: CandidateSetEvent) -> ModelVersions:
         return ModelVersions(proposer=candidates.proposer_model_version, classifier=self.config.version)
