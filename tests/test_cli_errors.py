@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from lmrc import docred
+from lmrc.paths import REPO_ROOT
 from lmrc.sink.ladybug_store import LadybugGraphStore
 from tests.helpers import gold_relation_events, scaled
 
@@ -382,3 +383,11 @@ def test_on_a_terminal_the_table_fits_its_width_and_a_pipe_gets_names_in_full(gr
     piped = lmrc(*command[3:])
     assert "located in the administrative territorial entity" in piped.stdout
     assert max(len(line) for line in piped.stdout.splitlines()) > 80
+
+
+def test_a_tagger_on_another_encoder_never_overwrites_the_shipped_one() -> None:
+    shipped = (REPO_ROOT / "models" / "annotator" / "tagger.json").read_bytes()
+    result = lmrc("annotator", "train", "--encoder", "all-mpnet-base-v2")
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "give --out DIR" in result.stderr, result.stderr
+    assert (REPO_ROOT / "models" / "annotator" / "tagger.json").read_bytes() == shipped

@@ -11,8 +11,14 @@ from lmrc.annotator.tagger import DEFAULT_TAGGER_DIR
 
 def _train(args: argparse.Namespace) -> int:
     from lmrc.annotator.training.train import TaggerTrainOptions, train_tagger
+    from lmrc.cli import UserError
     from lmrc.paths import DEFAULT_ENCODER
 
+    if args.encoder != DEFAULT_ENCODER and args.out == DEFAULT_TAGGER_DIR:
+        raise UserError(
+            f"--encoder {args.encoder}: give --out DIR (a tagger on another encoder would replace the "
+            f"shipped one in {DEFAULT_TAGGER_DIR})"
+        )
     name = "minilm-l6" if args.encoder == DEFAULT_ENCODER else Path(args.encoder).name.lower()
     options = TaggerTrainOptions(
         out=args.out,
