@@ -73,27 +73,34 @@ def test_encoder_only_run_needs_no_llm_and_scores_the_encoders_relations(
     assert figures["scores_graph"]["f1"] == as_edges["f1"] > 0.2
 
 
+def bundle_with_classifier(tmp_path: Path, name: str) -> Path:
+    """A copy of the default bundle (its annotator and proposer linked) whose classifier is the
+    folder ``classifier/<name>``, for the caller to fill."""
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    for file_name in ("bundle.json", "schema.json"):
+        shutil.copy(DEFAULT_BUNDLE / file_name, bundle / file_name)
+    for stage in ("annotator", "proposer"):
+        (bundle / stage).symlink_to(DEFAULT_BUNDLE / stage, target_is_directory=True)
+    manifest = json.loads((bundle / "bundle.json").read_text())
+    manifest["models"]["classifier"] = {"path": f"classifier/{name}", "version": name}
+    (bundle / "bundle.json").write_text(json.dumps(manifest))
+    return bundle
+
+
 def test_a_bundle_whose_classifier_is_an_llm_as_it_is_runs_with_no_adapter(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A classifier folder with classifier.json alone (`lmrc classifier zero-shot`): the model server
     starts with the base model it names and no adapter, and requests name none (a named adapter the
     server lacks would fail every pair)."""
-    bundle = tmp_path / "bundle"
-    bundle.mkdir()
-    for name in ("bundle.json", "schema.json"):
-        shutil.copy(DEFAULT_BUNDLE / name, bundle / name)
-    for stage in ("annotator", "proposer"):
-        (bundle / stage).symlink_to(DEFAULT_BUNDLE / stage, target_is_directory=True)
+    bundle = bundle_with_classifier(tmp_path, "as-it-is")
     done = subprocess.run(
         [sys.executable, "-m", "lmrc", "classifier", "zero-shot", "--base-model", "smollm2-135m",
          "--out", str(bundle / "classifier" / "as-it-is")],
         capture_output=True, text=True, timeout=scaled(120),
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    manifest = json.loads((bundle / "bundle.json").read_text())
-    manifest["models"]["classifier"] = {"path": "classifier/as-it-is", "version": "as-it-is"}
-    (bundle / "bundle.json").write_text(json.dumps(manifest))
     holdout = tmp_path / "one.json"
     holdout.write_text(json.dumps(docred.load_split("holdout")[:1]))
     report = tmp_path / "report.json"
@@ -116,20 +123,12 @@ def test_the_first_run_announces_the_llm_the_bundle_serves(
     from lmrc.classifier.training.base_model import QWEN_05B, is_materialized
     from lmrc.local.run import _say_what_is_prepared
 
-    bundle = tmp_path / "bundle"
-    bundle.mkdir()
-    for name in ("bundle.json", "schema.json"):
-        shutil.copy(DEFAULT_BUNDLE / name, bundle / name)
-    for stage in ("annotator", "proposer"):
-        (bundle / stage).symlink_to(DEFAULT_BUNDLE / stage, target_is_directory=True)
+    bundle = bundle_with_classifier(tmp_path, "qwen")
     classifier = bundle / "classifier" / "qwen"
     classifier.mkdir(parents=True)
     shipped = load_bundle(DEFAULT_BUNDLE).classifier_dir / "classifier.json"
     config = json.loads(shipped.read_text()) | {"version": "qwen", "base_model": QWEN_05B.model_id}
     (classifier / "classifier.json").write_text(json.dumps(config))
-    manifest = json.loads((bundle / "bundle.json").read_text())
-    manifest["models"]["classifier"] = {"path": "classifier/qwen", "version": "qwen"}
-    (bundle / "bundle.json").write_text(json.dumps(manifest))
     _say_what_is_prepared(encoder_only=False, text=False, bundle=load_bundle(bundle))
     output = capsys.readouterr().out
     assert "smollm2" not in output.casefold(), output
