@@ -97,6 +97,10 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+# Pairs whose requests are being counted as possible poison at once; a pair only stays here between
+# its first failure and its success or its last rewind, so a few in flight per partition is the norm.
+MAX_STRUCK_PAIRS = 1024
+
 
 class ClassifierSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="CLASSIFIER_", extra="ignore", secrets_dir=SECRETS_DIR)
@@ -520,7 +524,7 @@ class ClassifierHandler(Handler[CandidateSetEvent]):
                 f"a probe each time: {error}",
             )
         self._strikes[key] = strikes
-        while len(self._strikes) > max(self.settings.duplicate_cache_size, 1024):
+        while len(self._strikes) > MAX_STRUCK_PAIRS:
             self._strikes.popitem(last=False)
         return CircuitOpenError(f"model server failing this pair's request ({strikes} of {limit}): {error}")
 

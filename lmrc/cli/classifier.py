@@ -215,9 +215,10 @@ def _train(args: argparse.Namespace) -> int:
     from lmrc.classifier.training.train import TrainOptions, check_train_candidates, train
     from lmrc.cli import UserError
 
+    train_payload = None
     if args.train_candidates is not None:
         try:
-            check_train_candidates(args.train_candidates, args.shortlist_size)
+            train_payload = check_train_candidates(args.train_candidates, args.shortlist_size)
         except ValueError as error:
             raise UserError(str(error)) from None
     options = TrainOptions(
@@ -247,7 +248,7 @@ def _train(args: argparse.Namespace) -> int:
         threads=args.threads,
         resume=args.resume,
     )
-    print(json.dumps(train(options).model_dump(mode="json"), indent=2))
+    print(json.dumps(train(options, train_payload=train_payload).model_dump(mode="json"), indent=2))
     return 0
 
 

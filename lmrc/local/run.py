@@ -252,8 +252,7 @@ def _run_on_graph(
 def _say_what_is_prepared(encoder_only: bool, text: bool, bundle: Bundle) -> None:
     """The first run prepares models once; say so, and why it takes a while."""
     from lmrc.annotator.tagger import load_tagger_config, tagger_onnx_path
-    from lmrc.classifier.artifact import load_config as load_classifier_config
-    from lmrc.classifier.training.base_model import SMOLLM2, base_model, is_materialized
+    from lmrc.classifier.training.base_model import SMOLLM2, classifier_base_model, is_materialized
     from lmrc.paths import encoder_dir, encoder_tokenizer_file
     from lmrc.proposer.artifact import graphs_exist, load_config, onnx_path
     from lmrc.proposer.service import ProposerSettings
@@ -267,7 +266,7 @@ def _say_what_is_prepared(encoder_only: bool, text: bool, bundle: Bundle) -> Non
     if not graphs_exist(onnx_path(proposer_dir, proposer, ProposerSettings().chosen_precision())):
         encoder_dir(proposer.encoder)
         print("preparing the proposer: exporting it to ONNX and quantizing it (once, ~45 s)", flush=True)
-    llm = None if encoder_only else base_model(load_classifier_config(bundle.classifier_dir).base_model)
+    llm = None if encoder_only else classifier_base_model(bundle.classifier_dir)
     if llm is not None and not is_materialized(llm.default_dir()):
         print(
             f"preparing the LLM: de-quantizing {llm.name}'s GGUF for the model server "

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
+from lmrc.classifier.artifact import load_config
 from lmrc.classifier.prompt import PromptFormat
 from lmrc.paths import REPO_ROOT
 
@@ -123,6 +124,11 @@ def base_model(name_or_id: str) -> BaseModel:
         if name_or_id in (model.name, model.model_id):
             return model
     raise ValueError(f"unknown base model {name_or_id!r}; known: {', '.join(BASE_MODELS)}")
+
+
+def classifier_base_model(classifier_dir: str | Path) -> BaseModel:
+    """The base model a classifier folder was trained on (or, with no adapter, serves alone)."""
+    return base_model(load_config(classifier_dir).base_model)
 
 
 def known_prompt_format(model_id: str) -> PromptFormat:

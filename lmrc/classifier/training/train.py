@@ -365,13 +365,15 @@ def train(
     dataset: Dataset | None = None,
     validation: SplitCandidates | None = None,
     candidates: list[tuple[dict[str, Any], DocumentCandidates]] | None = None,
+    train_payload: dict[str, Any] | None = None,
 ) -> ClassifierConfig:
     """LoRA on ``dataset``'s train documents (default: Re-DocRED's fixed split) with the fold
     proposers' out-of-fold shortlists (or ``candidates`` they scored before), in the dataset
     schema's relation names. With validation candidates (``validation``, else
     ``options.validation_candidates``) each epoch is scored in-process and the best is kept;
     ``tune_decision`` then chooses how the LLM's answers and the encoder's probabilities combine,
-    on the kept epoch's answers.
+    on the kept epoch's answers. ``train_payload``: the train candidates file's content when the
+    caller read and checked it already (``check_train_candidates``).
 
     A checkpoint (the adapter's weights, optimiser, schedule, random state and where in the epoch
     it stopped) after every epoch and at a budget stop, which may fall mid-epoch: ``resume`` goes
@@ -388,7 +390,7 @@ def train(
     dataset = dataset or redocred_dataset()
     recorded_threshold = None
     if candidates is None and options.train_candidates is not None:
-        payload = check_train_candidates(options.train_candidates, options.shortlist_size)
+        payload = train_payload or check_train_candidates(options.train_candidates, options.shortlist_size)
         scored = load_candidates(options.train_candidates, dataset.train, payload)
         candidates, recorded_threshold = list(scored.documents), scored.relation_threshold
     if validation is None and options.validation_candidates:

@@ -39,10 +39,9 @@ class LocalTgiServer(LocalProcess):
         """A server for a classifier folder: the base model it names (prepared from its wheels once),
         with its adapter loaded as ``adapter_id``, or alone (None: a folder with no adapter, zero- or
         few-shot)."""
-        from lmrc.classifier.artifact import load_config
-        from lmrc.classifier.training.base_model import base_model, materialize
+        from lmrc.classifier.training.base_model import classifier_base_model, materialize
 
-        model_dir = materialize(model=base_model(load_config(classifier_dir).base_model))
+        model_dir = materialize(model=classifier_base_model(classifier_dir))
         adapters = {adapter_id: classifier_dir} if adapter_id else {}
         return cls(adapters, model_dir=model_dir, **options)
 
