@@ -560,7 +560,7 @@ def test_levers_are_chosen_on_validation_and_scored_beside_the_artifact(tmp_path
 
     minilm = Path(DEFAULT_ARTIFACT_DIR).parent / "proposer-minilm"
     out = tmp_path / "levers.json"
-    arguments = ["proposer", "levers", "--artifact", str(minilm), "--member", str(minilm)]
+    arguments = ["proposer", "levers", "--artifact", str(minilm), *["--member", str(minilm)] * 2]
     assert main([*arguments, "--precision", "fp32", "--limit", "5", "--out", str(out)]) == 0
     report = json.loads(out.read_text(encoding="utf-8"))
     version = report["artifact"]
@@ -572,12 +572,20 @@ def test_levers_are_chosen_on_validation_and_scored_beside_the_artifact(tmp_path
         "evidence_fusion",
         f"ensemble with {version}",
         f"{version} alone",
+        "ensemble with every member",
     ]
     shipped = evaluate_artifact(minilm, split="holdout", limit=5).relations
     assert shipped is not None and levers["artifact as shipped"]["holdout"]["f1"] == round(shipped.f1, 4)
     assert levers[f"{version} alone"]["holdout"]["f1"] == round(shipped.f1, 4)
     ensemble = levers[f"ensemble with {version}"]
     assert ensemble["validation"]["f1"] >= levers["artifact as shipped"]["validation"]["f1"]
+    # two more copies of itself, averaged the service's way: its own probabilities again, so the
+    # same figures as the ensemble with one copy, for the time of three
+    every = levers["ensemble with every member"]
+    assert every["chosen_on_validation"]["members_share_rest"]
+    assert every["validation"]["f1"] == ensemble["validation"]["f1"]
+    assert every["holdout"]["f1"] == ensemble["holdout"]["f1"]
+    assert every["seconds_per_document"] > ensemble["seconds_per_document"]
     rules = levers["inverse_rules"]["chosen_on_validation"]["rules"]
     assert any(rule.startswith("P361 -> inverse P527") for rule in rules)  # part of -> has part
     assert not any(rule.startswith("P131 -> inverse P150") for rule in rules)  # not every place contains

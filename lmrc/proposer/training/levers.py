@@ -455,6 +455,8 @@ def measure_levers(
         seconds["artifact"] + fusion_cost,
     )
 
+    every_member: list[dict[str, list[ScoredDocument]]] = []
+    members_cost = 0.0
     for path in members:
         other = load_proposer(path, precision, threads)
         if not other.config.same_labels(config):
@@ -469,6 +471,8 @@ def measure_levers(
             for ours, their in zip(scored[split], theirs[split], strict=True):
                 if not (np.array_equal(ours.heads, their.heads) and np.array_equal(ours.tails, their.tails)):
                     raise ValueError(f"{path}: it scores other pairs than {config.version}")
+        every_member.append(theirs)
+        members_cost += cost
 
         def averaged(split: str, weight: float, theirs: dict[str, list[ScoredDocument]] = theirs) -> list:
             return [
@@ -491,4 +495,28 @@ def measure_levers(
             split: f1_of(other.config, theirs[split], other.config.relation_threshold or 0.5, seen)
             for split in SPLITS
         } | {"seconds_per_document": round(cost, 3)}
+    if len(every_member) >= 2:
+        # What the service does with several members (PROPOSER_ENSEMBLE): the artifact's weight,
+        # the members sharing the rest equally; an equal share for all is among the weights tried.
+        def all_averaged(split: str, weight: float) -> list[np.ndarray | None]:
+            share = (1 - weight) / len(every_member)
+            averaged: list[np.ndarray | None] = []
+            for index, ours in enumerate(scored[split]):
+                theirs_here = [member[split][index].relations for member in every_member]
+                if ours.relations is None or any(r is None for r in theirs_here):
+                    averaged.append(None)
+                    continue
+                averaged.append(weight * ours.relations + share * sum(theirs_here))  # type: ignore[arg-type]
+            return averaged
+
+        weights = sorted({round(1 / (len(every_member) + 1), 3), *ENSEMBLE_WEIGHTS})
+        weight, ensemble_threshold = best_option(
+            config, scored["validation"], {w: all_averaged("validation", w) for w in weights}, seen
+        )
+        lever(
+            "ensemble with every member",
+            {split: all_averaged(split, weight) for split in SPLITS},
+            {"weight_of_artifact": weight, "members_share_rest": True, "threshold": ensemble_threshold},
+            seconds["artifact"] + members_cost,
+        )
     return report
