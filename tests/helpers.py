@@ -7,6 +7,7 @@ import os
 import socket
 import threading
 import time
+import traceback
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -102,6 +103,9 @@ def running(runtime: ServiceRuntime) -> Iterator[ServiceRuntime]:
             runtime.run()
         except BaseException as error:  # surfaced to the test below
             errors.append(error)
+            # also printed now: a test that fails first (a wait that timed out because the runtime
+            # died) would hide it
+            traceback.print_exception(error)
 
     thread = threading.Thread(target=target, daemon=True)
     thread.start()

@@ -286,8 +286,12 @@ class ServiceRuntime:
         again and again, while a new producer (a new id) is accepted at once."""
         old, self._producer = self._producer, None
         if old is not None:
-            old.purge()
-            old.flush(0)
+            try:
+                old.purge()
+                old.flush(0)
+            except (KafkaException, SystemError) as error:
+                # A producer in a fatal state may raise here too: it is dropped all the same.
+                log.warning("%s: discarding the old producer: %s", self.service, error)
         self._producer = self._new_producer()
         metrics.PRODUCER_RESETS.labels(self.service).inc()
 
@@ -511,7 +515,13 @@ class ServiceRuntime:
                 )
             except KafkaException as error:
                 raise RetryableError(f"dead-letter produce failed: {error.args[0].str()}") from error
-        undelivered = producer.flush(self.settings.delivery_timeout_seconds)
+        try:
+            undelivered = producer.flush(self.settings.delivery_timeout_seconds)
+        except (KafkaException, SystemError) as error:
+            # An idempotent producer turned fatal (a broker that lost its state saw its sequence
+            # numbers out of order) raises from flush, the client's callbacks surfacing the fatal
+            # error as a SystemError: the batch rewinds and the runtime replaces the producer.
+            raise RetryableError(f"delivery failed: producer in a fatal state: {error}") from error
         for topic in confirmed:
             metrics.MESSAGES_PRODUCED.labels(self.service, topic).inc()
         if failures or undelivered:
