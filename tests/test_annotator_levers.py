@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from lmrc import docred
-from lmrc.annotator.tagger import MentionSpan
+from lmrc.annotator.tagger import DEFAULT_TAGGER_DIR, MentionSpan
 from lmrc.annotator.training.levers import (
     BOUNDS,
     LEVERS,
@@ -90,7 +90,9 @@ def test_the_bounds_order_as_they_must(bench: RawTextBench) -> None:
 
 def test_a_lever_ships_only_on_its_validation_gain(bench: RawTextBench) -> None:
     validation, holdout = docred.load_split("validation")[:1], docred.load_split("holdout")[:1]
-    report = measure_levers(validation, holdout, bench, biases=(0.0, bench.tagger_bias))
+    report = measure_levers(
+        validation, holdout, bench, biases=(0.0, bench.tagger_bias), other_taggers=[DEFAULT_TAGGER_DIR]
+    )
     rows = report["rows"]
     countries = report["diagnosis"]["country_named_two_ways_train_and_validation"]
     assert countries["joined"] > 0 and countries["apart"] > 0  # DocRED does both
@@ -101,3 +103,8 @@ def test_a_lever_ships_only_on_its_validation_gain(bench: RawTextBench) -> None:
     for name in [v.name for v in LEVERS] + ["outside bias for strict relation F1"]:
         gain = rows[name]["validation"]["relations_strict"]["f1"] - base
         assert rows[name]["ships"] == (gain >= 0.01), name
+    # the shipped tagger measured as another one is the first row again, and does not ship over itself
+    again = rows[f"tagger {bench.annotator.version}"]
+    for split in ("validation", "holdout"):
+        assert again[split]["relations_strict"] == rows["annotator as shipped"][split]["relations_strict"]
+    assert again["validation_gain"] == 0 and again["ships"] is False

@@ -90,12 +90,19 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _levers(args: argparse.Namespace) -> int:
     from lmrc import docred
+    from lmrc.annotator.tagger import CONFIG_FILE
     from lmrc.annotator.training.levers import measure_levers
+    from lmrc.cli import UserError
 
+    for tagger_dir in args.other_tagger:
+        if not (tagger_dir / CONFIG_FILE).is_file():
+            raise UserError(
+                f"--other-tagger {tagger_dir}: no {CONFIG_FILE} (`lmrc annotator train --out` writes one)"
+            )
     validation, holdout = docred.load_split("validation"), docred.load_split("holdout")
     if args.limit:
         validation, holdout = validation[: args.limit], holdout[: args.limit]
-    report = measure_levers(validation, holdout)
+    report = measure_levers(validation, holdout, other_taggers=args.other_tagger)
     for name, row in report["rows"].items():
         print(
             f"{name:<40} strict F1 validation {row['validation']['relations_strict']['f1']:.4f}  "
@@ -192,4 +199,11 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "--out", type=Path, default=Path("docs/results/annotator-levers.json"), help="default: %(default)s"
     )
     levers.add_argument("--limit", type=int, help="first N documents of each split only")
+    levers.add_argument(
+        "--other-tagger",
+        type=Path,
+        action="append",
+        default=[],
+        help="a trained tagger (`lmrc annotator train --out`) measured beside the shipped one (repeatable)",
+    )
     levers.set_defaults(func=_levers)

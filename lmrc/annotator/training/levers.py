@@ -164,11 +164,14 @@ class RawTextBench:
     """The annotator and the proposer, loaded once, with each document's tagged spans kept per bias."""
 
     def __init__(
-        self, tagger_dir: Path = DEFAULT_TAGGER_DIR, proposer_dir: Path = DEFAULT_ARTIFACT_DIR
+        self,
+        tagger_dir: Path = DEFAULT_TAGGER_DIR,
+        proposer_dir: Path = DEFAULT_ARTIFACT_DIR,
+        proposer: ProposerModel | None = None,
     ) -> None:
         ensure_tagger_onnx(tagger_dir)
         self.annotator = Annotator("tagger", tagger_dir)
-        self.proposer: ProposerModel = load_proposer(proposer_dir, "int8", 0)
+        self.proposer: ProposerModel = proposer or load_proposer(proposer_dir, "int8", 0)
         threshold = self.proposer.config.relation_threshold
         self.threshold = 0.5 if threshold is None else threshold
         self._tagged: dict[tuple[str, float], list[MentionSpan]] = {}
@@ -325,9 +328,13 @@ def measure_levers(
     bench: RawTextBench | None = None,
     biases: Sequence[float] = OUTSIDE_BIASES,
     min_gain: float = 0.01,
+    other_taggers: Sequence[Path] = (),
 ) -> dict[str, Any]:
     """Every lever and bound on validation and holdout beside the annotator as shipped; a lever
-    ships when it gains ``min_gain`` strict F1 on validation (what 50 documents can tell apart)."""
+    ships when it gains ``min_gain`` strict F1 on validation (what 50 documents can tell apart).
+    Each of ``other_taggers`` is one more row: the annotator with that tagger in place of the
+    shipped one (its own outside bias, the same rules and proposer), its time per document with
+    its tagging."""
     bench = bench or RawTextBench()
     shipped = Variant("annotator as shipped")
     rows: dict[str, dict[str, Any]] = {}
@@ -359,6 +366,18 @@ def measure_levers(
         gain = rows[variant.name]["validation"]["relations_strict"]["f1"] - base
         rows[variant.name]["ships"] = gain >= min_gain
         rows[variant.name]["validation_gain"] = round(gain, 4)
+    for tagger_dir in other_taggers:
+        other = RawTextBench(tagger_dir, proposer=bench.proposer)
+        name = f"tagger {other.annotator.version}"
+        rows[name] = {
+            "tagger_dir": str(tagger_dir),
+            "outside_bias": other.tagger_bias,
+            "validation": other.scores(validation, shipped),
+            "holdout": other.scores(holdout, shipped),
+        }
+        gain = rows[name]["validation"]["relations_strict"]["f1"] - base
+        rows[name]["ships"] = gain >= min_gain
+        rows[name]["validation_gain"] = round(gain, 4)
     for variant in BOUNDS:
         rows[variant.name] = row(variant)
     return {
