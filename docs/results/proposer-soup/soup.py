@@ -1,4 +1,5 @@
-"""Weight average ("model soup") of two proposers on one encoder: v2 continued from v1, so they share a basin."""
+"""Weight average ("model soup") of two proposers on one encoder (v2 continued from v1: one basin)."""
+
 import sys
 from pathlib import Path
 

@@ -369,6 +369,8 @@ def measure_levers(
     for tagger_dir in other_taggers:
         other = RawTextBench(tagger_dir, proposer=bench.proposer)
         name = f"tagger {other.annotator.version}"
+        if name in rows:  # two folders holding one version: both rows kept
+            name = f"{name} ({tagger_dir})"
         rows[name] = {
             "tagger_dir": str(tagger_dir),
             "outside_bias": other.tagger_bias,
