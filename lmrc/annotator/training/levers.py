@@ -339,12 +339,17 @@ def measure_levers(
     shipped = Variant("annotator as shipped")
     rows: dict[str, dict[str, Any]] = {}
 
-    def row(variant: Variant, **extra: Any) -> dict[str, Any]:
+    def row(variant: Variant, on: RawTextBench = bench, **extra: Any) -> dict[str, Any]:
         return {
             **extra,
-            "validation": bench.scores(validation, variant),
-            "holdout": bench.scores(holdout, variant),
+            "validation": on.scores(validation, variant),
+            "holdout": on.scores(holdout, variant),
         }
+
+    def judged(scored: dict[str, Any]) -> dict[str, Any]:
+        """The row with its verdict: the one rule every lever and tagger ships by."""
+        gain = scored["validation"]["relations_strict"]["f1"] - base
+        return {**scored, "ships": gain >= min_gain, "validation_gain": round(gain, 4)}
 
     rows[shipped.name] = row(shipped, outside_bias=bench.tagger_bias)
     base = rows[shipped.name]["validation"]["relations_strict"]["f1"]
@@ -362,24 +367,15 @@ def measure_levers(
             if variant.outside_bias is not None
             else {}
         )
-        rows[variant.name] = row(variant, **extra)
-        gain = rows[variant.name]["validation"]["relations_strict"]["f1"] - base
-        rows[variant.name]["ships"] = gain >= min_gain
-        rows[variant.name]["validation_gain"] = round(gain, 4)
+        rows[variant.name] = judged(row(variant, **extra))
     for tagger_dir in other_taggers:
         other = RawTextBench(tagger_dir, proposer=bench.proposer)
         name = f"tagger {other.annotator.version}"
         if name in rows:  # two folders holding one version: both rows kept
             name = f"{name} ({tagger_dir})"
-        rows[name] = {
-            "tagger_dir": str(tagger_dir),
-            "outside_bias": other.tagger_bias,
-            "validation": other.scores(validation, shipped),
-            "holdout": other.scores(holdout, shipped),
-        }
-        gain = rows[name]["validation"]["relations_strict"]["f1"] - base
-        rows[name]["ships"] = gain >= min_gain
-        rows[name]["validation_gain"] = round(gain, 4)
+        rows[name] = judged(
+            row(shipped, on=other, tagger_dir=str(tagger_dir), outside_bias=other.tagger_bias)
+        )
     for variant in BOUNDS:
         rows[variant.name] = row(variant)
     return {
