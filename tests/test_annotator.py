@@ -341,3 +341,29 @@ def test_a_tagger_on_another_encoder_trains_exports_and_serves_with_that_encoder
     assert read == mpnet.pieces(PARAGRAPH).ids != minilm.pieces(PARAGRAPH).ids
     document = annotator.annotate("kafka", "kafka", PARAGRAPH)
     assert document.sentences and all(m.type in TAGS_TYPES for e in document.entities for m in e.mentions)
+
+
+def test_a_tagger_compressed_to_int4_deltas_is_smaller_and_tags_as_before(tmp_path: Path) -> None:
+    """`lmrc annotator compress` (how a base-size tagger fits in git): the trained layers stored as
+    their 4-bit change from the pretrained encoder tag a text as the fp16 weights do."""
+    import torch
+
+    from lmrc.annotator.tagger import WEIGHTS_FILE, load_tagger_config
+    from lmrc.annotator.training.tagger_model import load_tagger
+    from lmrc.cli import main
+
+    out = tmp_path / "int4"
+    assert main(["annotator", "compress", "--tagger", str(tmp_path / "nothing"), "--out", str(out)]) == 2
+    assert not out.exists()
+    assert main(["annotator", "compress", "--tagger", str(DEFAULT_TAGGER_DIR), "--out", str(out)]) == 0
+    assert load_tagger_config(out).weights_format == "int4-delta"
+    assert (out / WEIGHTS_FILE).stat().st_size < 0.4 * (DEFAULT_TAGGER_DIR / WEIGHTS_FILE).stat().st_size
+    (fp16, config), (int4, _) = load_tagger(DEFAULT_TAGGER_DIR), load_tagger(out)
+    featurizer = TaggerFeaturizer(encoder_tokenizer_file(config.encoder))
+    text = " ".join(" ".join(" ".join(s) for s in raw["sents"]) for raw in docred.load_split("holdout")[:3])
+    ids, mask, _offsets = featurizer.windows(featurizer.pieces(text).ids)
+    with torch.no_grad():
+        inputs = (torch.from_numpy(ids), torch.from_numpy(mask))
+        before, after = (model(*inputs).argmax(-1)[torch.from_numpy(mask) > 0] for model in (fp16, int4))
+    assert len(before) > 500 and (before == after).float().mean() >= 0.98
+    assert (before != 0).any()  # the text has names: agreement is not all outside tags

@@ -108,3 +108,9 @@ def test_a_lever_ships_only_on_its_validation_gain(bench: RawTextBench) -> None:
     for split in ("validation", "holdout"):
         assert again[split]["relations_strict"] == rows["annotator as shipped"][split]["relations_strict"]
     assert again["validation_gain"] == 0 and again["ships"] is False
+    # and with name propagation, the shipped tagger's propagation row again
+    propagated = rows[f"tagger {bench.annotator.version} + name propagation"]
+    for split in ("validation", "holdout"):
+        assert propagated[split]["relations_strict"] == rows["name propagation"][split]["relations_strict"]
+        assert propagated[split]["entity_f1"] == rows["name propagation"][split]["entity_f1"]
+    assert propagated["ships"] == rows["name propagation"]["ships"]

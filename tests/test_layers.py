@@ -1,10 +1,10 @@
 """The import rules of the one import root, checked from the code's own imports.
 
-Layers, bottom up: contracts, paths, checkpoints (training state), bundle (the model bundle's
-format), topology, docred, runtime, the stages, local, cli. Arrows point
-down only. A stage's serving modules (everything outside its ``training/``) never import
-training code, ``docred``, ``local`` or ``cli``; the local TGI-compatible server speaks the
-contracts and imports no stage's serving code.
+Layers, bottom up: contracts, paths, checkpoints (training state), weights (trained weights'
+int4-delta storage), bundle (the model bundle's format), topology, docred, runtime, the stages,
+local, cli. Arrows point down only. A stage's serving modules (everything outside its
+``training/``) never import training code, ``docred``, ``local`` or ``cli``; the local
+TGI-compatible server speaks the contracts and imports no stage's serving code.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ LAYERS = (
     "contracts",
     "paths",
     "checkpoints",
+    "weights",
     "bundle",
     "topology",
     "docred",

@@ -11,11 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from lmrc import docred
+from lmrc import docred, weights
 from lmrc.paths import DEFAULT_ENCODER, MPNET_ENCODER, encoder_dir, encoder_tokenizer_file
 from lmrc.proposer.artifact import DEFAULT_ARTIFACT_DIR, load_config
 from lmrc.proposer.features import DocumentFeaturizer
-from lmrc.proposer.training import weights
 from lmrc.proposer.training.encoders import join_parts
 
 REPO = Path(__file__).resolve().parent.parent

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, Field
@@ -55,6 +56,11 @@ class TaggerConfig(BaseModel):
         default=0.0,
         description="Added to the O tag's log-probability before decoding: above 0 trades recall for "
         "precision (chosen on validation by `lmrc annotator calibrate`).",
+    )
+    weights_format: Literal["fp16", "int4-delta"] = Field(
+        default="fp16",
+        description="How the trained parameters are stored: fp16, or int4 deltas from the pretrained "
+        "encoder (the tag layer int8) for base-size encoders (`lmrc annotator compress`).",
     )
     validation: dict[str, float] = Field(default_factory=dict)
     training: dict[str, object] = Field(default_factory=dict)

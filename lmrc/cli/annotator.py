@@ -45,6 +45,25 @@ def _calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compress(args: argparse.Namespace) -> int:
+    import shutil
+
+    from lmrc.annotator.tagger import CONFIG_FILE, WEIGHTS_FILE
+    from lmrc.annotator.training.tagger_model import load_tagger, save_tagger
+    from lmrc.cli import UserError
+
+    if not (args.tagger / CONFIG_FILE).exists():
+        raise UserError(f"--tagger {args.tagger}: no {CONFIG_FILE} (`lmrc annotator train --out` writes one)")
+    model, config = load_tagger(args.tagger)
+    save_tagger(model, config.model_copy(update={"weights_format": "int4-delta"}), args.out)
+    log = args.tagger / "train_log.jsonl"
+    if log.exists() and args.out.resolve() != args.tagger.resolve():
+        shutil.copy(log, args.out / log.name)
+    before, after = (d / WEIGHTS_FILE for d in (args.tagger, args.out))
+    print(f"{after}: {after.stat().st_size / 1e6:.1f} MB (was {before.stat().st_size / 1e6:.1f} MB)")
+    return 0
+
+
 def _export(args: argparse.Namespace) -> int:
     from lmrc.annotator.training.export import export_tagger
 
@@ -153,6 +172,13 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     calibrate.add_argument("--tagger", type=Path, default=DEFAULT_TAGGER_DIR, help="the tagger to calibrate")
     calibrate.set_defaults(func=_calibrate)
 
+    compress = verbs.add_parser(
+        "compress", help="store a tagger's weights as int4 deltas from its pretrained encoder (base-size)"
+    )
+    compress.add_argument("--tagger", type=Path, required=True, help="the tagger to read (fp16 weights)")
+    compress.add_argument("--out", type=Path, required=True, help="where the compressed tagger is written")
+    compress.set_defaults(func=_compress)
+
     export = verbs.add_parser("export", help="export the tagger to ONNX (the service serves that)")
     export.add_argument("--tagger", type=Path, default=DEFAULT_TAGGER_DIR, help="default: %(default)s")
     export.add_argument("--out", type=Path, help="default: beside the tagger")
@@ -204,6 +230,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         type=Path,
         action="append",
         default=[],
-        help="a trained tagger (`lmrc annotator train --out`) measured beside the shipped one (repeatable)",
+        help="a trained tagger (`lmrc annotator train --out`) measured beside the shipped one, alone and "
+        "with name propagation (repeatable)",
     )
     levers.set_defaults(func=_levers)

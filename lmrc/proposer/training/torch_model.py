@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from lmrc import weights
 from lmrc.paths import encoder_dir
 from lmrc.proposer.artifact import (
     CONFIG_FILE,
@@ -18,7 +19,6 @@ from lmrc.proposer.artifact import (
     sigmoid,
 )
 from lmrc.proposer.features import INPUT_NAMES, DocumentFeatures
-from lmrc.proposer.training import weights
 from lmrc.proposer.training.model import PairScorer
 
 
@@ -36,20 +36,13 @@ def build_model(config: ProposerConfig) -> PairScorer:
     return model
 
 
-def pretrained_encoder_tensors(config: ProposerConfig) -> dict[str, torch.Tensor]:
-    """The pretrained encoder's tensors, named as inside the encoder (no model-type prefix)."""
-    tensors = load_file(str(encoder_dir(config.encoder) / "model.safetensors"))
-    prefixes = ("bert.", "mpnet.")
-    return {next((k.removeprefix(p) for p in prefixes if k.startswith(p)), k): v for k, v in tensors.items()}
-
-
 def save_artifact(model: PairScorer, config: ProposerConfig, directory: str | Path) -> None:
     """The trainable parameters (fp16, or int4 deltas from the pretrained encoder), and the config."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     trained = {name: parameter for name, parameter in model.named_parameters() if parameter.requires_grad}
     if config.weights_format == "int4-delta":
-        stored = weights.pack(trained, pretrained_encoder_tensors(config))
+        stored = weights.pack(trained, weights.pretrained_encoder_tensors(config.encoder))
     else:
         stored = {name: p.detach().to(torch.float16).contiguous() for name, p in trained.items()}
     save_file(stored, str(directory / WEIGHTS_FILE))
@@ -61,7 +54,7 @@ def load_artifact(directory: str | Path) -> tuple[PairScorer, ProposerConfig]:
     model = build_model(config)
     stored = load_file(str(Path(directory) / WEIGHTS_FILE))
     if config.weights_format == "int4-delta":
-        trained = weights.unpack(stored, pretrained_encoder_tensors(config))
+        trained = weights.unpack(stored, weights.pretrained_encoder_tensors(config.encoder))
     else:
         trained = {name: tensor.to(torch.float32) for name, tensor in stored.items()}
     expected = {name for name, parameter in model.named_parameters() if parameter.requires_grad}

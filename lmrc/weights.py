@@ -1,20 +1,35 @@
 """The int4-delta weight format: a fine-tuned encoder kept as its change from the pretrained one.
 
-A base-size encoder's trained layers take 184 MB in fp16, more than a repository should hold. What
-fine-tuning changed is small next to the weights, so each matrix is stored as its difference from
-the pretrained matrix, quantized to 4 bits in groups of 64 with one fp16 scale per group; matrices
-with no pretrained counterpart (the heads) are stored as 8-bit groups, vectors (biases, norms) in
-fp16. all-mpnet-base-v2's proposer: 184 MB -> 54 MB, validation relation F1 0.6526 -> 0.6528.
+A base-size encoder's trained layers take 170-184 MB in fp16, more than a repository should hold.
+What fine-tuning changed is small next to the weights, so each matrix is stored as its difference
+from the pretrained matrix, quantized to 4 bits in groups of 64 with one fp16 scale per group;
+matrices with no pretrained counterpart (the heads) are stored as 8-bit groups, vectors (biases,
+norms) in fp16. Both trained stages store their weights this way when asked (the proposer's
+``lmrc proposer compress``, the tagger's ``lmrc annotator compress``). all-mpnet-base-v2's
+proposer: 184 MB -> 54 MB, validation relation F1 0.6526 -> 0.6528.
 """
 
 from __future__ import annotations
 
 import torch
+from safetensors.torch import load_file
+
+from lmrc.paths import encoder_dir
 
 GROUP = 64
 DELTA_4BIT = "::delta4"
 ABSOLUTE_8BIT = "::int8"
 SCALE = "::scale"
+#: The encoder prefixes a checkpoint's tensor names may carry (BERT-style MiniLM, MPNet).
+MODEL_PREFIXES = ("bert.", "mpnet.")
+
+
+def pretrained_encoder_tensors(encoder: str) -> dict[str, torch.Tensor]:
+    """The pretrained encoder's tensors, named as inside the encoder (no model-type prefix)."""
+    tensors = load_file(str(encoder_dir(encoder) / "model.safetensors"))
+    return {
+        next((k.removeprefix(p) for p in MODEL_PREFIXES if k.startswith(p)), k): v for k, v in tensors.items()
+    }
 
 
 def _quantize(matrix: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
