@@ -100,3 +100,21 @@ def unpack(stored: dict[str, torch.Tensor], pretrained: dict[str, torch.Tensor])
         else:
             tensors[key] = tensor.float()
     return tensors
+
+
+def stored_form(
+    trained: dict[str, torch.Tensor], weights_format: str, encoder: str
+) -> dict[str, torch.Tensor]:
+    """What a stage writes for its ``trained`` parameters: fp16, or int4 deltas from ``encoder``."""
+    if weights_format == "int4-delta":
+        return pack(trained, pretrained_encoder_tensors(encoder))
+    return {name: p.detach().to(torch.float16).contiguous() for name, p in trained.items()}
+
+
+def trained_form(
+    stored: dict[str, torch.Tensor], weights_format: str, encoder: str
+) -> dict[str, torch.Tensor]:
+    """The fp32 parameters :func:`stored_form` wrote."""
+    if weights_format == "int4-delta":
+        return unpack(stored, pretrained_encoder_tensors(encoder))
+    return {name: tensor.float() for name, tensor in stored.items()}

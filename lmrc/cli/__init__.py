@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import signal
 import sys
 from dataclasses import asdict
@@ -92,6 +93,15 @@ def _existing_topics(config: dict[str, Any], timeout: float = 10.0) -> set[str]:
             "(set KAFKA_BOOTSTRAP_SERVERS or --bootstrap-servers; `lmrc broker` starts a local one)"
         ) from error
     return {name for name, topic in metadata.topics.items() if not topic.error}
+
+
+def report_compression(source: Path, out: Path, weights_file: str) -> None:
+    """After a stage's `compress`: the training log beside the compressed weights, and the sizes."""
+    log = source / "train_log.jsonl"
+    if log.exists() and out.resolve() != source.resolve():
+        shutil.copy(log, out / log.name)
+    before, after = (directory / weights_file for directory in (source, out))
+    print(f"{after}: {after.stat().st_size / 1e6:.1f} MB (was {before.stat().st_size / 1e6:.1f} MB)")
 
 
 class UserError(Exception):

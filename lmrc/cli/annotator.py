@@ -46,21 +46,15 @@ def _calibrate(args: argparse.Namespace) -> int:
 
 
 def _compress(args: argparse.Namespace) -> int:
-    import shutil
-
     from lmrc.annotator.tagger import CONFIG_FILE, WEIGHTS_FILE
     from lmrc.annotator.training.tagger_model import load_tagger, save_tagger
-    from lmrc.cli import UserError
+    from lmrc.cli import UserError, report_compression
 
     if not (args.tagger / CONFIG_FILE).exists():
         raise UserError(f"--tagger {args.tagger}: no {CONFIG_FILE} (`lmrc annotator train --out` writes one)")
     model, config = load_tagger(args.tagger)
     save_tagger(model, config.model_copy(update={"weights_format": "int4-delta"}), args.out)
-    log = args.tagger / "train_log.jsonl"
-    if log.exists() and args.out.resolve() != args.tagger.resolve():
-        shutil.copy(log, args.out / log.name)
-    before, after = (d / WEIGHTS_FILE for d in (args.tagger, args.out))
-    print(f"{after}: {after.stat().st_size / 1e6:.1f} MB (was {before.stat().st_size / 1e6:.1f} MB)")
+    report_compression(args.tagger, args.out, WEIGHTS_FILE)
     return 0
 
 

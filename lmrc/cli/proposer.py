@@ -315,18 +315,13 @@ def _install_encoder(args: argparse.Namespace) -> int:
 
 
 def _compress(args: argparse.Namespace) -> int:
-    import shutil
-
+    from lmrc.cli import report_compression
     from lmrc.proposer.artifact import WEIGHTS_FILE
     from lmrc.proposer.training.torch_model import load_artifact, save_artifact
 
     model, config = load_artifact(args.artifact)
     save_artifact(model, config.model_copy(update={"weights_format": "int4-delta"}), args.out)
-    log = args.artifact / "train_log.jsonl"
-    if log.exists() and args.out.resolve() != args.artifact.resolve():
-        shutil.copy(log, args.out / log.name)
-    before, after = (d / WEIGHTS_FILE for d in (args.artifact, args.out))
-    print(f"{after}: {after.stat().st_size / 1e6:.1f} MB (was {before.stat().st_size / 1e6:.1f} MB)")
+    report_compression(args.artifact, args.out, WEIGHTS_FILE)
     return 0
 
 

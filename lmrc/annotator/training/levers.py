@@ -375,8 +375,8 @@ def measure_levers(
         name = f"tagger {other.annotator.version}"
         if name in rows:  # two folders holding one version: both rows kept
             name = f"{name} ({tagger_dir})"
-        for variant in (shipped, replace(PROPAGATION, name=f"{name} + name propagation")):
-            rows[name if variant is shipped else variant.name] = judged(
+        for variant in (replace(shipped, name=name), replace(PROPAGATION, name=f"{name} + name propagation")):
+            rows[variant.name] = judged(
                 row(variant, on=other, tagger_dir=str(tagger_dir), outside_bias=other.tagger_bias)
             )
     for variant in BOUNDS:

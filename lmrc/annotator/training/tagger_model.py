@@ -59,11 +59,9 @@ def save_tagger(model: TaggerModel, config: TaggerConfig, directory: str | Path)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     trained = {name: parameter for name, parameter in model.named_parameters() if parameter.requires_grad}
-    if config.weights_format == "int4-delta":
-        stored = weights.pack(trained, weights.pretrained_encoder_tensors(config.encoder))
-    else:
-        stored = {name: p.detach().to(torch.float16).contiguous() for name, p in trained.items()}
-    save_file(stored, str(directory / WEIGHTS_FILE))
+    save_file(
+        weights.stored_form(trained, config.weights_format, config.encoder), str(directory / WEIGHTS_FILE)
+    )
     save_tagger_config(config, directory)
 
 
@@ -71,10 +69,7 @@ def load_tagger(directory: str | Path) -> tuple[TaggerModel, TaggerConfig]:
     config = load_tagger_config(directory)
     model = TaggerModel.pretrained(len(config.tags), config.encoder)
     stored = load_file(str(Path(directory) / WEIGHTS_FILE))
-    if config.weights_format == "int4-delta":
-        trained = weights.unpack(stored, weights.pretrained_encoder_tensors(config.encoder))
-    else:
-        trained = {name: tensor.float() for name, tensor in stored.items()}
+    trained = weights.trained_form(stored, config.weights_format, config.encoder)
     expected = {name for name, parameter in model.named_parameters() if parameter.requires_grad}
     if set(trained) != expected:
         raise ValueError(f"{directory}: weights do not match {CONFIG_FILE}")

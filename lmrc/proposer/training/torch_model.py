@@ -41,11 +41,9 @@ def save_artifact(model: PairScorer, config: ProposerConfig, directory: str | Pa
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     trained = {name: parameter for name, parameter in model.named_parameters() if parameter.requires_grad}
-    if config.weights_format == "int4-delta":
-        stored = weights.pack(trained, weights.pretrained_encoder_tensors(config.encoder))
-    else:
-        stored = {name: p.detach().to(torch.float16).contiguous() for name, p in trained.items()}
-    save_file(stored, str(directory / WEIGHTS_FILE))
+    save_file(
+        weights.stored_form(trained, config.weights_format, config.encoder), str(directory / WEIGHTS_FILE)
+    )
     save_config(config, directory)
 
 
@@ -53,10 +51,7 @@ def load_artifact(directory: str | Path) -> tuple[PairScorer, ProposerConfig]:
     config = load_config(directory)
     model = build_model(config)
     stored = load_file(str(Path(directory) / WEIGHTS_FILE))
-    if config.weights_format == "int4-delta":
-        trained = weights.unpack(stored, weights.pretrained_encoder_tensors(config.encoder))
-    else:
-        trained = {name: tensor.to(torch.float32) for name, tensor in stored.items()}
+    trained = weights.trained_form(stored, config.weights_format, config.encoder)
     expected = {name for name, parameter in model.named_parameters() if parameter.requires_grad}
     if set(trained) != expected:
         raise ValueError(
