@@ -42,14 +42,14 @@ def normalise(name: str) -> str:
     return re.sub(r"[^\w]+", " ", text).strip()
 
 
-def _acronym_of(name: str) -> str:
+def acronym_of(name: str) -> str:
     words = [word for word in re.split(r"[\s\-]+", name) if word]
     return "".join(
         word[0] for word in words if word.casefold() not in _SMALL_WORDS and word[0].isalpha()
     ).upper()
 
 
-def _is_acronym(name: str) -> bool:
+def is_acronym(name: str) -> bool:
     letters = name.replace(".", "").replace(" ", "")
     return 2 <= len(letters) <= 8 and letters.isalpha() and letters.isupper()
 
@@ -83,11 +83,11 @@ def cluster_mentions(text: str, spans: Sequence[MentionSpan]) -> list[list[int]]
     # Acronyms: all-capital short names spelling exactly one multi-word name's initials.
     long_names = {key: index for key, index in first_of_key.items() if len(key.split()) >= 2}
     for index in first_of_key.values():
-        if not _is_acronym(names[index]):
+        if not is_acronym(names[index]):
             continue
         acronym = names[index].replace(".", "").replace(" ", "")
         matches = [
-            i for k, i in long_names.items() if _acronym_of(names[i]) == acronym and spans[i].type != "PER"
+            i for k, i in long_names.items() if acronym_of(names[i]) == acronym and spans[i].type != "PER"
         ]
         if len(matches) == 1:
             union(matches[0], index)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,8 @@ from lmrc.annotator.engine import Annotator
 from lmrc.annotator.spacy_engine import segment
 from lmrc.annotator.tagger import DEFAULT_TAGGER_DIR, MentionSpan
 from lmrc.annotator.training.export import ensure_tagger_onnx
+from lmrc.annotator.training.mention_pairs import THRESHOLDS, MentionPairModel, train_mention_pairs
+from lmrc.annotator.training.train import default_extra_documents
 from lmrc.contracts import DocumentEvent
 from lmrc.docred import labels_of
 from lmrc.docred.annotation import AnnotationScores, gold_entities, relation_scores
@@ -61,6 +63,7 @@ class Variant:
     grouping: str = "rules"  # "rules", "gold", "countries" or "nested names"
     propagate: bool = False
     outside_bias: float | None = None  # None: the tagger's own
+    learned: Clusterer | None = field(default=None, compare=False)  # set: groups instead of ``grouping``
 
 
 def propagate_names(text: str, spans: Sequence[MentionSpan]) -> list[MentionSpan]:
@@ -209,6 +212,8 @@ class RawTextBench:
         cluster: Clusterer = (
             gold_grouping(rebuilt)
             if variant.grouping == "gold"
+            else variant.learned
+            if variant.learned is not None
             else {
                 "rules": cluster_mentions,
                 "countries": join_countries,
@@ -253,9 +258,17 @@ def entity_errors(
 ) -> dict[str, int]:
     """What goes wrong with the gold entities that take part in a relation (strict scoring needs
     each whole): a mention missed, split across entities, a repeat of the name the gold data did not
-    mark joined in, joined with another gold entity (one entity may have several)."""
-    kinds = ("missing_a_mention", "split", "unmarked_repeat", "joined_with_another")
-    counts = dict.fromkeys(("relation_entities", "right", *kinds), 0)
+    mark joined in, joined with another gold entity (one entity may have several); how many have
+    every mention found and only the grouping wrong (what a better grouping could mend); and each
+    missed mention (a span) by what the annotator found there instead: an overlapping span (a
+    boundary), nothing while the same name is a mention elsewhere, or nothing at all."""
+    kinds = ("missing_a_mention", "split", "unmarked_repeat", "joined_with_another", "only_grouping_wrong")
+    spans_missed = (
+        "missed_mentions_by_a_boundary",
+        "missed_mentions_named_elsewhere",
+        "missed_mentions_unseen",
+    )
+    counts = dict.fromkeys(("relation_entities", "right", *kinds, *spans_missed), 0)
     for raw in documents:
         rebuilt = rebuild_text(raw)
         entity_of = {(mention.start, mention.end): mention.entity for mention in rebuilt.mentions}
@@ -264,6 +277,8 @@ def entity_errors(
             frozenset((m.start_char, m.end_char) for m in entity.mentions)
             for entity in bench.entities(raw, variant).entities
         ]
+        found = frozenset().union(*predicted)
+        names_found = {rebuilt.text[start:end] for start, end in found}
         for index in sorted({label.h for label in labels_of(raw)} | {label.t for label in labels_of(raw)}):
             spans = gold[index]
             counts["relation_entities"] += 1
@@ -277,6 +292,14 @@ def entity_errors(
             counts["split"] += len(touching) > 1
             counts["unmarked_repeat"] += any(span not in entity_of for span in extra)
             counts["joined_with_another"] += any(span in entity_of for span in extra)
+            counts["only_grouping_wrong"] += spans <= found
+            for start, end in spans - found:
+                if any(other_start < end and start < other_end for other_start, other_end in found):
+                    counts["missed_mentions_by_a_boundary"] += 1
+                elif rebuilt.text[start:end] in names_found:
+                    counts["missed_mentions_named_elsewhere"] += 1
+                else:
+                    counts["missed_mentions_unseen"] += 1
     return counts
 
 
@@ -313,6 +336,48 @@ LEVERS = (
 )
 
 
+LEARNED_PAIRS = "learned mention pairs over the rules"
+
+
+def learned_pairs_row(
+    bench: RawTextBench,
+    validation: Sequence[dict[str, Any]],
+    holdout: Sequence[dict[str, Any]],
+    model: MentionPairModel | None = None,
+) -> dict[str, Any]:
+    """The rules' entities joined where the mention-pair model says so, at the merge threshold
+    that scores best on validation; trained first, when not given, on the gold mentions of every
+    document the tagger learned from (none of validation or holdout)."""
+    started = time.perf_counter()
+    if model is None:
+        documents = [*docred.load_split("train")]
+        for path in default_extra_documents():
+            documents += docred.load_raw(path)
+        model = train_mention_pairs(documents)
+    trained_s = round(time.perf_counter() - started, 1)
+    variants = {
+        threshold: Variant(LEARNED_PAIRS, learned=model.grouping(threshold)) for threshold in THRESHOLDS
+    }
+    by_threshold = {threshold: bench.scores(validation, variant) for threshold, variant in variants.items()}
+    best = max(THRESHOLDS, key=lambda threshold: by_threshold[threshold]["relations_strict"]["f1"])
+    return {
+        "chosen_on_validation": {
+            "threshold": best,
+            "strict_f1_by_threshold": {
+                str(threshold): scored["relations_strict"]["f1"] for threshold, scored in by_threshold.items()
+            },
+        },
+        "pairs": {
+            "examples": model.examples,
+            "one_gold_entity": model.positives,
+            "cross_validated_by_threshold": model.cross_validated,
+            "trained_s": trained_s,
+        },
+        "validation": by_threshold[best],
+        "holdout": bench.scores(holdout, variants[best]),
+    }
+
+
 def diagnosis(bench: RawTextBench, validation: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Why the annotator as shipped loses relations on validation, and what the country rule faces."""
     return {
@@ -330,13 +395,15 @@ def measure_levers(
     biases: Sequence[float] = OUTSIDE_BIASES,
     min_gain: float = 0.01,
     other_taggers: Sequence[Path] = (),
+    mention_pairs: MentionPairModel | None = None,
 ) -> dict[str, Any]:
     """Every lever and bound on validation and holdout beside the annotator as shipped; a lever
     ships when it gains ``min_gain`` strict F1 on validation (what 50 documents can tell apart).
     Each of ``other_taggers`` is two more rows: the annotator with that tagger in place of the
     shipped one (its own outside bias, the same rules and proposer), alone and with name
     propagation (the one rule that gains on the shipped tagger), its time per document with its
-    tagging."""
+    tagging. The learned mention-pair grouping (``mention_pairs``, else trained here on the tagger's
+    training documents) is one more lever, its merge threshold chosen on validation."""
     bench = bench or RawTextBench()
     shipped = Variant("annotator as shipped")
     rows: dict[str, dict[str, Any]] = {}
@@ -370,6 +437,7 @@ def measure_levers(
             else {}
         )
         rows[variant.name] = judged(row(variant, **extra))
+    rows[LEARNED_PAIRS] = judged(learned_pairs_row(bench, validation, holdout, mention_pairs))
     for tagger_dir in other_taggers:
         other = RawTextBench(tagger_dir, proposer=bench.proposer)
         name = f"tagger {other.annotator.version}"
