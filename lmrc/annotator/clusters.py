@@ -43,6 +43,8 @@ def normalise(name: str) -> str:
 
 
 def acronym_of(name: str) -> str:
+    """The initials a name's acronym would spell ("National Aeronautics and Space Administration"
+    -> "NASA"): small words and words not starting with a letter left out."""
     words = [word for word in re.split(r"[\s\-]+", name) if word]
     return "".join(
         word[0] for word in words if word.casefold() not in _SMALL_WORDS and word[0].isalpha()
@@ -50,6 +52,7 @@ def acronym_of(name: str) -> str:
 
 
 def is_acronym(name: str) -> bool:
+    """Whether a name reads as an acronym: 2 to 8 capital letters, dots and spaces aside."""
     letters = name.replace(".", "").replace(" ", "")
     return 2 <= len(letters) <= 8 and letters.isalpha() and letters.isupper()
 
