@@ -36,7 +36,7 @@ from lmrc.annotator.spacy_engine import segment
 from lmrc.annotator.tagger import DEFAULT_TAGGER_DIR, MentionSpan
 from lmrc.annotator.training.export import ensure_tagger_onnx
 from lmrc.annotator.training.mention_pairs import THRESHOLDS, MentionPairModel, train_mention_pairs
-from lmrc.annotator.training.train import default_extra_documents
+from lmrc.annotator.training.train import default_extra_documents, outside_of
 from lmrc.contracts import DocumentEvent
 from lmrc.docred import labels_of
 from lmrc.docred.annotation import AnnotationScores, gold_entities, relation_scores
@@ -277,8 +277,8 @@ def entity_errors(
             frozenset((m.start_char, m.end_char) for m in entity.mentions)
             for entity in bench.entities(raw, variant).entities
         ]
-        found = frozenset().union(*predicted)
-        names_found = {rebuilt.text[start:end] for start, end in found}
+        tagged = frozenset().union(*predicted)
+        names_tagged = {rebuilt.text[start:end] for start, end in tagged}
         for index in sorted({label.h for label in labels_of(raw)} | {label.t for label in labels_of(raw)}):
             spans = gold[index]
             counts["relation_entities"] += 1
@@ -292,11 +292,11 @@ def entity_errors(
             counts["split"] += len(touching) > 1
             counts["unmarked_repeat"] += any(span not in entity_of for span in extra)
             counts["joined_with_another"] += any(span in entity_of for span in extra)
-            counts["only_grouping_wrong"] += spans <= found
-            for start, end in spans - found:
-                if any(other_start < end and start < other_end for other_start, other_end in found):
+            counts["only_grouping_wrong"] += spans <= tagged
+            for start, end in spans - tagged:
+                if any(other_start < end and start < other_end for other_start, other_end in tagged):
                     counts["missed_mentions_by_a_boundary"] += 1
-                elif rebuilt.text[start:end] in names_found:
+                elif rebuilt.text[start:end] in names_tagged:
                     counts["missed_mentions_named_elsewhere"] += 1
                 else:
                     counts["missed_mentions_unseen"] += 1
@@ -350,10 +350,10 @@ def learned_pairs_row(
     document the tagger learned from (none of validation or holdout)."""
     started = time.perf_counter()
     if model is None:
-        documents = [*docred.load_split("train")]
-        for path in default_extra_documents():
-            documents += docred.load_raw(path)
-        model = train_mention_pairs(documents)
+        held_out = {raw["title"] for split in ("validation", "holdout") for raw in docred.load_split(split)}
+        model = train_mention_pairs(
+            [*docred.load_split("train"), *outside_of(default_extra_documents(), held_out)]
+        )
     trained_s = round(time.perf_counter() - started, 1)
     variants = {
         threshold: Variant(LEARNED_PAIRS, learned=model.grouping(threshold)) for threshold in THRESHOLDS

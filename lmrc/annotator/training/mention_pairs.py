@@ -30,7 +30,8 @@ from lmrc.annotator.tagger import MentionSpan
 from lmrc.docred.text import rebuild_text
 
 TYPES = ("PER", "ORG", "LOC", "TIME", "NUM", "MISC")
-_TYPE_PAIRS = tuple((a, b) for i, a in enumerate(TYPES) for b in TYPES[i:])
+#: Each unordered pair of types (one type twice: a one-element set).
+_TYPE_PAIRS = tuple(frozenset((a, b)) for i, a in enumerate(TYPES) for b in TYPES[i:])
 _YEAR = re.compile(r"^\d{4}$")
 #: Merge thresholds tried: the one that scores best on validation is the lever's.
 THRESHOLDS = (0.3, 0.5, 0.7, 0.9)
@@ -91,8 +92,7 @@ def pair_features(
     length_a = max((len(name.split()) for name in names_a), default=0)
     length_b = max((len(name.split()) for name in names_b), default=0)
     same = float(type_a == type_b)
-    order = {kind: rank for rank, kind in enumerate(TYPES)}
-    pair = tuple(sorted((type_a, type_b), key=lambda kind: order.get(kind, len(TYPES))))
+    pair = frozenset((type_a, type_b))
     features = [
         same,
         words,

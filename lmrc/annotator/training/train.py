@@ -18,6 +18,7 @@ import json
 import random
 import shutil
 import time
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,6 +107,13 @@ def default_extra_documents() -> tuple[Path, ...]:
     """DocRED documents with gold mentions and no title in the project's split."""
     folder = shared_dir() / "data" / "docred"
     return (folder / "train_annotated_first200.json", folder / "test_unlabeled.json")
+
+
+def outside_of(paths: Sequence[Path], held_out: Collection[str]) -> list[dict]:
+    """The documents of the DocRED files at ``paths`` whose titles are not in ``held_out`` (the
+    validation and holdout titles): what the tagger, and the levers' mention-pair model, learn from
+    beside the train split."""
+    return [raw for path in paths for raw in docred.load_raw(path) if raw["title"] not in held_out]
 
 
 def word_logits(model: TaggerModel, featurizer: TaggerFeaturizer, text: str) -> tuple[np.ndarray, TextPieces]:
@@ -221,8 +229,7 @@ def train_tagger(options: TaggerTrainOptions, dataset: Dataset | None = None) ->
     extra = options.extra_documents if options.extra_documents is not None else ()
     if default and options.extra_documents is None:
         extra = default_extra_documents()
-    for path in extra:
-        documents += [raw for raw in docred.load_raw(path) if raw["title"] not in held_out]
+    documents += outside_of(extra, held_out)
     train = [_example(featurizer, raw, tags) for raw in documents]
     windows = [(example, row) for example in train for row in range(example.window_ids.shape[0])]
     if model is None:
